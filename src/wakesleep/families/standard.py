@@ -1,0 +1,226 @@
+"""The exponential families of the library (diagonal, per unit)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch import distributions as D
+
+from wakesleep.families.base import ExponentialFamily
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Gaussian(ExponentialFamily):
+    """Gaussian with S(x) = (x, x^2), eta = (m / v, -1 / (2 v)).
+
+    The link output is the mean ``m``; the variance ``v`` is a layer parameter (``extra["log_var"]``,
+    per unit), learned or fixed.
+    """
+
+    name = "gaussian"
+    n_stats = 2
+    support = "real"
+    reparameterizable = True
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return torch.stack([x, x * x], dim=-1)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        e1, e2 = eta[..., 0], eta[..., 1]
+        return -e1 * e1 / (4 * e2) - 0.5 * torch.log(-2 * e2)
+
+    def log_base_measure(self, x: Tensor) -> Tensor:
+        return torch.full_like(x, -0.5 * _LOG_2PI)
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        m, v = self.mean_variance(eta)
+        return torch.stack([m, m * m + v], dim=-1)
+
+    @staticmethod
+    def mean_variance(eta: Tensor) -> tuple[Tensor, Tensor]:
+        v = -0.5 / eta[..., 1]
+        return eta[..., 0] * v, v
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        m, v = self.mean_variance(eta)
+        eps = torch.randn(m.shape, dtype=m.dtype, device=m.device, generator=generator)
+        return m + v.sqrt() * eps
+
+    def to_distribution(self, eta: Tensor) -> D.Normal:
+        m, v = self.mean_variance(eta)
+        return D.Normal(m, v.sqrt())
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        v = torch.exp(extra["log_var"]).expand_as(param)
+        return torch.stack([param / v, -0.5 / v], dim=-1)
+
+
+class Laplace(ExponentialFamily):
+    """Laplace with location 0 and scale b: S(x) = |x|, eta = -1 / b, A = log(2 b) (paper eq. 13, z1)."""
+
+    name = "laplace"
+    n_stats = 1
+    param_kind = "positive"
+    support = "real"
+    reparameterizable = True
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return x.abs().unsqueeze(-1)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        return math.log(2.0) - torch.log(-eta[..., 0])
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        return -1.0 / eta
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b = -1.0 / eta[..., 0]
+        u = torch.rand(b.shape, dtype=b.dtype, device=b.device, generator=generator) - 0.5
+        return -b * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+    def to_distribution(self, eta: Tensor) -> D.Laplace:
+        b = -1.0 / eta[..., 0]
+        return D.Laplace(torch.zeros_like(b), b)
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        return (-1.0 / param).unsqueeze(-1)
+
+
+class Bernoulli(ExponentialFamily):
+    """Bernoulli with S(x) = x, eta = logit p, A = softplus(eta)."""
+
+    name = "bernoulli"
+    support = "binary"
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        return F.softplus(eta[..., 0])
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        return torch.sigmoid(eta)
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        p = torch.sigmoid(eta[..., 0])
+        return (torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator) < p).to(p.dtype)
+
+    def to_distribution(self, eta: Tensor) -> D.Bernoulli:
+        return D.Bernoulli(logits=eta[..., 0])
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        return param.unsqueeze(-1)
+
+
+class Poisson(ExponentialFamily):
+    """Poisson with S(x) = x, eta = log rate, A = exp(eta), log h = -log x!. The link output is the rate."""
+
+    name = "poisson"
+    param_kind = "positive"
+    support = "count"
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        return torch.exp(eta[..., 0])
+
+    def log_base_measure(self, x: Tensor) -> Tensor:
+        return -torch.lgamma(x + 1)
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        return torch.exp(eta)
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.poisson(torch.exp(eta[..., 0]), generator=generator)
+
+    def to_distribution(self, eta: Tensor) -> D.Poisson:
+        return D.Poisson(torch.exp(eta[..., 0]))
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        return torch.log(param).unsqueeze(-1)
+
+
+class Gamma(ExponentialFamily):
+    """Gamma(shape a, rate b): S(x) = (log x, x), eta = (a - 1, -b), A = lgamma(a) - a log b.
+
+    The link output is the mean m; the shape ``a`` is a layer parameter (``extra["log_shape"]``) and
+    b = a / m (the parameterisation of deep exponential families).
+    """
+
+    name = "gamma"
+    n_stats = 2
+    param_kind = "positive"
+    support = "positive"
+    reparameterizable = True
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return torch.stack([torch.log(x), x], dim=-1)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        a = eta[..., 0] + 1
+        return torch.lgamma(a) - a * torch.log(-eta[..., 1])
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        a, b = eta[..., 0] + 1, -eta[..., 1]
+        return torch.stack([torch.digamma(a) - torch.log(b), a / b], dim=-1)
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.to_distribution(eta).sample()
+
+    def to_distribution(self, eta: Tensor) -> D.Gamma:
+        return D.Gamma(eta[..., 0] + 1, -eta[..., 1])
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        a = torch.exp(extra["log_shape"]).expand_as(param)
+        return torch.stack([a - 1, -a / param], dim=-1)
+
+
+class Categorical(ExponentialFamily):
+    """Categorical over ``categories`` values per unit: S(x) = one-hot(x), eta = logits, A = logsumexp.
+
+    Values are integer codes stored as floats, shape ``[..., D]``; :meth:`embed` gives the flattened
+    one-hot vector ``[..., D * categories]`` used by encoders.
+    """
+
+    name = "categorical"
+    support = "categorical"
+
+    def __init__(self, categories: int) -> None:
+        self.categories = int(categories)
+        self.n_stats = self.categories
+        self.param_size = self.categories
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return F.one_hot(x.long(), self.categories).to(x.dtype if x.is_floating_point() else torch.float32)
+
+    def log_normalizer(self, eta: Tensor) -> Tensor:
+        return torch.logsumexp(eta, dim=-1)
+
+    def mean_parameters(self, eta: Tensor) -> Tensor:
+        return torch.softmax(eta, dim=-1)
+
+    def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        flat = torch.softmax(eta, -1).reshape(-1, self.categories)
+        idx = torch.multinomial(flat, 1, generator=generator).reshape(eta.shape[:-1])
+        return idx.to(eta.dtype)
+
+    def to_distribution(self, eta: Tensor) -> D.Categorical:
+        return D.Categorical(logits=eta)
+
+    def natural_from_param(self, param: Tensor, extra: dict[str, Tensor]) -> Tensor:
+        return param.reshape(*param.shape[:-1], -1, self.categories)
+
+    def embed(self, x: Tensor) -> Tensor:
+        oh = self.sufficient_statistics(x)
+        return oh.reshape(*oh.shape[:-2], -1)
+
+    def embed_dim(self, dim: int) -> int:
+        return dim * self.categories
+
+    def __repr__(self) -> str:
+        return f"Categorical(categories={self.categories})"

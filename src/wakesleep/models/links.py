@@ -1,0 +1,63 @@
+"""Links g_l(z_{l+1}; theta_l): parent value -> the family's standard parameter (paper section 3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LINKS = ("linear", "softplus_linear", "mlp")
+
+
+class LinearLink(nn.Module):
+    """``W z + b`` (optionally followed by softplus for positive parameters: the paper's ``softplus(B z2)``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, softplus: bool = False, init_std: float | None = None):
+        super().__init__()
+        std = init_std if init_std is not None else 1.0 / max(in_dim, 1) ** 0.5
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) * std)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_dim))
+        else:
+            self.register_parameter("bias", None)
+        self.softplus = softplus
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = F.linear(z, self.weight, self.bias)
+        return F.softplus(out) if self.softplus else out
+
+
+class MLPLink(nn.Module):
+    """A multilayer perceptron; a final softplus when the family's parameter must be positive."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], activation: str = "tanh", softplus: bool = False):
+        super().__init__()
+        acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
+        mods: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            mods += [nn.Linear(d, h), acts[activation]()]
+            d = h
+        mods.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*mods)
+        self.softplus = softplus
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.net(z)
+        return F.softplus(out) if self.softplus else out
+
+
+class ConstantLink(nn.Module):
+    """Top layer: g_L(theta_L) = theta_L, a free parameter (softplus-transformed when it must be positive)."""
+
+    def __init__(self, out_dim: int, init: Tensor | None = None, softplus: bool = False, learn: bool = True):
+        super().__init__()
+        value = torch.zeros(out_dim) if init is None else torch.as_tensor(init, dtype=torch.get_default_dtype())
+        if learn:
+            self.value = nn.Parameter(value.clone())
+        else:
+            self.register_buffer("value", value.clone())
+        self.softplus = softplus
+
+    def forward(self, z: Tensor | None = None) -> Tensor:
+        return F.softplus(self.value) if self.softplus else self.value
