@@ -104,8 +104,14 @@ def _build_layer(spec: dict, index: int, parent: Any, is_top: bool) -> torch.nn.
 
     if is_top:
         learn = bool(spec.get("learn", True))
-        init_key = {"gaussian": "mean", "laplace": "scale", "bernoulli": "logit", "poisson": "rate",
-                    "gamma": "mean", "categorical": None}[family_name]
+        init_key = {
+            "gaussian": "mean",
+            "laplace": "scale",
+            "bernoulli": "logit",
+            "poisson": "rate",
+            "gamma": "mean",
+            "categorical": None,
+        }[family_name]
         default = 1.0 if positive else 0.0
         v = default if init_key is None else _number(spec.get(init_key, default), f"{where}.{init_key}", positive)
         init = torch.full((out_dim,), _inv_softplus(v) if positive else v)
@@ -131,8 +137,13 @@ def _build_layer(spec: dict, index: int, parent: Any, is_top: bool) -> torch.nn.
         init_std = spec.get("init_std")
         if init_std is not None:
             init_std = _number(init_std, f"{where}.init_std", positive=True)
-        link = LinearLink(in_dim, out_dim, bias=bool(spec.get("bias", True)),
-                          softplus=(link_name == "softplus_linear"), init_std=init_std)
+        link = LinearLink(
+            in_dim,
+            out_dim,
+            bias=bool(spec.get("bias", True)),
+            softplus=(link_name == "softplus_linear"),
+            init_std=init_std,
+        )
     return ExpFamLayer(name, family, dim, link, extra)
 
 

@@ -1,7 +1,7 @@
 """Deep exponential-family generative models (paper section 3).
 
-    p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1),
-    log p(z_l | z_{l+1}) = g_l(z_{l+1}; theta_l)^T S_l(z_l) + log h(z_l) - A_l(g_l(z_{l+1}; theta_l)).
+p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1),
+log p(z_l | z_{l+1}) = g_l(z_{l+1}; theta_l)^T S_l(z_l) + log h(z_l) - A_l(g_l(z_{l+1}; theta_l)).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ LINKS = ("linear", "softplus_linear", "mlp")
 class LinearLink(nn.Module):
     """``W z + b`` (optionally followed by softplus for positive parameters: the paper's ``softplus(B z2)``)."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, softplus: bool = False, init_std: float | None = None):
+    def __init__(
+        self, in_dim: int, out_dim: int, bias: bool = True, softplus: bool = False, init_std: float | None = None
+    ):
         super().__init__()
         std = init_std if init_std is not None else 1.0 / max(in_dim, 1) ** 0.5
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim) * std)

@@ -1,0 +1,300 @@
+"""The Distributed Distributional Code Helmholtz Machine (Vertes & Sahani; paper §5, Algorithm 1, appendix).
+
+How the wake gradient is computed
+---------------------------------
+Every function of the latents that the free-energy gradient (appendix eqs. 19-21) needs is regressed, in
+the sleep phase, on the encoding functions T(z_l) of sleep samples (eqs. 31-35), and its posterior
+expectation is read off as ``alpha . r_l(x)`` (eq. 5). With ridge regression (unpenalised intercept)
+
+    alpha . r = F^T T (T^T T + n Lambda)^{-1} r = sum_s w_s(r) F_s,     w(r) = T (T^T T + n Lambda)^{-1} r,
+
+so each regression is a *weighted sum over sleep samples* of the per-sample target F_s. Because the targets
+are gradients, ``sum_s w_s grad_theta f_s(theta) = grad_theta sum_s w_s f_s(theta)``: autodiff of one scalar
+surrogate gives the whole of eq. 36 without ever forming alpha (whose size is K x dim(theta)). And
+``w(r)`` is linear in r, so the minibatch average of r is taken before the solve. Per wake step the cost is
+one K x K triangular solve per latent layer, an ``N x K x B`` product for the observation layer (its
+integrand depends on x through S_0(x)), and one backward pass through the links at the N sleep samples:
+O(N (K B + cost of evaluating the model)), independent of dim(theta) apart from the backward pass.
+
+The posterior is never assumed to factorise across layers: the cross-layer term of eq. 20 is regressed on
+T(z_l) using the sleep pair (z_l, z_{l+1}), which is a draw from p(z_{l+1} | z_l) (appendix eqs. 26-30).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from wakesleep.algorithms.base import Algorithm
+from wakesleep.algorithms.features import EncodingFunctions
+from wakesleep.algorithms.recognition import LinearDDCRecognition, MLPDDCRecognition
+from wakesleep.algorithms.ridge import cholesky_factor, with_intercept
+from wakesleep.errors import WakesleepError
+
+
+class DDCHelmholtzMachine(Algorithm):
+    """DDC-HM: sleep-phase regressions on encoding functions, wake-phase free-energy gradient (eq. 36).
+
+    Parameters
+    ----------
+    model : HierarchicalModel
+        The deep exponential-family model (its conditionals must be exponential families).
+    sleep_samples : int
+        N, number of samples drawn from the model in each sleep phase.
+    features : int or list of int
+        K_l, encoding functions per latent layer (one int for all, or a list top-first).
+    recognition_hidden : int
+        M, size of the random ReLU layer of the recognition model (eq. 8); for ``recognition="mlp"``
+        the width of its hidden layers.
+    encoding : {"sigmoid", "tanh", "linear"}
+        Encoding functions T (eq. 4); ``linear`` recovers the classic mean-field machine's representation.
+    feature_scale : float
+        Spread of the random projections W relative to the standardised latent.
+    extra_stats : {"none", "linear", "quadratic"}
+        Also include z (and z z^T) among the encoding functions.
+    recognition : {"ddc", "direct", "mlp"}
+        ``ddc``: eq. 8, random ReLU layer then linear maps layer by layer; ``direct``: each r_l read out from
+        the ReLU layer; ``mlp``: a trained multilayer perceptron.
+    recognition_ridge : float or "auto"
+        Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
+    recognition_memory : float
+        Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
+    recognition_input : {"none", "linear", "quadratic"}
+        Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
+        the standardised x, or x and its pairwise products (for low-dimensional x).
+    grad_ridge : float
+        Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35).
+    free_stats : bool
+        Leave the exact statistics of ``extra_stats`` (and linear encodings) unpenalised, so the regressions
+        explain what those statistics can before using the random features.
+    beta : {"analytic", "sample"}
+        ``analytic``: beta_l uses the mean parameters mu (eq. 32); ``sample``: the sample-based eq. 35.
+    mlp_layers, mlp_steps, mlp_lr : int, int, float
+        Depth, Adam steps per sleep phase and learning rate of the MLP recognition.
+    seed : int
+        Seed of the random encoding functions and ReLU layer.
+    """
+
+    name = "ddc_hm"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sleep_samples: int = 1000,
+        features: int | list[int] = 100,
+        recognition_hidden: int = 100,
+        encoding: str = "sigmoid",
+        feature_scale: float = 1.0,
+        extra_stats: str = "none",
+        recognition: str = "ddc",
+        recognition_ridge: float | str = "auto",
+        recognition_memory: float = 0.0,
+        recognition_input: str = "linear",
+        grad_ridge: float = 1e-3,
+        free_stats: bool = True,
+        beta: str = "analytic",
+        mlp_layers: int = 2,
+        mlp_steps: int = 50,
+        mlp_lr: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model)
+        if not hasattr(model, "conditionals") or not all(hasattr(c, "family") for c in model.conditionals):
+            raise WakesleepError("ddc_hm: needs a deep exponential-family model (wakesleep.build_model)")
+        if beta not in ("analytic", "sample"):
+            raise WakesleepError(f"algorithm.beta: must be 'analytic' or 'sample', got {beta!r}")
+        if recognition not in ("ddc", "direct", "mlp"):
+            raise WakesleepError(f"algorithm.recognition: must be ddc, direct or mlp, got {recognition!r}")
+        if int(sleep_samples) < 2:
+            raise WakesleepError("algorithm.sleep_samples: must be at least 2")
+        self.sleep_samples = int(sleep_samples)
+        self.features = features
+        self.recognition_hidden = int(recognition_hidden)
+        self.encoding, self.feature_scale, self.extra_stats = encoding, float(feature_scale), extra_stats
+        self.recognition, self.recognition_ridge = recognition, recognition_ridge
+        if recognition_input not in ("none", "linear", "quadratic"):
+            raise WakesleepError(
+                f"algorithm.recognition_input: must be none, linear or quadratic, got {recognition_input!r}"
+            )
+        self.recognition_input = recognition_input
+        self.free_stats = bool(free_stats)
+        self.recognition_memory, self.grad_ridge, self.beta = float(recognition_memory), float(grad_ridge), beta
+        self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = int(mlp_layers), int(mlp_steps), float(mlp_lr), seed
+
+        n_latent = len(model.latent_names)
+        ks = [int(features)] * n_latent if isinstance(features, int) else [int(k) for k in features]
+        if len(ks) != n_latent or any(k <= 0 for k in ks):
+            raise WakesleepError(f"algorithm.features: need a positive int or a list of {n_latent} positive ints")
+        gen = torch.Generator().manual_seed(int(seed))
+        layers = list(model.layers.values())
+        try:
+            self.encoders = [
+                EncodingFunctions(layers[i].embed_dim, ks[i], encoding, self.feature_scale, extra_stats, gen)
+                for i in range(n_latent)
+            ]
+        except ValueError as exc:
+            raise WakesleepError(f"algorithm: {exc}") from None
+        out_dims = [e.n_out for e in self.encoders][::-1]  # recognition works bottom-up
+        if recognition == "mlp":
+            self.recognizer = MLPDDCRecognition(
+                model.obs_dim,
+                out_dims,
+                [self.recognition_hidden] * self.mlp_layers,
+                steps=self.mlp_steps,
+                lr=self.mlp_lr,
+            )
+        else:
+            self.recognizer = LinearDDCRecognition(
+                model.obs_dim,
+                out_dims,
+                self.recognition_hidden,
+                structure="hierarchical" if recognition == "ddc" else "direct",
+                ridge=recognition_ridge,
+                memory=self.recognition_memory,
+                include_input=recognition_input,
+                generator=gen,
+            )
+        self._to_model()
+        self._samples: list[Tensor] | None = None
+
+    # --- plumbing -------------------------------------------------------------------------------------
+    def _to_model(self) -> None:
+        dev, dt = self.model.device, self.model.dtype
+        for e in self.encoders:
+            e.to(device=dev, dtype=dt)
+        self.recognizer.to(device=dev, dtype=dt)
+
+    def _encode(self, i: int, z: Tensor) -> Tensor:
+        layer = list(self.model.layers.values())[i]
+        return self.encoders[i](layer.embed(z))
+
+    # --- sleep ----------------------------------------------------------------------------------------
+    def sleep(self) -> dict[str, float]:
+        """Sample from the model, fit the recognition (eq. 7) and prepare the gradient regressions (eqs. 31-35)."""
+        self._to_model()
+        with torch.no_grad():
+            samples = self.model.sample(self.sleep_samples)
+            layers = list(self.model.layers.values())
+            n_latent = len(layers) - 1
+            for i in range(n_latent):
+                if not self.encoders[i].standardize.fitted:
+                    self.encoders[i].standardize.fit(layers[i].embed(samples[i]))
+            feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
+            targets = [f[:, :-1] for f in feats][::-1]
+        info = self.recognizer.fit(samples[-1], targets)
+        with torch.no_grad():
+            n = self.sleep_samples
+            self._samples = samples
+            self._feats = feats
+            self._chol = [
+                cholesky_factor(f.T @ f / n, self.grad_ridge, 1 + (e.n_stats if self.free_stats else 0))
+                for f, e in zip(feats, self.encoders, strict=True)
+            ]
+        return info
+
+    # --- recognition and posterior expectations -------------------------------------------------------
+    def recognise(self, x: Tensor) -> list[Tensor]:
+        """DDC posterior representation r_l(x) ~ E_q[T(z_l)] for each latent layer, **top first**,
+        each ``[B, K_l + 1]`` (the last entry is the constant feature, 1)."""
+        self._require_sleep()
+        with torch.no_grad():
+            rs = self.recognizer(x)[::-1]
+        return [with_intercept(r) for r in rs]
+
+    def _weights(self, i: int, r: Tensor) -> Tensor:
+        """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``."""
+        n = self.sleep_samples
+        rt = r.reshape(-1, r.shape[-1]).T
+        w = self._feats[i] @ torch.cholesky_solve(rt, self._chol[i]) / n
+        return w.reshape(n, *r.shape[:-1])
+
+    def expectation(self, x: Tensor, layer: str, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """E_q[fn(z_l) | x] for latent ``layer``, by regressing fn on T(z_l) over sleep samples (eq. 5).
+
+        ``fn`` maps ``[n, D_l]`` to ``[n, ...]``; the result is ``[B, ...]``.
+        """
+        i = self.model.latent_names.index(layer)
+        w = self._weights(i, self.recognise(x)[i])  # [n, B]
+        vals = fn(self._samples[i])
+        return torch.einsum("nb,n...->b...", w, vals)
+
+    def posterior_mean(self, x: Tensor) -> dict[str, Tensor]:
+        """E_q[z_l | x] for every latent layer."""
+        return {name: self.expectation(x, name, lambda z: z) for name in self.model.latent_names}
+
+    def _require_sleep(self) -> None:
+        if self._samples is None:
+            raise RuntimeError("ddc_hm: call sleep() before the wake phase")
+
+    # --- wake -----------------------------------------------------------------------------------------
+    def surrogate(self, x: Tensor) -> Tensor:
+        """Scalar whose gradient w.r.t. theta is the DDC-HM wake gradient (eq. 36) averaged over ``x``."""
+        self._require_sleep()
+        if x.ndim != 2 or x.shape[1] != self.model.obs_dim:
+            raise WakesleepError(f"ddc_hm: x must be [batch, {self.model.obs_dim}], got {tuple(x.shape)}")
+        x = x.to(device=self.model.device, dtype=self.model.dtype)
+        layers = list(self.model.layers.values())
+        z = self._samples
+        n_latent = len(layers) - 1
+        rs = self.recognise(x)
+        a = [self._weights(i, rs[i].mean(0)) for i in range(n_latent)]  # batch-averaged weights, [n]
+        total = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
+        for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
+            fam = layers[i].family
+            eta = layers[i].natural_params(layers[i - 1].embed(z[i - 1]))
+            s = fam.sufficient_statistics(z[i])
+            if self.beta == "analytic":
+                total = (
+                    total + (a[i][:, None, None] * eta * s).sum() - (a[i - 1][:, None] * fam.log_normalizer(eta)).sum()
+                )
+            else:
+                total = total + ((a[i] - a[i - 1])[:, None, None] * eta * s).sum()
+        # observation layer: S_0(x)^T alpha_0 r_1(x) - beta_1 r_1(x), eq. 36
+        fam = layers[-1].family
+        eta = layers[-1].natural_params(layers[-2].embed(z[-2]))  # [n, Dx, S]
+        w_obs = self._weights(n_latent - 1, rs[-1])  # [n, B]
+        sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
+        m = w_obs @ sx / x.shape[0]  # [n, Dx*S]
+        total = total + (m * eta.reshape(eta.shape[0], -1)).sum()
+        if self.beta == "analytic":
+            total = total - (a[-1][:, None] * fam.log_normalizer(eta)).sum()
+        else:
+            s_sleep = fam.sufficient_statistics(z[-1])
+            total = total - (a[-1][:, None, None] * eta * s_sleep).sum()
+        return total
+
+    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+        """Estimate of grad_theta (1/B) sum_b log p_theta(x_b) (eq. 36), keyed by parameter name."""
+        with torch.enable_grad():
+            return self._grad_dict(self.surrogate(x))
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {}
+        for i, e in enumerate(self.encoders):
+            for k, v in e.state_dict().items():
+                state[f"encoders.{i}.{k}"] = v
+        for k, v in self.recognizer.state_dict().items():
+            state[f"recognizer.{k}"] = v
+        for i, phi in enumerate(getattr(self.recognizer, "maps", [])):
+            state[f"recognizer.maps.{i}"] = phi
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for i, e in enumerate(self.encoders):
+            e.load_state_dict({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"encoders.{i}.")})
+            e.standardize.fitted = True
+        rec = {
+            k[len("recognizer.") :]: v
+            for k, v in state.items()
+            if k.startswith("recognizer.") and not k.startswith("recognizer.maps.")
+        }
+        self.recognizer.load_state_dict(rec)
+        maps = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in state.items() if k.startswith("recognizer.maps."))
+        if maps and hasattr(self.recognizer, "maps"):
+            self.recognizer.maps = [v for _, v in maps]
+        std = getattr(self.recognizer, "features", self.recognizer)
+        if hasattr(std, "standardize"):
+            std.standardize.fitted = True

@@ -1,0 +1,118 @@
+"""DDC encoding functions T(z) (paper eq. 4) and random ReLU features of x (paper eq. 8)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ENCODINGS = ("sigmoid", "tanh", "linear")
+EXTRA_STATS = ("none", "linear", "quadratic")
+
+
+class Standardizer(nn.Module):
+    """``(v - centre) / scale`` with centre and scale set once from samples (kept fixed afterwards)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.fitted = False
+
+    def fit(self, v: Tensor) -> None:
+        self.centre = v.mean(0).detach().clone()
+        s = v.std(0).detach().clone()
+        self.scale = torch.where(s > 1e-8, s, torch.ones_like(s))
+        self.fitted = True
+
+    def forward(self, v: Tensor) -> Tensor:
+        return (v - self.centre) / self.scale
+
+
+class EncodingFunctions(nn.Module):
+    """T(z) = sigma(W z_hat + b), paper eq. 4, with z_hat the latent standardised to its sleep-sample range.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension of the (embedded) latent.
+    n_features : int
+        K, number of random encoding functions (ignored for ``kind="linear"``).
+    kind : {"sigmoid", "tanh", "linear"}
+        ``linear`` gives T(z) = z, the classic mean-field Helmholtz machine's representation (paper §5.1).
+    scale : float
+        W has entries N(0, scale^2 / dim) and b entries N(0, 1), so pre-activations have unit-order spread
+        whatever the dimension.
+    extra_stats : {"none", "linear", "quadratic"}
+        Append z_hat (and the products z_hat_i z_hat_j, i <= j) to the random features, so that the
+        gradients that need first and second moments are represented exactly.
+    generator : torch.Generator, optional
+        Source of the random projections.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_features: int,
+        kind: str = "sigmoid",
+        scale: float = 1.0,
+        extra_stats: str = "none",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {kind!r}")
+        if extra_stats not in EXTRA_STATS:
+            raise ValueError(f"extra_stats must be one of {EXTRA_STATS}, got {extra_stats!r}")
+        self.kind, self.extra_stats, self.dim = kind, extra_stats, dim
+        self.standardize = Standardizer(dim)
+        k = 0 if kind == "linear" else n_features
+        self.register_buffer("weight", torch.randn(k, dim, generator=generator) * scale / dim**0.5)
+        self.register_buffer("bias", torch.randn(k, generator=generator))
+        iu = torch.triu_indices(dim, dim)
+        self.register_buffer("_iu", iu)
+        n_extra = {"none": 0, "linear": dim, "quadratic": dim + iu.shape[1]}[extra_stats]
+        self.n_out = k + (dim if kind == "linear" else 0) + n_extra
+        self.n_stats = n_extra + (dim if kind == "linear" else 0)  # trailing exact statistics (left unpenalised)
+
+    def forward(self, z: Tensor) -> Tensor:
+        zh = self.standardize(z)
+        parts = []
+        if self.kind == "linear":
+            parts.append(zh)
+        else:
+            pre = zh @ self.weight.T + self.bias
+            parts.append(torch.sigmoid(pre) if self.kind == "sigmoid" else torch.tanh(pre))
+        if self.extra_stats != "none":
+            parts.append(zh)
+        if self.extra_stats == "quadratic":
+            parts.append(zh[..., self._iu[0]] * zh[..., self._iu[1]])
+        return torch.cat(parts, dim=-1)
+
+
+class RandomReLUFeatures(nn.Module):
+    """h(x) = [W x_hat + c]_+ with fixed W ~ N(0, 1 / D), c ~ N(0, 1) (paper eq. 8), optionally with x_hat appended."""
+
+    def __init__(
+        self, in_dim: int, hidden: int, include_input: bool | str = True, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        self.standardize = Standardizer(in_dim)
+        self.register_buffer("weight", torch.randn(hidden, in_dim, generator=generator) / in_dim**0.5)
+        self.register_buffer("bias", torch.randn(hidden, generator=generator))
+        mode = {True: "linear", False: "none"}.get(include_input, include_input)
+        if mode not in ("none", "linear", "quadratic"):
+            raise ValueError(f"recognition input must be none, linear or quadratic, got {include_input!r}")
+        self.mode = mode
+        iu = torch.triu_indices(in_dim, in_dim)
+        self.register_buffer("_iu", iu)
+        self.n_exact = {"none": 0, "linear": in_dim, "quadratic": in_dim + iu.shape[1]}[mode]
+        self.n_out = hidden + self.n_exact
+
+    def forward(self, x: Tensor) -> Tensor:
+        xh = self.standardize(x)
+        parts = [torch.relu(xh @ self.weight.T + self.bias)]
+        if self.mode != "none":
+            parts.append(xh)
+        if self.mode == "quadratic":
+            parts.append(xh[..., self._iu[0]] * xh[..., self._iu[1]])
+        return torch.cat(parts, dim=-1)
