@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import wakesleep
+from wakesleep.algorithms.ridge import fit_ridge, with_intercept
 
 from oracles import (
     build,
@@ -106,9 +107,9 @@ def test_weighted_sum_equals_explicit_regression_of_eq_36():
             )
         return torch.stack(rows)  # [n, P]
 
-    def alpha(i, targets):  # ridge regression of targets on T(z_i) with the algorithm's Cholesky factor
-        f = algo._feats[i]
-        return torch.cholesky_solve(f.T @ targets / f.shape[0], algo._chol[i])  # [K+1, P]
+    def alpha(i, targets):  # ridge regression of the per-sample gradients on T(z_i) (eqs. 31-34)
+        f = with_intercept(algo._encode(i, z[i]))
+        return fit_ridge(f, targets, algo.grad_ridge, n_free=1)  # [K+1, P]
 
     n = z[0].shape[0]
     # top: alpha_L maps T(z_L) to grad log p(z_L)

@@ -158,6 +158,8 @@ class DDCHelmholtzMachine(Algorithm):
             )
         self._to_model()
         self._samples: list[Tensor] | None = None
+        self._reduce: Callable[[Tensor], Tensor] | None = None
+        self.global_gradients = True  # wake_gradient is already the global gradient under data parallelism
 
     # --- plumbing -------------------------------------------------------------------------------------
     def _to_model(self) -> None:
@@ -171,6 +173,22 @@ class DDCHelmholtzMachine(Algorithm):
         return self.encoders[i](layer.embed(z))
 
     # --- sleep ----------------------------------------------------------------------------------------
+    def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
+        """Data-parallel training: ``reduce`` sums a tensor over ranks (e.g. ``dist.all_reduce``).
+
+        Each rank draws its own sleep samples and minibatch; the regression statistics (T^T T, h^T h, h^T T),
+        the standardisation moments, the ridge-selection errors and the minibatch statistics of the wake
+        phase are summed, so every rank solves the same systems, and :meth:`wake_gradient` returns on every
+        rank the gradient for the union of all ranks' sleep samples and minibatches.
+        """
+        self._reduce = reduce
+        self.recognizer.reduce = reduce
+        if hasattr(self.recognizer, "stats"):
+            self.recognizer.stats.reduce = reduce
+
+    def _sum(self, t: Tensor) -> Tensor:
+        return t if self._reduce is None else self._reduce(t)
+
     def sleep(self) -> dict[str, float]:
         """Sample from the model, fit the recognition (eq. 7) and prepare the gradient regressions (eqs. 31-35)."""
         self._to_model()
@@ -180,18 +198,20 @@ class DDCHelmholtzMachine(Algorithm):
             n_latent = len(layers) - 1
             for i in range(n_latent):
                 if not self.encoders[i].standardize.fitted:
-                    self.encoders[i].standardize.fit(layers[i].embed(samples[i]))
+                    self.encoders[i].standardize.fit(layers[i].embed(samples[i]), self._reduce)
             feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
             targets = [f[:, :-1] for f in feats][::-1]
         info = self.recognizer.fit(samples[-1], targets)
         with torch.no_grad():
-            n = self.sleep_samples
+            n = float(self._sum(feats[0].new_tensor([self.sleep_samples])))
             self._samples = samples
             self._feats = feats
-            self._chol = [
-                cholesky_factor(f.T @ f / n, self.grad_ridge, 1 + (e.n_stats if self.free_stats else 0))
-                for f, e in zip(feats, self.encoders, strict=True)
-            ]
+            # P_l = T_l (T_l^T T_l / n + Lambda)^{-1} / n: the weights of every regression on T(z_l) are P_l r
+            self._proj = []
+            for f, e in zip(feats, self.encoders, strict=True):
+                free = 1 + (e.n_stats if self.free_stats else 0)
+                chol = cholesky_factor(self._sum(f.T @ f) / n, self.grad_ridge, free)
+                self._proj.append(torch.cholesky_solve(f.T, chol).T / n)
         return info
 
     # --- recognition and posterior expectations -------------------------------------------------------
@@ -205,10 +225,8 @@ class DDCHelmholtzMachine(Algorithm):
 
     def _weights(self, i: int, r: Tensor) -> Tensor:
         """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``."""
-        n = self.sleep_samples
-        rt = r.reshape(-1, r.shape[-1]).T
-        w = self._feats[i] @ torch.cholesky_solve(rt, self._chol[i]) / n
-        return w.reshape(n, *r.shape[:-1])
+        w = self._proj[i] @ r.reshape(-1, r.shape[-1]).T
+        return w.reshape(w.shape[0], *r.shape[:-1])
 
     def expectation(self, x: Tensor, layer: str, fn: Callable[[Tensor], Tensor]) -> Tensor:
         """E_q[fn(z_l) | x] for latent ``layer``, by regressing fn on T(z_l) over sleep samples (eq. 5).
@@ -239,7 +257,8 @@ class DDCHelmholtzMachine(Algorithm):
         z = self._samples
         n_latent = len(layers) - 1
         rs = self.recognise(x)
-        a = [self._weights(i, rs[i].mean(0)) for i in range(n_latent)]  # batch-averaged weights, [n]
+        b_total = self._sum(x.new_tensor([x.shape[0]]))
+        a = [self._weights(i, self._sum(rs[i].sum(0)) / b_total) for i in range(n_latent)]  # batch-averaged, [n]
         total = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
         for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
             fam = layers[i].family
@@ -254,9 +273,13 @@ class DDCHelmholtzMachine(Algorithm):
         # observation layer: S_0(x)^T alpha_0 r_1(x) - beta_1 r_1(x), eq. 36
         fam = layers[-1].family
         eta = layers[-1].natural_params(layers[-2].embed(z[-2]))  # [n, Dx, S]
-        w_obs = self._weights(n_latent - 1, rs[-1])  # [n, B]
         sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
-        m = w_obs @ sx / x.shape[0]  # [n, Dx*S]
+        p, r = self._proj[-1], rs[-1]
+        n, k, b, ds = p.shape[0], p.shape[1], x.shape[0], sx.shape[1]
+        if self._reduce is None and n * b * (k + ds) <= k * ds * (b + n):
+            m = (p @ r.T) @ sx / b_total  # [n, Dx*S] = sum_b w_b(s) S_0(x_b) / B
+        else:
+            m = p @ (self._sum(r.T @ sx) / b_total)
         total = total + (m * eta.reshape(eta.shape[0], -1)).sum()
         if self.beta == "analytic":
             total = total - (a[-1][:, None] * fam.log_normalizer(eta)).sum()
@@ -266,9 +289,16 @@ class DDCHelmholtzMachine(Algorithm):
         return total
 
     def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
-        """Estimate of grad_theta (1/B) sum_b log p_theta(x_b) (eq. 36), keyed by parameter name."""
+        """Estimate of grad_theta (1/B) sum_b log p_theta(x_b) (eq. 36), keyed by parameter name.
+
+        With a reducer (:meth:`set_reducer`) the per-rank sums over sleep samples are summed across ranks, so
+        the same (global) gradient is returned on every rank.
+        """
         with torch.enable_grad():
-            return self._grad_dict(self.surrogate(x))
+            grads = self._grad_dict(self.surrogate(x))
+        if self._reduce is not None:
+            grads = {k: self._reduce(v) for k, v in grads.items()}
+        return grads
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:

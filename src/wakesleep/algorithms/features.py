@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -18,9 +20,17 @@ class Standardizer(nn.Module):
         self.register_buffer("scale", torch.ones(dim))
         self.fitted = False
 
-    def fit(self, v: Tensor) -> None:
-        self.centre = v.mean(0).detach().clone()
-        s = v.std(0).detach().clone()
+    def fit(self, v: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Set centre and scale from samples ``v [n, dim]``; ``reduce`` sums moments across data-parallel ranks."""
+        v = v.detach()
+        sums = torch.cat([v.new_tensor([v.shape[0]]), v.sum(0), (v * v).sum(0)])
+        if reduce is not None:
+            sums = reduce(sums)
+        n, d = sums[0], v.shape[1]
+        mean = sums[1 : 1 + d] / n
+        var = (sums[1 + d :] - n * mean * mean).clamp_min(0) / (n - 1).clamp_min(1)
+        s = var.sqrt()
+        self.centre = mean.clone()
         self.scale = torch.where(s > 1e-8, s, torch.ones_like(s))
         self.fitted = True
 

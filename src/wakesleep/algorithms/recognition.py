@@ -46,13 +46,14 @@ class LinearDDCRecognition(nn.Module):
         self.features = RandomReLUFeatures(in_dim, hidden, include_input=include_input, generator=generator)
         self.out_dims, self.structure, self.ridge = list(out_dims), structure, ridge
         self.stats = RunningMoments(memory)
+        self.reduce = None  # set by DDCHelmholtzMachine.set_reducer for data-parallel training
         self.maps: list[Tensor] = []
         self.chosen_ridge: list[float] = []
 
     def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
         """Fit the read-outs to T(z_l) of sleep samples (eq. 7); ``targets`` bottom-up."""
         if not self.features.standardize.fitted:
-            self.features.standardize.fit(x)
+            self.features.standardize.fit(x, self.reduce)
         h = with_intercept(self.features(x))
         self.stats.update(h, targets)
         gram, crosses = self.stats.moments()
@@ -61,7 +62,7 @@ class LinearDDCRecognition(nn.Module):
         free = 1 + self.features.n_exact  # the exact input statistics x (and x x^T) are not shrunk
         if self.structure == "direct":
             for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-                lam = select_ridge(h, t, n_free=free) if self.ridge == "auto" else float(self.ridge)
+                lam = select_ridge(h, t, n_free=free, reduce=self.reduce) if self.ridge == "auto" else float(self.ridge)
                 self.maps.append(ridge_solve(gram, c, lam, free))
                 self.chosen_ridge.append(lam)
                 info[f"recognition_r2_{i + 1}"] = _r2(h @ self.maps[-1], t)
@@ -72,7 +73,7 @@ class LinearDDCRecognition(nn.Module):
         u = h
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
             g_u, c_u = a.T @ gram @ a, a.T @ c
-            lam = select_ridge(u, t, n_free=free) if self.ridge == "auto" else float(self.ridge)
+            lam = select_ridge(u, t, n_free=free, reduce=self.reduce) if self.ridge == "auto" else float(self.ridge)
             phi = ridge_solve(g_u, c_u, lam, free)
             self.maps.append(phi)
             self.chosen_ridge.append(lam)
@@ -128,10 +129,11 @@ class MLPDDCRecognition(nn.Module):
         self.net = nn.Sequential(*layers)
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), steps, lr, batch_size
         self.optimizer: torch.optim.Optimizer | None = None
+        self.reduce = None
 
     def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
         if not self.standardize.fitted:
-            self.standardize.fit(x)
+            self.standardize.fit(x, self.reduce)
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         y = torch.cat(targets, dim=-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -51,7 +53,12 @@ def fit_ridge(h: Tensor, y: Tensor, lam: float, n_free: int = 1) -> Tensor:
 
 
 def select_ridge(
-    h: Tensor, y: Tensor, grid: tuple[float, ...] = RIDGE_GRID, val_fraction: float = 0.2, n_free: int = 1
+    h: Tensor,
+    y: Tensor,
+    grid: tuple[float, ...] = RIDGE_GRID,
+    val_fraction: float = 0.2,
+    n_free: int = 1,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> float:
     """Choose the ridge strength from ``grid`` by squared error on a held-out split (the last rows).
 
@@ -61,39 +68,46 @@ def select_ridge(
     n_val = max(int(n * val_fraction), 1)
     ht, yt, hv, yv = h[: n - n_val], y[: n - n_val], h[n - n_val :], y[n - n_val :]
     gram, cross = ht.T @ ht / ht.shape[0], ht.T @ yt / ht.shape[0]
-    best, best_err = grid[0], float("inf")
-    for lam in grid:
+    errs = torch.full((len(grid),), float("inf"), dtype=h.dtype, device=h.device)
+    for i, lam in enumerate(grid):
         try:
             coef = ridge_solve(gram, cross, lam, n_free)
         except RuntimeError:
             continue
-        err = float(((hv @ coef - yv) ** 2).mean())
-        if err < best_err:
-            best, best_err = lam, err
-    return best
+        errs[i] = ((hv @ coef - yv) ** 2).mean()
+    if reduce is not None:  # data-parallel: every rank chooses from the summed validation errors
+        errs = reduce(errs)
+    return grid[int(torch.argmin(errs))]
 
 
 class RunningMoments:
     """Exponentially decayed sums ``G = sum h h^T``, ``C_k = sum h y_k^T`` over sleep phases.
 
-    With ``decay = 0`` only the latest phase counts; with ``decay -> 1`` all past phases do.
+    With ``decay = 0`` only the latest phase counts; with ``decay -> 1`` all past phases do. ``reduce``
+    (e.g. an all-reduce over data-parallel ranks) is applied to each phase's sums, so every rank holds the
+    statistics of the union of all ranks' sleep samples.
     """
 
-    def __init__(self, decay: float = 0.0) -> None:
+    def __init__(self, decay: float = 0.0, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         self.decay = float(decay)
+        self.reduce = reduce
         self.n = 0.0
         self.gram: Tensor | None = None
         self.cross: list[Tensor] = []
 
     def update(self, h: Tensor, ys: list[Tensor]) -> None:
         g, cs = h.T @ h, [h.T @ y for y in ys]
+        n = float(h.shape[0])
+        if self.reduce is not None:
+            g, cs = self.reduce(g), [self.reduce(c) for c in cs]
+            n = float(self.reduce(torch.tensor([n], dtype=h.dtype, device=h.device)))
         if self.gram is None or self.decay == 0.0:
-            self.gram, self.cross, self.n = g, cs, float(h.shape[0])
+            self.gram, self.cross, self.n = g, cs, n
         else:
             d = self.decay
             self.gram = d * self.gram + g
             self.cross = [d * c + ci for c, ci in zip(self.cross, cs, strict=True)]
-            self.n = d * self.n + h.shape[0]
+            self.n = d * self.n + n
 
     def moments(self) -> tuple[Tensor, list[Tensor]]:
         assert self.gram is not None
