@@ -42,17 +42,18 @@ def _linear_gaussian_problem():
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_linear_gaussian_gradient_cosine(seed):
-    """N = 20000 sleep samples, K = 200 sigmoid features plus the unpenalised quadratic statistics of z,
-    recognition from M = 200 ReLU units plus x and x x^T (see docs/RESULTS.md for the table against N, K)."""
+    """N = 50000 sleep samples, K = 100 sigmoid features plus the unpenalised quadratic statistics of z,
+    recognition from M = 100 ReLU units plus x and x x^T. Over 5 repeats the worst block's cosine was
+    at least 0.962 (docs/RESULTS.md has the table against N and K)."""
     model, x = _linear_gaussian_problem()
     exact = exact_gradient(model, x, linear_gaussian_loglik)
     torch.manual_seed(seed)
     algo = wakesleep.build_algorithm(
         "ddc_hm",
         model,
-        sleep_samples=20000,
-        features=200,
-        recognition_hidden=200,
+        sleep_samples=50000,
+        features=100,
+        recognition_hidden=100,
         extra_stats="quadratic",
         recognition_input="quadratic",
         seed=seed,

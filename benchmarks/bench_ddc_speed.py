@@ -1,0 +1,183 @@
+"""Time, floating-point work and peak memory of one DDC-HM iteration (sleep + wake + Adam step).
+
+Models: the paper's synthetic model (eq. 13; N = 200 sleep samples, K = 100, recognition hidden 100, as in
+section 7) and a sigmoid belief network 784-200-200-200 with batch 100, N = 1000, K = 200 (recognition
+hidden 300, as the paper's SBN). Matrix-product work is counted with ``torch.utils.flop_counter``; the
+Cholesky factorisations and triangular solves of the ridge regressions, which it does not count, are added
+analytically (n^3 / 3 per factorisation, 2 n^2 m per solve with m right-hand sides). Each configuration runs
+in its own process, so its peak resident memory is its own.
+
+Usage::
+
+    python benchmarks/bench_ddc_speed.py --out docs/bench/ddc_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = {
+    "synthetic eq. 13 (N=200, K=100, M=100, B=100)": {
+        "model": {
+            "layers": [
+                {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},
+                {"name": "z1", "family": "laplace", "dim": 2, "link": "softplus_linear", "bias": False},
+                {"name": "x", "family": "gaussian", "dim": 2, "link": "linear", "bias": False},
+            ]
+        },
+        "algo": {"sleep_samples": 200, "features": 100, "recognition_hidden": 100},
+        "batch": 100,
+    },
+    "SBN 784-200-200-200 (N=1000, K=200, M=300, B=100)": {
+        "model": {
+            "layers": [
+                {"name": "z3", "family": "bernoulli", "dim": 200},
+                {"name": "z2", "family": "bernoulli", "dim": 200, "link": "linear"},
+                {"name": "z1", "family": "bernoulli", "dim": 200, "link": "linear"},
+                {"name": "x", "family": "bernoulli", "dim": 784, "link": "linear"},
+            ]
+        },
+        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300},
+        "batch": 100,
+    },
+    "SBN 784-200-200-200, fixed recognition ridge (no per-phase selection)": {
+        "model": "SBN",
+        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_ridge": 1e-3},
+        "batch": 100,
+    },
+}
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def solver_flops(algo) -> float:
+    """Cholesky factorisations and solves per sleep phase that FlopCounterMode does not see."""
+    total = 0.0
+    n = algo.sleep_samples
+    for f in algo._feats:  # gradient-regression Gram: factorise, then solve for P = T G^-1
+        k = f.shape[1]
+        total += k**3 / 3 + 2 * k * k * n
+    rec = algo.recognizer
+    if hasattr(rec, "features"):
+        m = rec.features.n_out + 1
+        grid = 10 if rec.ridge == "auto" else 1
+        dims = [m] + [d + 1 for d in rec.out_dims[:-1]]
+        for d, out in zip(dims, rec.out_dims, strict=True):
+            total += (grid + 1) * (d**3 / 3 + 2 * d * d * out)
+    return total
+
+
+def run_one(name: str, iters: int, dtype: str) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import wakesleep
+
+    torch.set_num_threads(2)
+    spec = CONFIGS[name]
+    model_cfg = (
+        CONFIGS["SBN 784-200-200-200 (N=1000, K=200, M=300, B=100)"]["model"]
+        if spec["model"] == "SBN"
+        else spec["model"]
+    )
+    model = wakesleep.build_model({**model_cfg, "dtype": dtype})
+    data = model.sample(spec["batch"] * 20)[-1]
+    algo = wakesleep.build_algorithm("ddc_hm", model, **spec["algo"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def iteration(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        algo.sleep()
+        t1 = time.perf_counter()
+        x = data[(i % 20) * spec["batch"] : (i % 20 + 1) * spec["batch"]]
+        grads = algo.wake_gradient(x)
+        for n_, p in model.named_parameters():
+            p.grad = -grads[n_]
+        opt.step()
+        return t1 - t0, time.perf_counter() - t1
+
+    for i in range(3):
+        iteration(i)
+    sleeps, wakes = [], []
+    for i in range(iters):
+        s, w = iteration(i)
+        sleeps.append(s)
+        wakes.append(w)
+    with FlopCounterMode(display=False) as fc:
+        iteration(0)
+    mm_flops = fc.get_total_flops()
+    flops = mm_flops + solver_flops(algo)
+    rate = matmul_rate(torch.float64 if dtype == "float64" else torch.float32)
+    sleeps.sort()
+    wakes.sort()
+    sec = sleeps[len(sleeps) // 2] + wakes[len(wakes) // 2]
+    return {
+        "config": name,
+        "dtype": dtype,
+        "seconds_per_iteration": sec,
+        "sleep_seconds": sleeps[len(sleeps) // 2],
+        "wake_seconds": wakes[len(wakes) // 2],
+        "gflop_per_iteration": flops / 1e9,
+        "matmul_gflops": rate / 1e9,
+        "fraction_of_matmul_rate": flops / sec / rate,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_increase_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.iters, args.dtype)))
+        return
+    rows = []
+    for name in CONFIGS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--iters", str(args.iters), "--dtype", args.dtype],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(f"machine: {machine}")
+    print(
+        "| configuration | dtype | s / iteration (sleep + wake) | GFLOP / iteration | % of matmul rate | peak RSS (MB) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['dtype']} | {r['seconds_per_iteration']:.4f} ({r['sleep_seconds']:.4f} + "
+            f"{r['wake_seconds']:.4f}) | {r['gflop_per_iteration']:.3f} | "
+            f"{100 * r['fraction_of_matmul_rate']:.1f} % of {r['matmul_gflops']:.0f} GFLOP/s | {r['peak_rss_mb']:.0f} |"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
