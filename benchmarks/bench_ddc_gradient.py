@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import wakesleep  # noqa: E402
+
 from oracles import (  # noqa: E402
     build,
     cosine,
@@ -110,7 +111,7 @@ def main() -> None:
                         f"{row['min_block_cosine_mean']:.3f} worst {row['min_block_cosine_worst']:.3f}",
                         flush=True,
                     )
-    print("\n| model | encoding / recognition | N | K = M | min-block cosine, mean | worst of %d |" % args.repeats)
+    print(f"\n| model | encoding / recognition | N | K = M | min-block cosine, mean | worst of {args.repeats} |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(

@@ -165,7 +165,7 @@ def main() -> None:
     )
     print(f"machine: {machine}")
     print(
-        "| configuration | dtype | s / iteration (sleep + wake) | GFLOP / iteration | % of matmul rate | peak RSS (MB) |"
+        "| configuration | dtype | s / iteration (sleep + wake) | GFLOP / iteration | % of matmul rate | peak RSS, MB |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -1,0 +1,78 @@
+"""Evaluation of learned generative models (paper section 7).
+
+* :func:`mmd`, :func:`mmd_statistics`, :func:`mmd_test`: unbiased MMD^2 with a Gaussian kernel, its H1
+  variance, permutation two-sample test; bandwidth by the median heuristic or maximum test power
+  (:func:`select_bandwidth`).
+* :func:`relative_mmd_test`: the relative similarity test of Bounliphone et al. (2015).
+* :func:`log_likelihood`: importance-sampled log p(x) with any proposal (:func:`fit_proposal` trains an
+  evaluation-only one); :func:`exact_log_likelihood` by enumeration or the Gaussian marginal.
+* :func:`nuts_posterior`, :func:`gaussian_posterior`, :func:`enumerate_posterior`: posteriors p(z | x).
+* :func:`recovery_error`, :func:`model_recovery_error`: parameter recovery up to permutation and sign.
+* :mod:`wakesleep.eval.plots`: samples beside data, learning curves, posterior corner plots.
+"""
+
+from wakesleep.eval.loglik import (
+    LogLikelihoodResult,
+    PriorProposal,
+    exact_log_likelihood,
+    exact_log_likelihood_enumerate,
+    exact_log_likelihood_gaussian,
+    log_likelihood,
+)
+from wakesleep.eval.mmd import (
+    MMDStatistics,
+    MMDTestResult,
+    bandwidth_candidates,
+    gaussian_kernel,
+    median_bandwidth,
+    mmd,
+    mmd_statistics,
+    mmd_test,
+    select_bandwidth,
+)
+from wakesleep.eval.plots import plot_learning_curves, plot_posterior_corner, plot_samples, read_metrics
+from wakesleep.eval.posterior import (
+    EnumeratedPosterior,
+    GaussianPosterior,
+    enumerate_posterior,
+    gaussian_posterior,
+    nuts_posterior,
+)
+from wakesleep.eval.proposal import FactorisedProposal, fit_proposal
+from wakesleep.eval.recovery import Matching, match_columns, model_recovery_error, recovery_error
+from wakesleep.eval.relative import RelativeMMDResult, relative_mmd_test
+
+__all__ = [
+    "mmd",
+    "mmd_statistics",
+    "mmd_test",
+    "MMDStatistics",
+    "MMDTestResult",
+    "gaussian_kernel",
+    "median_bandwidth",
+    "bandwidth_candidates",
+    "select_bandwidth",
+    "relative_mmd_test",
+    "RelativeMMDResult",
+    "log_likelihood",
+    "LogLikelihoodResult",
+    "PriorProposal",
+    "exact_log_likelihood",
+    "exact_log_likelihood_enumerate",
+    "exact_log_likelihood_gaussian",
+    "fit_proposal",
+    "FactorisedProposal",
+    "nuts_posterior",
+    "gaussian_posterior",
+    "GaussianPosterior",
+    "enumerate_posterior",
+    "EnumeratedPosterior",
+    "recovery_error",
+    "match_columns",
+    "model_recovery_error",
+    "Matching",
+    "plot_samples",
+    "plot_learning_curves",
+    "plot_posterior_corner",
+    "read_metrics",
+]
