@@ -40,6 +40,11 @@ class Gaussian(ExponentialFamily):
         m, v = self.mean_variance(eta)
         return torch.stack([m, m * m + v], dim=-1)
 
+    def log_prob(self, x: Tensor, eta: Tensor) -> Tensor:
+        # the generic eta . S(x) + log h - A(eta), without materialising S(x) (a hot path)
+        e1, e2 = eta[..., 0], eta[..., 1]
+        return e1 * x + e2 * x * x + e1 * e1 / (4 * e2) + 0.5 * torch.log(-2 * e2) - 0.5 * _LOG_2PI
+
     @staticmethod
     def mean_variance(eta: Tensor) -> tuple[Tensor, Tensor]:
         v = -0.5 / eta[..., 1]
@@ -104,6 +109,11 @@ class Bernoulli(ExponentialFamily):
 
     def mean_parameters(self, eta: Tensor) -> Tensor:
         return torch.sigmoid(eta)
+
+    def log_prob(self, x: Tensor, eta: Tensor) -> Tensor:
+        # x eta - softplus(eta): the generic formula without materialising S(x) (a hot path)
+        e = eta[..., 0]
+        return x * e - F.softplus(e)
 
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         p = torch.sigmoid(eta[..., 0])
