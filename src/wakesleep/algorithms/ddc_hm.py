@@ -61,9 +61,13 @@ class DDCHelmholtzMachine(Algorithm):
         Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
     recognition_memory : float
         Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
-    recognition_input : {"none", "linear", "quadratic"}
+    recognition_input : {"auto", "none", "linear", "quadratic"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
-        the standardised x, or x and its pairwise products (for low-dimensional x).
+        the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
+        D_x <= 100, else ``none`` (the read-out's cost grows with the square of its input size).
+    recognition_ridge_every : int
+        With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
+        selection costs a factorisation per grid point).
     grad_ridge : float
         Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35).
     free_stats : bool
@@ -91,7 +95,8 @@ class DDCHelmholtzMachine(Algorithm):
         recognition: str = "ddc",
         recognition_ridge: float | str = "auto",
         recognition_memory: float = 0.0,
-        recognition_input: str = "linear",
+        recognition_ridge_every: int = 10,
+        recognition_input: str = "auto",
         grad_ridge: float = 1e-3,
         free_stats: bool = True,
         beta: str = "analytic",
@@ -114,11 +119,14 @@ class DDCHelmholtzMachine(Algorithm):
         self.recognition_hidden = int(recognition_hidden)
         self.encoding, self.feature_scale, self.extra_stats = encoding, float(feature_scale), extra_stats
         self.recognition, self.recognition_ridge = recognition, recognition_ridge
+        if recognition_input == "auto":
+            recognition_input = "linear" if model.obs_dim <= 100 else "none"
         if recognition_input not in ("none", "linear", "quadratic"):
             raise WakesleepError(
                 f"algorithm.recognition_input: must be none, linear or quadratic, got {recognition_input!r}"
             )
         self.recognition_input = recognition_input
+        self.recognition_ridge_every = int(recognition_ridge_every)
         self.free_stats = bool(free_stats)
         self.recognition_memory, self.grad_ridge, self.beta = float(recognition_memory), float(grad_ridge), beta
         self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = int(mlp_layers), int(mlp_steps), float(mlp_lr), seed
@@ -153,6 +161,7 @@ class DDCHelmholtzMachine(Algorithm):
                 structure="hierarchical" if recognition == "ddc" else "direct",
                 ridge=recognition_ridge,
                 memory=self.recognition_memory,
+                ridge_every=recognition_ridge_every,
                 include_input=recognition_input,
                 generator=gen,
             )

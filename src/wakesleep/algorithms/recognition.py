@@ -37,6 +37,7 @@ class LinearDDCRecognition(nn.Module):
         structure: str = "hierarchical",
         ridge: float | str = "auto",
         memory: float = 0.0,
+        ridge_every: int = 10,
         include_input: bool | str = True,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -46,6 +47,8 @@ class LinearDDCRecognition(nn.Module):
         self.features = RandomReLUFeatures(in_dim, hidden, include_input=include_input, generator=generator)
         self.out_dims, self.structure, self.ridge = list(out_dims), structure, ridge
         self.stats = RunningMoments(memory)
+        self.ridge_every = max(int(ridge_every), 1)
+        self.n_fits = 0
         self.reduce = None  # set by DDCHelmholtzMachine.set_reducer for data-parallel training
         self.maps: list[Tensor] = []
         self.chosen_ridge: list[float] = []
@@ -57,12 +60,24 @@ class LinearDDCRecognition(nn.Module):
         h = with_intercept(self.features(x))
         self.stats.update(h, targets)
         gram, crosses = self.stats.moments()
+        # "auto": choose the ridge on held-out sleep samples at the first fit and every `ridge_every` fits after
+        select = self.ridge == "auto" and (self.n_fits % self.ridge_every == 0 or not self.chosen_ridge)
+        previous = list(self.chosen_ridge)
+        self.n_fits += 1
         self.maps, self.chosen_ridge = [], []
         info = {}
+
+        def choose(level: int, inputs: Tensor, target: Tensor, n_free: int) -> float:
+            if self.ridge != "auto":
+                return float(self.ridge)
+            if select:
+                return select_ridge(inputs, target, n_free=n_free, reduce=self.reduce)
+            return previous[level]
+
         free = 1 + self.features.n_exact  # the exact input statistics x (and x x^T) are not shrunk
         if self.structure == "direct":
             for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-                lam = select_ridge(h, t, n_free=free, reduce=self.reduce) if self.ridge == "auto" else float(self.ridge)
+                lam = choose(i, h, t, free)
                 self.maps.append(ridge_solve(gram, c, lam, free))
                 self.chosen_ridge.append(lam)
                 info[f"recognition_r2_{i + 1}"] = _r2(h @ self.maps[-1], t)
@@ -73,7 +88,7 @@ class LinearDDCRecognition(nn.Module):
         u = h
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
             g_u, c_u = a.T @ gram @ a, a.T @ c
-            lam = select_ridge(u, t, n_free=free, reduce=self.reduce) if self.ridge == "auto" else float(self.ridge)
+            lam = choose(i, u, t, free)
             phi = ridge_solve(g_u, c_u, lam, free)
             self.maps.append(phi)
             self.chosen_ridge.append(lam)
@@ -101,7 +116,9 @@ def with_intercept_map(phi: Tensor, n_in: int) -> Tensor:
     return torch.cat([phi, e], dim=1)
 
 
-def _r2(pred: Tensor, target: Tensor) -> float:
+def _r2(pred: Tensor, target: Tensor, max_rows: int = 512) -> float:
+    """Coefficient of determination (on the first ``max_rows`` rows: a diagnostic, not a fit criterion)."""
+    pred, target = pred[:max_rows], target[:max_rows]
     var = target.var(0).sum()
     return float(1 - ((pred - target) ** 2).mean(0).sum() / var) if var > 0 else 1.0
 
