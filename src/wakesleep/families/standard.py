@@ -84,7 +84,9 @@ class Laplace(ExponentialFamily):
 
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         b = -1.0 / eta[..., 0]
-        u = torch.rand(b.shape, dtype=b.dtype, device=b.device, generator=generator) - 0.5
+        # inverse CDF; |u| < 1/2 strictly, so log1p(-2|u|) stays finite (u = -1/2 has probability 2^-24 in float32)
+        half = 0.5 - torch.finfo(b.dtype).eps
+        u = (torch.rand(b.shape, dtype=b.dtype, device=b.device, generator=generator) - 0.5).clamp(-half, half)
         return -b * torch.sign(u) * torch.log1p(-2 * u.abs())
 
     def to_distribution(self, eta: Tensor) -> D.Laplace:

@@ -1,0 +1,213 @@
+"""The ``wakesleep`` command line: a thin argparse layer over the Python API.
+
+Subcommands::
+
+    wakesleep train --config FILE.yaml --out DIR [--set key=value ...]
+    wakesleep sample --run DIR -n N --out FILE.npz
+    wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...]
+
+plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``): a module with
+``add_arguments(parser)`` and ``run(args) -> int | None``, imported lazily. A user's mistake
+(:class:`~wakesleep.errors.WakesleepError`, a missing file, bad YAML) prints ``error: <one line>`` on stderr and
+exits with status 2, without a traceback and without creating ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from wakesleep.errors import WakesleepError
+
+#: plug-in subcommands: name -> (module, one-line help). The module provides add_arguments(parser), run(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("wakesleep.eval.cli", "evaluate a trained run (MMD, log-likelihood, posteriors)"),
+    "bench": ("wakesleep.bench", "time algorithms on standard models"),
+}
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` on stderr (exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show a progress bar (default: only on a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with a dotted key, e.g. --set train.lr=1e-3 (repeatable)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from wakesleep.config import load_config
+    from wakesleep.io import check_output_dir, staged_dir
+    from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data, train_from_config
+
+    check_output_dir(args.out, args.overwrite)
+    config = load_config(args.config, args.overrides)
+    # validate everything that can fail on the user's input before anything is written
+    model = build_model_from_config(config)
+    data = load_data(config, model)
+    build_algorithm_from_config(config, model)
+    t0 = time.perf_counter()
+    with staged_dir(args.out, args.overwrite) as tmp:
+        _, _, trainer, _ = train_from_config(config, tmp, progress=args.progress, data=data)
+    last = trainer.history_[-1] if trainer.history_ else {}
+    gap = f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
+    print(f"wrote {args.out} ({trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s{gap})")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from wakesleep.io import save_npz
+    from wakesleep.train import _sample_x, load_run
+
+    if args.n <= 0:
+        raise WakesleepError(f"-n: must be a positive integer, got {args.n}")
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise WakesleepError(f"--out: {out} is a directory")
+    _, model = load_run(args.run, device=args.device)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    if args.latents:
+        with torch.no_grad():
+            values = model.sample(args.n, generator=gen)
+        arrays = {"x": values[-1]}
+        for name, z in zip(model.latent_names, values[:-1], strict=True):
+            arrays[f"latent_{name}"] = z
+    else:
+        arrays = {"x": _sample_x(model, args.n, gen)}
+    save_npz(out, **arrays)
+    print(f"wrote {out} ({args.n} samples)")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from wakesleep.experiments import run_experiment
+
+    t0 = time.perf_counter()
+    results = run_experiment(args.name, args.out, quick=args.quick, overrides=args.overrides,
+                             config_path=args.config, progress=args.progress, overwrite=args.overwrite)
+    summary = results.get("summary") if isinstance(results, dict) else None
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s" + (f": {summary}" if summary else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+def _command_of(argv: list[str] | None) -> str | None:
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Plug-in modules are imported only when ``argv`` asks for their subcommand."""
+    from wakesleep.experiments import EXPERIMENTS
+
+    try:
+        from importlib.metadata import version
+
+        ver = version("wakesleep")
+    except Exception:  # noqa: BLE001 - not installed (PYTHONPATH=src)
+        ver = "unknown"
+    parser = _Parser(prog="wakesleep", description="Wake-sleep learning of hierarchical latent-variable models.")
+    parser.add_argument("--version", action="version", version=f"wakesleep {ver}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model from a YAML config", description=(
+        "Train a model; writes DIR/config.yaml (resolved), metrics.jsonl, model.safetensors, samples.npz "
+        "and checkpoint/. DIR appears only when training succeeded."))
+    p.add_argument("--config", required=True, metavar="FILE.yaml")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _add_set(p)
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    _add_progress(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run", description=(
+        "Draw N samples from the model of a run directory and write them to FILE.npz (array x)."))
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("-n", type=int, required=True, metavar="N")
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the run's train.device)")
+    p.add_argument("--latents", action="store_true", help="also write latent layers as latent_<name>")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("experiment", help="run a paper experiment", description=(
+        f"Run an experiment ({', '.join(EXPERIMENTS)}); writes DIR/results.json, report.md and PNG plots."))
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="scaled-down settings (minutes on a laptop)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="replace the built-in config")
+    _add_set(p)
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    _add_progress(p)
+    p.set_defaults(func=cmd_experiment)
+
+    wanted = _command_of(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = None
+        if name == wanted:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not module_name.startswith(exc.name):
+                    raise
+        if module is None or not hasattr(module, "add_arguments"):
+            # a placeholder: not asked for (so not imported), or not available in this version
+            sub.add_parser(name, help=help_text)
+            if name == wanted:
+                parser.unavailable = name  # type: ignore[attr-defined]
+            continue
+        p = sub.add_parser(name, help=help_text, description=getattr(module, "__doc__", None))
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split())
+    return text or "unknown error"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wakesleep`` console script; returns the exit status."""
+    parser = build_parser(argv)
+    if getattr(parser, "unavailable", None):
+        print(f"error: {parser.unavailable}: not available in this version", file=sys.stderr)
+        return EXIT_USER_ERROR
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WakesleepError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename or ''}: file not found" if exc.filename else f"error: {_one_line(exc)}",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
