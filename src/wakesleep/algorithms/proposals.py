@@ -1,0 +1,368 @@
+"""Sampling recognition models (the proposal protocol of ``docs/DESIGN.md``) shared by the baselines.
+
+:class:`LayeredProposal` is the factorised, layer-by-layer recognition model of the Helmholtz machine
+(seed ``003``, eqs. 7-8) generalised to every family of the library::
+
+    q(z_1, ..., z_L | x) = q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})        ("bottom_up")
+
+Each factor is a product over the units of the layer (eq. 7) whose parameters are an MLP of the *embedded*
+value of the layer below (``hidden=()`` gives the affine map of eq. 8: ``q_j = sigma(sum_i s_i phi_ij)``
+plus a bias). The family of a factor follows the support of the model's layer:
+
+=============================================  ================================  ==============
+model layer support                            factor                            reparameterised
+=============================================  ================================  ==============
+``real`` (gaussian, laplace, ``mog`` top)      diagonal Gaussian                 yes (rsample)
+``positive`` (gamma)                           diagonal log-normal               yes (rsample)
+``binary`` (bernoulli)                         independent Bernoulli (eq. 7)     no
+``categorical``                                independent Categorical per unit  no
+``count`` (poisson)                            -- ``WakesleepError``             --
+=============================================  ================================  ==============
+
+Shapes: ``sample(x, k)`` returns ``zs = [z_L, ..., z_1]`` (top first, like ``model.sample``), each
+``[k, B, D_l]``, and ``log_q`` ``[k, B]``; ``log_prob(x, zs)`` accepts ``[k, B, D_l]`` or ``[B, D_l]`` latents.
+Categorical values are integer codes stored as floats (the model's convention), embedded as one-hot vectors
+before they enter the next factor.
+
+``structure`` is a hook: only ``"bottom_up"`` is implemented here. A top-down (ladder-style) proposal that
+conditions z_l on z_{l+1} and x belongs to the reparameterised VAE family and is built there; this class
+raises ``NotImplementedError`` for it so that a caller can fall back cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wakesleep.errors import WakesleepError
+
+__all__ = ["LayeredProposal", "proposal_kind", "STRUCTURES"]
+
+STRUCTURES = ("bottom_up", "top_down")
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
+_LOG_STD_MIN, _LOG_STD_MAX = -9.0, 5.0
+
+
+def proposal_kind(layer: nn.Module) -> str:
+    """Factor kind for a model layer: ``"gaussian"``, ``"lognormal"``, ``"bernoulli"`` or ``"categorical"``.
+
+    Raises
+    ------
+    WakesleepError
+        For count-valued (Poisson) layers, which have neither a reparameterised sampler nor a natural
+        factorised proposal here.
+    """
+    family = getattr(layer, "family", None)
+    support = "real" if family is None else family.support  # family None: mixture-of-Gaussians top prior
+    kinds = {"real": "gaussian", "positive": "lognormal", "binary": "bernoulli", "categorical": "categorical"}
+    if support not in kinds:
+        raise WakesleepError(
+            f"proposal: latent layer {getattr(layer, 'name', '?')!r} has {support}-valued support "
+            f"({family.name if family is not None else 'mog'}); sampling proposals support real, positive, "
+            "binary and categorical latents"
+        )
+    return kinds[support]
+
+
+class _Factor(nn.Module):
+    """One factor q(z_l | u) of the layered proposal: an MLP ``u -> parameters`` and the distribution."""
+
+    def __init__(self, kind: str, in_dim: int, dim: int, hidden: tuple[int, ...], activation: str,
+                 categories: int = 0) -> None:
+        super().__init__()
+        self.kind, self.dim, self.categories = kind, dim, categories
+        n_out = {"gaussian": 2 * dim, "lognormal": 2 * dim, "bernoulli": dim, "categorical": dim * categories}[kind]
+        mods: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            mods += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
+            d = h
+        mods.append(nn.Linear(d, n_out))
+        self.net = nn.Sequential(*mods)
+        if kind in ("gaussian", "lognormal"):  # start with unit spread and a small mean (a stable first step)
+            with torch.no_grad():
+                self.net[-1].weight.mul_(0.1)
+                self.net[-1].bias.zero_()
+
+    def params(self, u: Tensor) -> Tensor:
+        return self.net(u)
+
+    def distribution(self, out: Tensor) -> D.Distribution:
+        """The factor's distribution with batch shape ``[..., D]`` (values ``[..., D]``)."""
+        if self.kind in ("gaussian", "lognormal"):
+            loc, log_std = out.chunk(2, dim=-1)
+            scale = torch.exp(log_std.clamp(_LOG_STD_MIN, _LOG_STD_MAX))
+            return D.Normal(loc, scale) if self.kind == "gaussian" else D.LogNormal(loc, scale)
+        if self.kind == "bernoulli":
+            return D.Bernoulli(logits=out, validate_args=False)
+        return D.Categorical(logits=out.reshape(*out.shape[:-1], self.dim, self.categories), validate_args=False)
+
+    def log_prob(self, out: Tensor, z: Tensor) -> Tensor:
+        """log q(z | u) summed over units, ``[...]``; closed forms for speed (no distribution objects)."""
+        if self.kind == "bernoulli":  # z * l - softplus(l), eq. 7 in logit form
+            return (z * out - F.softplus(out)).sum(-1)
+        if self.kind == "categorical":
+            logits = out.reshape(*out.shape[:-1], self.dim, self.categories)
+            lp = torch.log_softmax(logits, -1)
+            return lp.gather(-1, z.long().unsqueeze(-1)).squeeze(-1).sum(-1)
+        loc, log_std = out.chunk(2, dim=-1)
+        log_std = log_std.clamp(_LOG_STD_MIN, _LOG_STD_MAX)
+        y = torch.log(z) if self.kind == "lognormal" else z
+        lp = -0.5 * ((y - loc) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        if self.kind == "lognormal":
+            lp = lp - y
+        return lp.sum(-1)
+
+    def sample(self, out: Tensor, sample_shape: torch.Size, reparameterize: bool) -> Tensor:
+        if self.kind == "bernoulli":
+            p = torch.sigmoid(out.detach())
+            u = torch.rand(sample_shape + p.shape, dtype=p.dtype, device=p.device)
+            return (u < p).to(p.dtype)
+        if self.kind == "categorical":
+            return self.distribution(out.detach()).sample(sample_shape).to(out.dtype)
+        dist = self.distribution(out)
+        return dist.rsample(sample_shape) if reparameterize else dist.sample(sample_shape)
+
+    def mean(self, out: Tensor) -> Tensor:
+        """Mean of the factor in the *embedded* space of its layer (probabilities for Bernoulli/Categorical)."""
+        if self.kind == "bernoulli":
+            return torch.sigmoid(out)
+        if self.kind == "categorical":
+            probs = torch.softmax(out.reshape(*out.shape[:-1], self.dim, self.categories), -1)
+            return probs.reshape(*out.shape[:-1], -1)
+        loc, log_std = out.chunk(2, dim=-1)
+        if self.kind == "gaussian":
+            return loc
+        return torch.exp(loc + 0.5 * torch.exp(2 * log_std.clamp(_LOG_STD_MIN, _LOG_STD_MAX)))
+
+
+class LayeredProposal(nn.Module):
+    """Factorised layer-by-layer recognition model q(z | x) (seed ``003`` eqs. 7-8, any family).
+
+    Parameters
+    ----------
+    model : HierarchicalModel
+        The generative model; only its structure is read (layer dims, families, embeddings), and it is
+        *not* registered as a submodule, so ``proposal.parameters()`` are the recognition weights only.
+    hidden : tuple of int
+        Hidden widths of each factor's MLP; ``()`` gives the affine (logistic for binary layers) map of eq. 8.
+    activation : {"tanh", "relu", "softplus", "sigmoid"}
+        Hidden-layer nonlinearity.
+    structure : {"bottom_up"}
+        ``"bottom_up"``: q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1}). Other structures (``"top_down"``)
+        raise ``NotImplementedError`` here (the hook for the reparameterised VAE family).
+
+    Attributes
+    ----------
+    kinds : list of str
+        Factor kind per latent layer, **top first** (``"gaussian"``, ``"lognormal"``, ``"bernoulli"``,
+        ``"categorical"``).
+    reparameterized : bool
+        True when every factor has a reparameterised sampler (then ``sample`` returns ``rsample`` values).
+
+    Notes
+    -----
+    The parameters are created in the model's dtype and on its device.
+    """
+
+    def __init__(self, model: nn.Module, hidden: tuple[int, ...] | list[int] | int = (100,),
+                 activation: str = "tanh", structure: str = "bottom_up") -> None:
+        super().__init__()
+        if structure not in STRUCTURES:
+            raise WakesleepError(f"proposal.structure: must be one of {', '.join(STRUCTURES)}, got {structure!r}")
+        if structure != "bottom_up":
+            raise NotImplementedError(
+                f"LayeredProposal: structure={structure!r} is not implemented here (only 'bottom_up')"
+            )
+        if activation not in _ACTIVATIONS:
+            raise WakesleepError(f"proposal.activation: unknown activation {activation!r} "
+                                 f"(known: {', '.join(_ACTIVATIONS)})")
+        if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
+            raise WakesleepError("proposal: needs a HierarchicalModel (wakesleep.build_model)")
+        if isinstance(hidden, int):
+            hidden = (hidden,) if hidden > 0 else ()
+        hidden = tuple(int(h) for h in hidden)
+        if any(h <= 0 for h in hidden):
+            raise WakesleepError(f"proposal.hidden: widths must be positive, got {list(hidden)}")
+        self.structure, self.hidden, self.activation = structure, hidden, activation
+        layers = list(model.layers.values())
+        self._layers = layers  # plain list: the model's modules are not registered here
+        self.n_latent = len(layers) - 1
+        self.kinds = [proposal_kind(layer) for layer in layers[:-1]]
+        # factors bottom-up: factor i infers latent layer index L-1-i (top-first index) from the layer below
+        factors = []
+        for i in range(self.n_latent):
+            t = self.n_latent - 1 - i  # top-first index of the inferred layer
+            below, layer = layers[t + 1], layers[t]
+            cats = int(getattr(layer.family, "categories", 0) or 0)
+            factors.append(_Factor(self.kinds[t], int(below.embed_dim), int(layer.dim), hidden, activation, cats))
+        self.factors = nn.ModuleList(factors)
+        self.to(dtype=model.dtype, device=model.device)
+
+    # --- protocol --------------------------------------------------------------------------------------
+    @property
+    def reparameterized(self) -> bool:
+        return all(k in ("gaussian", "lognormal") for k in self.kinds)
+
+    def _embed(self, t: int, value: Tensor) -> Tensor:
+        """Embedded value of layer ``t`` (top-first index; ``t = n_latent`` is the observation)."""
+        return self._layers[t].embed(value)
+
+    def sample(self, x: Tensor, k: int = 1, reparameterize: bool | None = None) -> tuple[list[Tensor], Tensor]:
+        """Draw ``k`` particles per data point, layer by layer bottom-up (ancestral sampling of q).
+
+        Parameters
+        ----------
+        x : Tensor
+            ``[B, Dx]``.
+        k : int
+            Number of particles.
+        reparameterize : bool, optional
+            ``None`` (default): ``rsample`` for the reparameterisable factors, plain samples for discrete ones.
+            ``False``: detached samples everywhere (for score-function estimators); ``log_q`` still carries the
+            gradient w.r.t. the recognition parameters at fixed samples.
+
+        Returns
+        -------
+        zs : list of Tensor
+            ``[z_L, ..., z_1]`` (top first), each ``[k, B, D_l]``.
+        log_q : Tensor
+            ``[k, B]``, log q(z | x) summed over layers and units.
+        """
+        if x.ndim != 2:
+            raise WakesleepError(f"proposal: x must be [batch, dim], got shape {tuple(x.shape)}")
+        rep = reparameterize is None or bool(reparameterize)
+        u = self._embed(self.n_latent, x)
+        out = self.factors[0].params(u)  # [B, P]: computed once, shared by the k particles
+        zs_bottom_up, log_q = [], None
+        for i, factor in enumerate(self.factors):
+            if i > 0:
+                out = factor.params(u)
+            z = factor.sample(out, torch.Size([k]) if i == 0 else torch.Size(), rep)
+            lq = factor.log_prob(out, z)
+            log_q = lq if log_q is None else log_q + lq
+            zs_bottom_up.append(z)
+            u = self._embed(self.n_latent - 1 - i, z)
+        return zs_bottom_up[::-1], log_q
+
+    def log_prob(self, x: Tensor, zs: list[Tensor]) -> Tensor:
+        """log q(z | x) for given latents ``zs = [z_L, ..., z_1]`` (each ``[k, B, D_l]`` or ``[B, D_l]``)."""
+        if len(zs) != self.n_latent:
+            raise ValueError(f"log_prob: expected {self.n_latent} latent layers, got {len(zs)}")
+        u = self._embed(self.n_latent, x)
+        total = None
+        for i, factor in enumerate(self.factors):
+            z = zs[self.n_latent - 1 - i]
+            lq = factor.log_prob(factor.params(u), z)
+            total = lq if total is None else total + lq
+            u = self._embed(self.n_latent - 1 - i, z)
+        return total
+
+    def layer_params(self, x: Tensor, zs: list[Tensor]) -> list[Tensor]:
+        """Raw factor outputs (logits, or ``[loc, log_std]``) at given latents, **top first**."""
+        u = self._embed(self.n_latent, x)
+        outs = []
+        for i, factor in enumerate(self.factors):
+            outs.append(factor.params(u))
+            u = self._embed(self.n_latent - 1 - i, zs[self.n_latent - 1 - i])
+        return outs[::-1]
+
+    def mean_field(self, x: Tensor) -> list[Tensor]:
+        """Deterministic mean-field pass (seed ``003`` eq. 9): each factor is fed the *mean* of the layer below.
+
+        Returns
+        -------
+        list of Tensor
+            Per latent layer, **top first**, the factor's mean in the embedded space, ``[B, E_l]``:
+            Bernoulli probabilities q_j^l (eq. 9), Gaussian means, log-normal means, flattened categorical
+            probabilities. Differentiable w.r.t. the recognition parameters.
+        """
+        u = self._embed(self.n_latent, x)
+        means = []
+        for factor in self.factors:
+            u = factor.mean(factor.params(u))
+            means.append(u)
+        return means[::-1]
+
+    def extra_repr(self) -> str:
+        return f"structure={self.structure}, kinds={self.kinds}, hidden={list(self.hidden)}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# shared plumbing of the algorithms with a sampling recognition model
+# --------------------------------------------------------------------------------------------------------
+def _hidden_option(value, where: str) -> tuple[int, ...]:
+    if value is None or value == 0:
+        return ()
+    if isinstance(value, int):
+        value = [value]
+    try:
+        out = tuple(int(h) for h in value)
+    except (TypeError, ValueError):
+        raise WakesleepError(f"algorithm.{where}: must be an int or a list of ints, got {value!r}") from None
+    if any(h <= 0 for h in out):
+        raise WakesleepError(f"algorithm.{where}: widths must be positive, got {list(out)}")
+    return out
+
+
+class ProposalAlgorithm:
+    """Mixin for algorithms whose recognition model is a :class:`LayeredProposal` trained by the Trainer.
+
+    Gives ``algo.proposal`` (the proposal protocol of DESIGN.md), ``recognition_parameters()``,
+    ``state_dict``/``load_state_dict`` (keys ``proposal.<name>``) and input checks. Subclasses also derive
+    from :class:`wakesleep.algorithms.base.Algorithm`.
+    """
+
+    proposal: LayeredProposal
+
+    def _build_proposal(self, model: nn.Module, hidden, activation: str) -> None:
+        if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
+            raise WakesleepError(f"{self.name}: needs a HierarchicalModel (wakesleep.build_model)")
+        self.proposal = LayeredProposal(model, _hidden_option(hidden, "proposal_hidden"), activation)
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        d = self.model.obs_dim
+        if x.ndim != 2 or x.shape[1] != d:
+            raise WakesleepError(f"{self.name}: x must be [batch, {d}], got shape {tuple(x.shape)}")
+        return x.to(device=self.model.device, dtype=self.model.dtype)
+
+    def _check_k(self, k, where: str = "k", minimum: int = 1) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or k < minimum:
+            raise WakesleepError(f"algorithm.{where}: must be an integer >= {minimum}, got {k!r}")
+        return int(k)
+
+    def recognition_parameters(self) -> list[nn.Parameter]:
+        return list(self.proposal.parameters())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f"proposal.{k}": v for k, v in self.proposal.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.proposal.load_state_dict({k[len("proposal."):]: v for k, v in state.items() if k.startswith("proposal.")})
+
+    def dream(self, n: int) -> tuple[list[Tensor], Tensor]:
+        """``n`` samples (z, x) from the generative model (no gradient): ``([z_L, ..., z_1], x)``."""
+        with torch.no_grad():
+            s = self.model.sample(n)
+        return s[:-1], s[-1]
+
+    def _sleep_loss(self, n: int) -> Tensor:
+        """-(1/n) sum_s log q(z_s | x_s) on dreamt (z_s, x_s) ~ p: the sleep-phase recognition loss."""
+        zs, x = self.dream(n)
+        return -self.proposal.log_prob(x, zs).mean()
+
+
+def log_weights(model: nn.Module, proposal: LayeredProposal, x: Tensor, k: int,
+                reparameterize: bool | None = False) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Draw ``k`` particles per data point and return ``(zs, log_p, log_q)``, each of the last two ``[k, B]``.
+
+    With ``reparameterize=False`` (default) the particles carry no gradient: ``log_p`` depends on the model
+    parameters only and ``log_q`` on the recognition parameters only.
+    """
+    zs, log_q = proposal.sample(x, k, reparameterize=reparameterize)
+    log_p = model.log_joint(x, zs)
+    return zs, log_p, log_q

@@ -1,0 +1,134 @@
+"""Reweighted wake-sleep (Bornschein & Bengio 2015), K particles, minibatched.
+
+With particles ``z_k ~ q(z | x)`` (k = 1..K) and importance weights ``w_k = p(x, z_k) / q(z_k | x)``
+self-normalised to ``w~_k = w_k / sum_j w_j``:
+
+* generative (wake) gradient: ``sum_k w~_k grad_theta log p(x, z_k)``. Its expectation is the gradient of
+  the K-sample importance-weighted bound ``L_K = E_q[log (1/K) sum_k w_k]`` (seed ``002``, importance-weighted
+  free energy), because the particles do not depend on theta; as K grows it tends to grad log p(x).
+* wake-phase q update: ascend ``sum_k w~_k grad_phi log q(z_k | x)``, a self-normalised estimate of
+  ``-grad_phi KL(p(z | x) || q(z | x))``;
+* sleep-phase q update: ascend ``grad_phi log q(z | x)`` at ``(z, x)`` dreamt from the model (the
+  classic sleep phase, ``-grad_phi KL(p(z, x) || q(z | x) p(x))``).
+
+Both q updates run in :meth:`ReweightedWakeSleep.step_recognition` (Trainer contract: the Trainer zeroes and
+steps the recognition optimiser); ``sleep()`` does nothing. The wake-phase q update reuses the particles and
+weights drawn for the wake gradient of the same minibatch (one set of K particles per iteration, as in the
+paper), so the weights are those of the model before the trainer's generative step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from wakesleep.algorithms.base import Algorithm
+from wakesleep.algorithms.proposals import ProposalAlgorithm, log_weights
+from wakesleep.errors import WakesleepError
+
+__all__ = ["ReweightedWakeSleep", "iw_diagnostics"]
+
+
+def iw_diagnostics(log_w: Tensor) -> dict[str, float]:
+    """``bound``: minibatch mean of log (1/K) sum_k w_k; ``ess``: mean effective sample size (sum w)^2 / sum w^2."""
+    k = log_w.shape[0]
+    bound = torch.logsumexp(log_w, 0) - math.log(k)
+    w = torch.softmax(log_w, 0)
+    ess = 1.0 / (w * w).sum(0)
+    return {"bound": float(bound.mean()), "ess": float(ess.mean())}
+
+
+class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
+    """Reweighted wake-sleep with a layered proposal (Bornschein & Bengio 2015).
+
+    Parameters
+    ----------
+    model : HierarchicalModel
+        Any model whose latent layers :class:`~wakesleep.algorithms.proposals.LayeredProposal` supports.
+    k : int
+        Particles per data point (K).
+    q_update : {"wake", "sleep", "both"}
+        Which recognition updates to use; ``both`` adds the two losses.
+    sleep_samples : int, optional
+        Dreamt samples per sleep-phase q update (default: the minibatch size).
+    proposal_hidden : int or list of int
+        Hidden widths of each proposal factor (``0``/``[]``: affine, the sigmoid-belief-net recognition model
+        of the paper).
+    proposal_activation : str
+        Hidden nonlinearity of the proposal.
+    """
+
+    name = "rws"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        k: int = 5,
+        q_update: str = "both",
+        sleep_samples: int | None = None,
+        proposal_hidden: int | list[int] | None = 0,
+        proposal_activation: str = "tanh",
+    ) -> None:
+        super().__init__(model)
+        self.k = self._check_k(k)
+        if q_update not in ("wake", "sleep", "both"):
+            raise WakesleepError(f"algorithm.q_update: must be wake, sleep or both, got {q_update!r}")
+        self.q_update = q_update
+        self.sleep_samples = None if sleep_samples is None else self._check_k(sleep_samples, "sleep_samples")
+        self._build_proposal(model, proposal_hidden, proposal_activation)
+        self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # --- wake -----------------------------------------------------------------------------------------
+    def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(objective, log_q, log_w)``: grad_theta of ``objective`` is the RWS wake gradient averaged over x.
+
+        ``objective = (1/B) sum_b sum_k w~_kb log p(x_b, z_kb)`` with the weights detached; ``log_q [K, B]``
+        carries the graph to the recognition parameters (particles detached) for the wake-phase q update.
+        """
+        x = self._check_x(x)
+        _, log_p, log_q = log_weights(self.model, self.proposal, x, self.k)
+        log_w = log_p.detach() - log_q.detach()
+        w = torch.softmax(log_w, dim=0)
+        return (w * log_p).sum(0).mean(), log_q, log_w
+
+    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+        """Estimate of grad_theta (1/B) sum_b log p(x_b): the self-normalised importance-weighted gradient."""
+        with torch.enable_grad():
+            objective, log_q, log_w = self.surrogate(x)
+            grads = self._grad_dict(objective)
+        self._cache = (x, log_q, log_w)
+        return grads
+
+    # --- recognition ----------------------------------------------------------------------------------
+    def recognition_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The loss whose gradient w.r.t. the proposal parameters is minus the chosen q-update direction."""
+        info: dict[str, float] = {}
+        loss = torch.zeros((), dtype=self.model.dtype, device=self.model.device)
+        if self.q_update in ("wake", "both"):
+            cached = self._cache
+            if cached is not None and cached[0] is x:
+                _, log_q, log_w = cached
+            else:
+                with torch.enable_grad():
+                    _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
+                log_w = log_p.detach() - log_q.detach()
+            w = torch.softmax(log_w, dim=0)
+            loss = loss - (w * log_q).sum(0).mean()
+            info.update(iw_diagnostics(log_w))
+        if self.q_update in ("sleep", "both"):
+            n = self.sleep_samples or x.shape[0]
+            sleep_loss = self._sleep_loss(n)
+            loss = loss + sleep_loss
+            info["sleep_nll"] = float(sleep_loss.detach())
+        self._cache = None
+        return loss, info
+
+    def step_recognition(self, x: Tensor) -> dict[str, float]:
+        """Fill ``.grad`` of the proposal parameters with the q-update loss gradient (the Trainer steps Adam)."""
+        with torch.enable_grad():
+            loss, info = self.recognition_loss(x)
+            if loss.requires_grad:
+                loss.backward()
+        return info
