@@ -2,7 +2,9 @@
 
 Models: the paper's synthetic model (eq. 13; N = 200 sleep samples, K = 100, recognition hidden 100, as in
 section 7) and a sigmoid belief network 784-200-200-200 with batch 100, N = 1000, K = 200 (recognition
-hidden 300, as the paper's SBN). Matrix-product work is counted with ``torch.utils.flop_counter``; the
+hidden 300, as the paper's SBN). Matrix-product work is counted with the formulas of
+``torch.utils.flop_counter`` (``wakesleep.bench.MatmulFlops``: its ``FlopCounterMode`` fails under
+``torch.autograd.grad`` in torch 2.13); the
 Cholesky factorisations and triangular solves of the ridge regressions, which it does not count, are added
 analytically (n^3 / 3 per factorisation, 2 n^2 m per solve with m right-hand sides). Each configuration runs
 in its own process, so its peak resident memory is its own.
@@ -66,27 +68,9 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def solver_flops(algo) -> float:
-    """Cholesky factorisations and solves per sleep phase that FlopCounterMode does not see."""
-    total = 0.0
-    n = algo.sleep_samples
-    for f in algo._feats:  # gradient-regression Gram: factorise, then solve for P = T G^-1
-        k = f.shape[1]
-        total += k**3 / 3 + 2 * k * k * n
-    rec = algo.recognizer
-    if hasattr(rec, "features"):
-        m = rec.features.n_out + 1
-        grid = 10 if rec.ridge == "auto" else 1
-        dims = [m] + [d + 1 for d in rec.out_dims[:-1]]
-        for d, out in zip(dims, rec.out_dims, strict=True):
-            total += (grid + 1) * (d**3 / 3 + 2 * d * d * out)
-    return total
-
-
 def run_one(name: str, iters: int, dtype: str) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     import wakesleep
+    from wakesleep.bench import MatmulFlops, solver_flops
 
     torch.set_num_threads(2)
     spec = CONFIGS[name]
@@ -119,9 +103,9 @@ def run_one(name: str, iters: int, dtype: str) -> dict:
         s, w = iteration(i)
         sleeps.append(s)
         wakes.append(w)
-    with FlopCounterMode(display=False) as fc:
+    with MatmulFlops() as fc:
         iteration(0)
-    mm_flops = fc.get_total_flops()
+    mm_flops = fc.total
     flops = mm_flops + solver_flops(algo)
     rate = matmul_rate(torch.float64 if dtype == "float64" else torch.float32)
     sleeps.sort()

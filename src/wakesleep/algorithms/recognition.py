@@ -38,6 +38,7 @@ class LinearDDCRecognition(nn.Module):
         ridge: float | str = "auto",
         memory: float = 0.0,
         ridge_every: int = 10,
+        free_inputs: bool = True,
         include_input: bool | str = True,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -48,6 +49,7 @@ class LinearDDCRecognition(nn.Module):
         self.out_dims, self.structure, self.ridge = list(out_dims), structure, ridge
         self.stats = RunningMoments(memory)
         self.ridge_every = max(int(ridge_every), 1)
+        self.free_inputs = bool(free_inputs)
         self.n_fits = 0
         self.reduce = None  # set by DDCHelmholtzMachine.set_reducer for data-parallel training
         self.maps: list[Tensor] = []
@@ -74,13 +76,14 @@ class LinearDDCRecognition(nn.Module):
                 return select_ridge(inputs, target, n_free=n_free, reduce=self.reduce)
             return previous[level]
 
-        free = 1 + self.features.n_exact  # the exact input statistics x (and x x^T) are not shrunk
+        # the exact input statistics x (and x x^T) are not shrunk unless free_inputs is False
+        free = 1 + (self.features.n_exact if self.free_inputs else 0)
         if self.structure == "direct":
             for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
                 lam = choose(i, h, t, free)
                 self.maps.append(ridge_solve(gram, c, lam, free))
                 self.chosen_ridge.append(lam)
-                info[f"recognition_r2_{i + 1}"] = _r2(h @ self.maps[-1], t)
+                info[f"recognition_r2_{i + 1}"] = _r2(h[:512] @ self.maps[-1], t[:512])
             return info
         # hierarchical (eq. 8): the inputs of level l are [r_{l-1}, 1] = h A_l, so their moments follow from
         # the moments of h exactly, which keeps running statistics consistent when earlier maps change.
@@ -92,9 +95,10 @@ class LinearDDCRecognition(nn.Module):
             phi = ridge_solve(g_u, c_u, lam, free)
             self.maps.append(phi)
             self.chosen_ridge.append(lam)
-            info[f"recognition_r2_{i + 1}"] = _r2(u @ phi, t)
+            pred = u @ phi
+            info[f"recognition_r2_{i + 1}"] = _r2(pred, t)
             a = a @ with_intercept_map(phi, h.shape[1])
-            u = with_intercept(u @ phi)
+            u = with_intercept(pred)
             free = 1
         return info
 

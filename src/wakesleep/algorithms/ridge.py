@@ -28,6 +28,10 @@ def penalty(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
 
 def cholesky_factor(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
     """Cholesky factor of ``gram + penalty``, adding jitter if needed."""
+    if not torch.isfinite(gram).all():
+        raise FloatingPointError(
+            "ridge: the Gram matrix has NaN or inf (sleep samples or features are not finite: has the model diverged?)"
+        )
     a = gram + penalty(gram, lam, n_free)
     jitter = 0.0
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)

@@ -1,0 +1,122 @@
+"""The paper-scale experiments (patches, sbn) and `wakesleep bench sbn`, on tiny settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+import torch
+
+from wakesleep.cli import main
+from wakesleep.experiments import experiment_config, run_experiment
+from wakesleep.experiments.patches import architecture_config, prior_means
+
+FASHION = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="dataset-fashion-mnist not installed")
+
+
+def test_prior_means_axes_and_diagonal():
+    m = prior_means(3, 2.0, "axes")
+    assert len(m) == 6 and m[0] == [2.0, 0.0, 0.0] and m[4] == [0.0, -2.0, 0.0]
+    assert prior_means(2, 3.0, "diagonal") == [[3.0, 3.0], [-3.0, -3.0]]
+    cfg = architecture_config(experiment_config("patches"), 7, 3)
+    layers = cfg["model"]["layers"]
+    assert layers[0]["dim"] == 3 and len(layers[0]["means"]) == 6 and layers[1]["dim"] == 7
+    import wakesleep
+
+    model = wakesleep.build_model(cfg["model"])
+    assert model.dims == [3, 7, 256]
+    z2 = model.sample(500)[0]
+    assert ((z2.abs() > 1.5).sum(1) == 1).all()  # exactly one active top unit per draw
+
+
+def test_patches_tiny(tmp_path):
+    out = tmp_path / "patches"
+    sets = ["experiment.architectures=[[3, 2]]", "data.n=300", "data.n_test=200", "train.max_iters=4",
+            "algorithm.sleep_samples=100", "algorithm.features=[10, 20]", "algorithm.recognition_hidden=20",
+            "experiment.mmd_samples=100", "train.threads=1",
+            "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]"]
+    res = run_experiment("patches", out, overrides=sets, progress=False)
+    arch = res["architectures"][0]
+    assert (arch["d1"], arch["d2"]) == (3, 2)
+    rel = arch["relative_test"]
+    assert 0.0 <= rel["p_value"] <= 1.0 and rel["y"] == "iwae_k50" and rel["z"] == "ddc_hm"
+    for name in ("results.json", "report.md", "samples.png", "config.yaml", "d3_2/ddc_hm/metrics.jsonl"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["architectures"][0]["relative_test"]["mmd2_z"] == pytest.approx(rel["mmd2_z"])
+    assert "| 3 | 2 |" in (out / "report.md").read_text()
+
+
+@needs_fashion
+def test_sbn_tiny(tmp_path):
+    out = tmp_path / "sbn"
+    sets = ["data.n=200", "data.n_test=100", "train.max_iters=3", "train.threads=1", "algorithm.sleep_samples=100",
+            "algorithm.features=20", "algorithm.recognition_hidden=30", "experiment.mmd_samples=100",
+            "experiment.nll_k=5", "experiment.nll_points=5", "experiment.proposal_steps=3",
+            "experiment.datasets=[fashion_mnist, mnist]",
+            "experiment.algorithms=[ddc_hm, {name: vimco, label: vimco_k50, k: 3}]"]
+    res = run_experiment("sbn", out, overrides=sets, progress=False)
+    ds = res["datasets"][0]
+    assert ds["name"] == "fashion_mnist" and res["skipped"]  # MNIST has no files here
+    assert set(ds["algorithms"]) == {"ddc_hm", "vimco_k50"}
+    assert ds["algorithms"]["ddc_hm"]["nll"]["proposal"].startswith("fit_proposal")
+    assert ds["algorithms"]["vimco_k50"]["nll"]["proposal"] == "own recognition model"
+    assert all(r["nll"]["nll"] > 0 for r in ds["algorithms"].values())
+    assert 0.0 <= ds["relative_tests"]["vimco_k50"]["p_value"] <= 1.0
+    for name in ("results.json", "report.md", "fashion_mnist_samples.png"):
+        assert (out / name).is_file(), name
+
+
+def test_bench_flops_and_summary():
+    import wakesleep
+    from wakesleep.bench import _markdown, _summary, iteration_flops, solver_flops
+
+    model = wakesleep.build_model({"layers": [{"name": "z", "family": "bernoulli", "dim": 5},
+                                              {"name": "x", "family": "bernoulli", "dim": 8, "link": "linear"}]})
+    x = model.sample(4)[-1]
+    ddc = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=50, features=6, recognition_hidden=10)
+    f = iteration_flops(ddc, x)
+    assert f["matmul_flops"] > 0 and f["solver_flops"] == pytest.approx(solver_flops(ddc)) and f["solver_flops"] > 0
+    vimco = wakesleep.build_algorithm("vimco", model, k=3)
+    fv = iteration_flops(vimco, x)
+    assert fv["solver_flops"] == 0 and fv["matmul_flops"] > 0
+    assert all(p.grad is None for p in vimco.recognition_parameters())
+    row = {"seconds_per_epoch": 1.0, "cpu_seconds_per_epoch": 1.0, "gflop_per_epoch": 1.0, "train_seconds": 10.0,
+           "gflop_per_iteration": 0.1, "achieved_gflops": 1.0, "fraction_of_matmul_rate": 0.1, "matmul_gflops": 10.0,
+           "peak_rss_mb": 100.0, "final_mmd2": 0.01, "nll": {"nll": 100.0, "k": 10}}
+    rows = {"ddc_hm": {**row, "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 1.5, "mmd2": 0.02}]},
+            "vimco_k50": {**row, "seconds_per_epoch": 6.0, "cpu_seconds_per_epoch": 5.0,
+                          "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 10.0, "mmd2": 0.03}]}}
+    s = _summary(rows)
+    assert s["epoch_speedup"] == pytest.approx(6.0) and s["goal_epoch_speedup_5x"]
+    assert s["time_to_target_fraction"] == pytest.approx(0.15) and s["goal_time_to_target_one_fifth"]
+    md = _markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
+    assert "| ddc_hm |" in md and "met" in md
+
+
+@needs_fashion
+def test_bench_run_one_in_process():
+    from wakesleep.bench import add_arguments, run_one
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["sbn", "--out", "unused", "--n", "40", "--threads", "1", "--mmd-samples", "50",
+                         "--curve-samples", "30", "--evals", "2", "--nll-k", "3", "--nll-points", "3",
+                         "--proposal-steps", "2", "--set", "algorithm.sleep_samples=60",
+                         "--set", "algorithm.features=10", "--set", "algorithm.recognition_hidden=20",
+                         "--set", "data.n_test=100", "--set", "train.batch_size=20"])
+    r = run_one(args, "ddc_hm")
+    assert r["iterations"] == 2 and r["iterations_per_epoch"] == 2
+    assert r["seconds_per_epoch"] > 0 and r["peak_rss_mb"] > 0 and r["gflop_solver"] > 0
+    assert 0 < r["fraction_of_matmul_rate"] and len(r["curve"]) >= 2 and r["nll"]["k"] == 3
+    assert r["curve"][0]["step"] == 0 and r["curve"][-1]["train_seconds"] >= r["curve"][0]["train_seconds"]
+    assert torch.isfinite(torch.tensor(r["final_mmd2"]))
+
+
+def test_bench_cli_rejects_unknown_algorithm(tmp_path, capsys):
+    code = main(["bench", "sbn", "--out", str(tmp_path / "b"), "--algorithms", "nope"])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
