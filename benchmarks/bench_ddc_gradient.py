@@ -60,6 +60,11 @@ def problems():
 
 SETTINGS = {
     "paper (sigmoid T, eq. 8 recognition)": {},
+    "same statistics, penalised like the random features": {
+        "extra_stats": "quadratic",
+        "recognition_input": "quadratic",
+        "free_stats": False,
+    },
     "+ unpenalised z, zz^T in T and x, xx^T in recognition": {
         "extra_stats": "quadratic",
         "recognition_input": "quadratic",
@@ -72,12 +77,21 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="+", default=[1000, 5000, 20000, 50000])
     ap.add_argument("--ks", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        type=int,
+        default=[0, 2],
+        help="indices into SETTINGS (0: paper, 1: statistics penalised, 2: statistics unpenalised)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows = []
     for pname, model, x, exact in problems():
-        for sname, extra in SETTINGS.items():
+        for idx, (sname, extra) in enumerate(SETTINGS.items()):
+            if idx not in args.settings:
+                continue
             if pname.startswith("SBN") and extra:
                 continue  # binary latents: z^2 = z, the quadratic statistics add nothing new
             for n in args.ns:

@@ -71,8 +71,9 @@ class DDCHelmholtzMachine(Algorithm):
     grad_ridge : float
         Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35).
     free_stats : bool
-        Leave the exact statistics of ``extra_stats`` (and linear encodings) unpenalised, so the regressions
-        explain what those statistics can before using the random features.
+        Leave exact statistics unpenalised: those of ``extra_stats`` (and linear encodings) in the gradient
+        regressions, and x (x x^T) of ``recognition_input`` in the recognition read-out, so each regression
+        explains with them what it can before using the random features.
     beta : {"analytic", "sample"}
         ``analytic``: beta_l uses the mean parameters mu (eq. 32); ``sample``: the sample-based eq. 35.
     mlp_layers, mlp_steps, mlp_lr : int, int, float
@@ -162,6 +163,7 @@ class DDCHelmholtzMachine(Algorithm):
                 ridge=recognition_ridge,
                 memory=self.recognition_memory,
                 ridge_every=recognition_ridge_every,
+                free_inputs=bool(free_stats),
                 include_input=recognition_input,
                 generator=gen,
             )
