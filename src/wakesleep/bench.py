@@ -115,10 +115,9 @@ def solver_flops(algo: Any) -> float:
     if getattr(algo, "name", None) != "ddc_hm" or getattr(algo, "_feats", None) is None:
         return 0.0
     total = 0.0
-    n = algo.sleep_samples
     for f in algo._feats:  # gradient-regression Gram: factorise, then solve for P = T G^-1 (n right-hand sides)
         k = f.shape[1]
-        total += k**3 / 3 + 2 * k * k * n
+        total += k**3 / 3 + 2 * k**3 / 3  # factorisation and inverse; the product T G^-1 is a counted matmul
     rec = algo.recognizer
     if hasattr(rec, "features"):
         m = rec.features.n_out + 1
