@@ -12,7 +12,9 @@ bijection of the whole latent vector, so (R&M eqs. 6 and 13; seed ``002``)
 
     log q(z | x) = log q_0(z^0 | x) - sum_l sum_k log |det df_{l,k} / dz_{l,k-1}|.
 
-Positive latents (log-normal factors) are left untransformed. With ``amortized=True`` (default) the flow
+With ``structure="top_down"`` the base is :class:`TopDownProposal` instead (same construction, the
+base of z_l conditioned on the base sample of z_{l+1}). Positive latents (log-normal factors) are left
+untransformed. With ``amortized=True`` (default) the flow
 parameters of every layer are an affine function of recognition features c(x) (an MLP of x with the
 proposal's hidden widths ``proposal_hidden``), as in R&M section 4.2; with ``amortized=False`` they are global.
 
