@@ -59,8 +59,12 @@ class DDCHelmholtzMachine(Algorithm):
         the ReLU layer; ``mlp``: a trained multilayer perceptron.
     recognition_ridge : float or "auto"
         Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
-    recognition_memory : float
+    recognition_memory : float or "auto"
         Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
+        ``auto``: ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the statistics always
+        summarise about 200 sleep samples per read-out weight (20 was not enough in our measurements). With few sleep samples per phase (the paper's
+        200 against about 100 read-out inputs) a fit from one phase alone overfits, and training then
+        diverges at larger learning rates (docs/RESULTS.md).
     recognition_input : {"auto", "none", "linear", "quadratic"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
@@ -95,7 +99,7 @@ class DDCHelmholtzMachine(Algorithm):
         extra_stats: str = "none",
         recognition: str = "ddc",
         recognition_ridge: float | str = "auto",
-        recognition_memory: float = 0.0,
+        recognition_memory: float | str = "auto",
         recognition_ridge_every: int = 10,
         recognition_input: str = "auto",
         grad_ridge: float = 1e-3,
@@ -129,7 +133,8 @@ class DDCHelmholtzMachine(Algorithm):
         self.recognition_input = recognition_input
         self.recognition_ridge_every = int(recognition_ridge_every)
         self.free_stats = bool(free_stats)
-        self.recognition_memory, self.grad_ridge, self.beta = float(recognition_memory), float(grad_ridge), beta
+        self.grad_ridge, self.beta = float(grad_ridge), beta
+        self.recognition_memory = recognition_memory
         self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = int(mlp_layers), int(mlp_steps), float(mlp_lr), seed
 
         n_latent = len(model.latent_names)
@@ -155,13 +160,31 @@ class DDCHelmholtzMachine(Algorithm):
                 lr=self.mlp_lr,
             )
         else:
+            n_inputs = (
+                self.recognition_hidden
+                + 1
+                + {"none": 0, "linear": model.obs_dim, "quadratic": model.obs_dim * (model.obs_dim + 3) // 2}[
+                    recognition_input
+                ]
+            )
+            if recognition_memory == "auto":
+                memory = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)
+            else:
+                try:
+                    memory = float(recognition_memory)
+                except (TypeError, ValueError):
+                    memory = -1.0
+                if not 0.0 <= memory < 1.0:
+                    raise WakesleepError(
+                        f"algorithm.recognition_memory: must be 'auto' or in [0, 1), got {recognition_memory!r}"
+                    )
             self.recognizer = LinearDDCRecognition(
                 model.obs_dim,
                 out_dims,
                 self.recognition_hidden,
                 structure="hierarchical" if recognition == "ddc" else "direct",
                 ridge=recognition_ridge,
-                memory=self.recognition_memory,
+                memory=memory,
                 ridge_every=recognition_ridge_every,
                 free_inputs=bool(free_stats),
                 include_input=recognition_input,
