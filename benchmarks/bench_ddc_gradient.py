@@ -30,26 +30,14 @@ from oracles import (  # noqa: E402
     cosine,
     enumerate_loglik,
     exact_gradient,
-    linear_gaussian_config,
     linear_gaussian_loglik,
-    perturb,
+    linear_gaussian_problem,
+    sbn_config,
 )
 
 
-def sbn_config(dims, seed):
-    names = [f"z{len(dims) - 1 - i}" for i in range(len(dims) - 1)] + ["x"]
-    layers = [{"name": names[0], "family": "bernoulli", "dim": dims[0]}]
-    for name, d in zip(names[1:], dims[1:], strict=True):
-        layers.append({"name": name, "family": "bernoulli", "dim": d, "link": "linear", "init_std": 2.0})
-    return {"layers": layers, "seed": seed, "dtype": "float64"}
-
-
 def problems():
-    truth = build(linear_gaussian_config())
-    torch.manual_seed(10)
-    x = truth.sample(100)[-1]
-    model = build(linear_gaussian_config())
-    perturb(model, 0.5, seed=3)
+    model, x = linear_gaussian_problem()
     yield "linear-Gaussian 2-3-4", model, x, exact_gradient(model, x, linear_gaussian_loglik)
     truth = build(sbn_config((2, 3, 4, 10), 0))
     torch.manual_seed(11)

@@ -78,3 +78,22 @@ def perturb(model, scale=0.5, seed=1):
 
 def build(cfg):
     return wakesleep.build_model(cfg)
+
+
+def sbn_config(dims, seed):
+    """Sigmoid belief network with layer sizes ``dims`` (top first, observation last), float64."""
+    names = [f"z{len(dims) - 1 - i}" for i in range(len(dims) - 1)] + ["x"]
+    layers = [{"name": names[0], "family": "bernoulli", "dim": dims[0]}]
+    for name, d in zip(names[1:], dims[1:], strict=True):
+        layers.append({"name": name, "family": "bernoulli", "dim": d, "link": "linear", "init_std": 2.0})
+    return {"layers": layers, "seed": seed, "dtype": "float64"}
+
+
+def linear_gaussian_problem():
+    """A batch of 100 points from the linear-Gaussian model and a model perturbed away from the optimum."""
+    truth = build(linear_gaussian_config())
+    torch.manual_seed(10)
+    x = truth.sample(100)[-1]
+    model = build(linear_gaussian_config())
+    perturb(model, 0.5, seed=3)
+    return model, x

@@ -23,15 +23,8 @@ from oracles import (
     linear_gaussian_config,
     linear_gaussian_loglik,
     perturb,
+    sbn_config,
 )
-
-
-def sbn_config(dims, seed):
-    names = [f"z{len(dims) - 1 - i}" for i in range(len(dims) - 1)] + ["x"]
-    layers = [{"name": names[0], "family": "bernoulli", "dim": dims[0]}]
-    for name, d in zip(names[1:], dims[1:], strict=True):
-        layers.append({"name": name, "family": "bernoulli", "dim": d, "link": "linear", "init_std": 2.0})
-    return {"layers": layers, "seed": seed, "dtype": "float64"}
 
 
 def test_linear_gaussian_gradient_cosine():

@@ -24,7 +24,7 @@ import torch
 
 import wakesleep
 
-from oracles import cosine, enumerate_loglik, exact_gradient
+from oracles import cosine, enumerate_loglik, exact_gradient, sbn_config
 
 Z_TOL = 5.0
 DIMS = (2, 3, 5)
@@ -38,14 +38,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def sbn_config(dims, seed):
-    names = [f"z{len(dims) - 1 - i}" for i in range(len(dims) - 1)] + ["x"]
-    layers = [{"name": names[0], "family": "bernoulli", "dim": dims[0]}]
-    for name, d in zip(names[1:], dims[1:], strict=True):
-        layers.append({"name": name, "family": "bernoulli", "dim": d, "link": "linear", "init_std": 2.0})
-    return {"layers": layers, "seed": seed, "dtype": "float64"}
 
 
 def make_problem(name, seed=0, **options):

@@ -18,26 +18,9 @@ from oracles import (
     exact_gradient,
     linear_gaussian_config,
     linear_gaussian_loglik,
-    perturb,
+    linear_gaussian_problem,
+    sbn_config,
 )
-
-
-def sbn_config(dims, seed):
-    layers = [{"name": "z2", "family": "bernoulli", "dim": dims[0]}]
-    names = [f"z{len(dims) - 1 - i}" for i in range(len(dims) - 1)] + ["x"]
-    layers = [{"name": names[0], "family": "bernoulli", "dim": dims[0]}]
-    for name, d in zip(names[1:], dims[1:], strict=True):
-        layers.append({"name": name, "family": "bernoulli", "dim": d, "link": "linear", "init_std": 2.0})
-    return {"layers": layers, "seed": seed, "dtype": "float64"}
-
-
-def _linear_gaussian_problem():
-    truth = build(linear_gaussian_config())
-    torch.manual_seed(10)
-    x = truth.sample(100)[-1]
-    model = build(linear_gaussian_config())
-    perturb(model, 0.5, seed=3)  # away from the optimum
-    return model, x
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -45,7 +28,7 @@ def test_linear_gaussian_gradient_cosine(seed):
     """N = 50000 sleep samples, K = 100 sigmoid features plus the unpenalised quadratic statistics of z,
     recognition from M = 100 ReLU units plus x and x x^T. Over 5 repeats the worst block's cosine was
     at least 0.962 (docs/RESULTS.md has the table against N and K)."""
-    model, x = _linear_gaussian_problem()
+    model, x = linear_gaussian_problem()
     exact = exact_gradient(model, x, linear_gaussian_loglik)
     torch.manual_seed(seed)
     algo = wakesleep.build_algorithm(
