@@ -226,7 +226,7 @@ class PopulationDynamics(_Base):
         self.obs_dim = self.T
 
     def values(self) -> dict[str, float]:
-        out = {name: float(torch.exp(getattr(self, f"log_{name}"))) for name in self.PARAMS}
+        out = {name: float(torch.exp(getattr(self, f"log_{name}").detach())) for name in self.PARAMS}
         probs = torch.softmax(self.tau_logits.detach(), 0)
         out["tau_mode"] = int(probs.argmax()) + 1
         out["tau_mean"] = float((probs * torch.arange(1, self.max_tau + 1, dtype=probs.dtype)).sum())

@@ -1,0 +1,323 @@
+"""Uniform latents, Bernoulli pixels (seed 004, experiment IV): sample quality and downstream tasks with AL-WS.
+
+Model (:class:`wakesleep.models.zoo.UniformLogitBernoulli`): z_k ~ U(0, 1), k = 1..K, and
+x_i ~ Bernoulli(sigmoid(w_i . logit(z) + b_i)). The latents are bounded and the pixels discrete: no
+reparameterisation of x, no posterior; AL-WS only samples the model and differentiates ``log_joint``.
+
+Data: Fashion-MNIST (``wakesleep.data.load_fashion_mnist``), grey levels / 255, optionally average-pooled by
+``experiment.downsample`` (2: 28 x 28 -> 14 x 14), binarised with ``experiment.binarize``
+(default ``threshold0.5``: deterministic, so that the clean image of the denoising task is well defined; a
+Bernoulli scheme such as ``fixed-seed0`` makes every pixel a coin flip that no denoiser can undo). The first
+``experiment.n_train`` training images train the model; the first ``experiment.n_test`` test images are held out.
+
+Evaluation:
+
+- sample quality: unbiased MMD^2 (Gaussian kernel, median bandwidth) between ``experiment.n_mmd`` model samples
+  and held-out images, next to the model at initialisation (pixel biases at the data's marginal logits, i.e.
+  independent pixels) and the floor (training images against the same held-out images);
+- reconstruct: infer u = logit(z) for each held-out image by ``experiment.infer_steps`` Adam steps of gradient
+  ascent on log p(x, u) (with the logistic density of u = logit of a uniform), decode the pixel probabilities
+  sigmoid(W u + b), report the pixel error rate of the thresholded reconstruction and the mean binary
+  cross-entropy;
+- denoise: flip ``experiment.flip`` (10%) of the pixels of each held-out image, infer u from the noisy image,
+  decode, and report the error against the *clean* image; baselines: the noisy image itself (error = flip
+  fraction) and the marginal-mean image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wakesleep import io as wio
+from wakesleep.config import dump_config
+from wakesleep.errors import WakesleepError
+
+DEFAULT_CONFIG = """\
+# Uniform latents with Bernoulli pixels (seed 004, experiment IV): `wakesleep experiment images --out DIR [--quick]`.
+# The model section is a deep exponential-family stand-in (used only by `wakesleep train`); the experiment builds
+# z ~ U(0, 1)^K, x_i ~ Bernoulli(sigmoid(w_i . logit(z) + b_i)) (wakesleep.models.zoo.UniformLogitBernoulli).
+model:
+  layers:
+    - {name: z, family: gaussian, dim: 20, learn: false, learn_variance: false}
+    - {name: x, family: bernoulli, dim: 784, link: linear}
+  dtype: float64
+algorithm: {name: al_ws, sleep_samples: 2000, kernel: exact, bandwidth: auto, ridge: auto, select_every: 20}
+train: {batch_size: 100, lr: 3.0e-3, seed: 0, max_iters: 3000, log_every: 250, threads: 1}
+experiment:
+  root: null             # Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist)
+  downsample: 1          # average-pool factor before binarising (2: 14 x 14)
+  binarize: threshold0.5  # binarisation scheme (docs/data.md); deterministic, so denoising is well defined
+  n_train: 20000         # training images
+  n_test: 1000           # held-out images (MMD, reconstruction, denoising)
+  latent_dim: 20         # K
+  init_std: 0.1          # initial weights N(0, init_std^2); biases start at the data's marginal logits
+  n_mmd: 1000            # model samples for the MMD
+  infer_steps: 300       # Adam steps of the latent inference
+  infer_lr: 0.05
+  flip: 0.1              # fraction of pixels flipped for the denoising task
+  seed: 0
+  quick: {experiment.downsample: 2, experiment.n_train: 10000, experiment.n_test: 500, experiment.n_mmd: 500,
+          train.max_iters: 1500, algorithm.sleep_samples: 1000}
+"""
+
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "root": None,
+    "downsample": 1,
+    "binarize": "threshold0.5",
+    "n_train": 20000,
+    "n_test": 1000,
+    "latent_dim": 20,
+    "init_std": 0.1,
+    "n_mmd": 1000,
+    "infer_steps": 300,
+    "infer_lr": 0.05,
+    "flip": 0.1,
+    "seed": 0,
+    "quick": {},
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------
+def load_images(root, split: str, n: int, downsample: int, scheme: str, stream: int) -> np.ndarray:
+    """The first ``n`` images of a Fashion-MNIST split, pooled by ``downsample`` and binarised: ``[n, H*W]`` float64."""
+    from wakesleep.data import binarize, load_fashion_mnist
+
+    imgs, _ = load_fashion_mnist(root, split)
+    x = torch.as_tensor(imgs[:n], dtype=torch.float64) / 255.0
+    if downsample > 1:
+        x = F.avg_pool2d(x[:, None], downsample)[:, 0]
+    x = binarize(x.reshape(x.shape[0], -1), scheme, stream=stream)
+    return x.numpy()
+
+
+# --------------------------------------------------------------------------------------------------------
+# inference and downstream tasks
+# --------------------------------------------------------------------------------------------------------
+def infer_latents(model, x: torch.Tensor, steps: int = 300, lr: float = 0.05) -> torch.Tensor:
+    """MAP of u = logit(z) given binary images ``x [B, D]``: Adam ascent on log p(x | u) + log p(u).
+
+    u = logit(z) of a uniform z is standard logistic, log p(u) = -u - 2 softplus(-u); the model's parameters get
+    no gradient. Returns u ``[B, K]``.
+    """
+    w, b = model.weight.detach(), model.bias.detach()
+    u = torch.zeros(x.shape[0], model.latent_dim, dtype=w.dtype, requires_grad=True)
+    opt = torch.optim.Adam([u], lr=lr)
+    for _ in range(int(steps)):
+        opt.zero_grad()
+        lo = u @ w.T + b
+        lp = (x * lo - F.softplus(lo)).sum() + (-u - 2 * F.softplus(-u)).sum()
+        (-lp).backward()
+        opt.step()
+    return u.detach()
+
+
+def decode(model, u: torch.Tensor) -> torch.Tensor:
+    """Pixel probabilities sigmoid(W u + b) ``[B, D]``."""
+    with torch.no_grad():
+        return torch.sigmoid(u @ model.weight.T + model.bias)
+
+
+def _errors(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    p = prob.clamp(1e-6, 1 - 1e-6)
+    bce = float(-(target * torch.log(p) + (1 - target) * torch.log1p(-p)).sum(1).mean())
+    return {"pixel_error": float(((prob > 0.5).to(target.dtype) != target).to(torch.float64).mean()),
+            "bce_per_image": bce}
+
+
+def downstream(model, x_test: torch.Tensor, flip: float, steps: int, lr: float, seed: int) -> dict[str, Any]:
+    """Reconstruction and denoising errors (and the images for the plots)."""
+    g = torch.Generator().manual_seed(seed)
+    u = infer_latents(model, x_test, steps, lr)
+    rec = decode(model, u)
+    mask = torch.rand(x_test.shape, generator=g, dtype=x_test.dtype) < flip
+    noisy = torch.where(mask, 1 - x_test, x_test)
+    u_n = infer_latents(model, noisy, steps, lr)
+    den = decode(model, u_n)
+    mean_img = torch.sigmoid(model.bias.detach()).to(x_test.dtype).expand_as(x_test)
+    return {
+        "reconstruct": _errors(rec, x_test),
+        "denoise": _errors(den, x_test),
+        "noisy_input_error": float((noisy != x_test).to(torch.float64).mean()),
+        "images": {"clean": x_test, "recon": rec, "noisy": noisy, "denoised": den},
+        "_mean": mean_img,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------------------
+def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
+    from wakesleep.train import Trainer
+
+    t = config["train"]
+    trainer = Trainer(algo, epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
+                      batch_size=int(t["batch_size"]), lr=float(t["lr"]), seed=int(t["seed"]),
+                      sleep_every=int(t["sleep_every"]), log_every=int(t["log_every"]), max_iters=t["max_iters"],
+                      progress=progress, monitor_samples=0, callback=callback)
+    return trainer.fit(data)
+
+
+def _plots(out: Path, ds: dict[str, Any], samples: np.ndarray, shape, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wakesleep.eval.plots import plot_image_grid
+
+    plot_image_grid(samples[:64], out / "samples.png", shape, n=64, title="model samples")
+    probs = ds["images"]
+    k = 12
+    rows = [probs["clean"][:k], probs["recon"][:k], probs["noisy"][:k], probs["denoised"][:k]]
+    h, w = shape
+    fig, axes = plt.subplots(4, k, figsize=(k * 0.9, 4 * 0.95))
+    names = ["clean", "reconstruction", "10% flipped", "denoised"]
+    for r, (row, name) in enumerate(zip(rows, names, strict=True)):
+        for c in range(k):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(row[c]).reshape(h, w), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "downstream.png", dpi=110)
+    plt.close(fig)
+    if history:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot([r["step"] for r in history], [r["mmd2"] for r in history], "o-")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("MMD^2 (samples vs held-out)")
+        ax.set_yscale("log")
+        fig.tight_layout()
+        fig.savefig(out / "mmd_curve.png", dpi=110)
+        plt.close(fig)
+
+
+def _report(res: dict[str, Any]) -> str:
+    d, r0 = res["downstream"], res["downstream_initial"]
+    lines = [
+        "# AL-WS: uniform latents, Bernoulli pixels (seed 004, experiment IV)",
+        "",
+        f"z ~ U(0, 1)^{res['latent_dim']}, x_i ~ Bernoulli(sigmoid(w_i . logit(z) + b_i)) on binarised Fashion-MNIST "
+        f"({res['image_shape'][0]} x {res['image_shape'][1]}, {res['binarize']}), {res['n_train']} training and "
+        f"{res['n_test']} held-out images; AL-WS with N = {res['sleep_samples']} sleep samples, "
+        f"{res['iterations']} iterations in {res['train_seconds']:.0f} s. "
+        f"{'Quick run' if res['quick'] else 'Full run'}, {res['seconds']:.0f} s in all.",
+        "",
+        "## Sample quality",
+        "",
+        "| samples vs held-out images | MMD^2 |",
+        "| --- | --- |",
+        f"| AL-WS model ({res['n_mmd']} samples) | {res['mmd2_learned']:.4g} |",
+        f"| model at initialisation (independent pixels at the data marginals) | {res['mmd2_initial']:.4g} |",
+        f"| training images (floor) | {res['mmd2_floor']:.4g} |",
+        "",
+        "## Downstream tasks",
+        "",
+        f"Latents inferred by {res['infer_steps']} Adam steps of MAP on log p(x, logit z); decoded pixel "
+        "probabilities thresholded at 0.5. Pixel error rate against the clean image (lower is better); "
+        "BCE: mean binary cross-entropy per image of the decoded probabilities (nats).",
+        "",
+        "| task | AL-WS model: pixel error | BCE | initial model: pixel error | BCE |",
+        "| --- | --- | --- | --- | --- |",
+        f"| reconstruct | {d['reconstruct']['pixel_error']:.4f} | {d['reconstruct']['bce_per_image']:.2f} | "
+        f"{r0['reconstruct']['pixel_error']:.4f} | {r0['reconstruct']['bce_per_image']:.2f} |",
+        f"| denoise ({res['flip']:.0%} flipped) | {d['denoise']['pixel_error']:.4f} | "
+        f"{d['denoise']['bce_per_image']:.2f} | {r0['denoise']['pixel_error']:.4f} | "
+        f"{r0['denoise']['bce_per_image']:.2f} |",
+        "",
+        f"Baselines: the noisy image itself has pixel error {d['noisy_input_error']:.4f} against the clean one; "
+        f"the thresholded marginal-mean image {res['mean_image_error']:.4f}.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "![reconstruct and denoise](downstream.png)",
+        "",
+    ]
+    if res["history"]:
+        lines += ["![MMD during training](mmd_curve.png)", ""]
+    return "\n".join(lines)
+
+
+def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
+    from wakesleep.algorithms import build_algorithm
+    from wakesleep.eval import mmd
+    from wakesleep.models.zoo import UniformLogitBernoulli
+    from wakesleep.train import apply_threads
+
+    exp = config["experiment"]
+    apply_threads(config)
+    if config["algorithm"]["name"] != "al_ws":
+        raise WakesleepError("experiment images: algorithm.name must be al_ws")
+    ds_factor = int(exp["downsample"])
+    if ds_factor < 1 or 28 % ds_factor:
+        raise WakesleepError(f"experiment.downsample: must divide 28, got {ds_factor}")
+    t_start = time.perf_counter()
+    x_train = load_images(exp["root"], "train", int(exp["n_train"]), ds_factor, str(exp["binarize"]), 0)
+    x_test = load_images(exp["root"], "test", int(exp["n_test"]), ds_factor, str(exp["binarize"]), 1)
+    side = 28 // ds_factor
+    shape = (side, side)
+    seed = int(exp["seed"])
+    m = x_train.mean(0).clip(1e-3, 1 - 1e-3)
+    torch.manual_seed(int(config["train"]["seed"]))
+    model = UniformLogitBernoulli(int(exp["latent_dim"]), side * side, init_std=float(exp["init_std"]), seed=seed,
+                                  bias_init=torch.as_tensor(np.log(m / (1 - m)), dtype=torch.float32)).double()
+    xt = torch.as_tensor(x_test)
+    n_mmd = int(exp["n_mmd"])
+    ref = xt[:n_mmd]
+
+    def sample_mmd(k: int, s: int) -> float:
+        g = torch.Generator().manual_seed(s)
+        return float(mmd(model.sample(k, generator=g)[-1], ref))
+
+    mmd_init = sample_mmd(n_mmd, seed + 1)
+    steps, ilr, flip = int(exp["infer_steps"]), float(exp["infer_lr"]), float(exp["flip"])
+    ds0 = downstream(model, xt, flip, steps, ilr, seed + 5)
+    mean_err = float((((ds0["_mean"] > 0.5).to(xt.dtype)) != xt).to(torch.float64).mean())
+    opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
+    algo = build_algorithm("al_ws", model, **opts)
+    history: list[dict[str, Any]] = []
+
+    def callback(trainer, rec):
+        history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"),
+                        "mmd2": sample_mmd(min(n_mmd, 500), seed + 2)})
+
+    t0 = time.perf_counter()
+    trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
+    train_seconds = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(seed + 3)
+    samples = model.sample(n_mmd, generator=g)[-1]
+    mmd_learned = float(mmd(samples, ref))
+    mmd_floor = float(mmd(torch.as_tensor(x_train[:n_mmd]), ref))
+    ds = downstream(model, xt, flip, steps, ilr, seed + 5)
+    _plots(out_dir, ds, samples.numpy(), shape, history)
+
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in ("images", "_mean")}
+
+    results = {
+        "experiment": "images",
+        "quick": bool(exp.get("quick_run", False)),
+        "image_shape": list(shape), "binarize": str(exp["binarize"]), "n_train": int(len(x_train)),
+        "n_test": int(len(x_test)), "latent_dim": int(exp["latent_dim"]), "n_mmd": n_mmd,
+        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)), "flip": flip, "infer_steps": steps,
+        "mmd2_learned": mmd_learned, "mmd2_initial": mmd_init, "mmd2_floor": mmd_floor,
+        "downstream": strip(ds), "downstream_initial": strip(ds0), "mean_image_error": mean_err,
+        "iterations": int(trainer.n_iter_), "train_seconds": train_seconds, "history": history,
+        "seconds": time.perf_counter() - t_start,
+        "config": config,
+    }
+    wio.save_json(out_dir / "results.json", results)
+    wio.write_text(out_dir / "report.md", _report(results))
+    wio.write_text(out_dir / "config.yaml", dump_config(config))
+    wio.save_npz(out_dir / "model.npz", weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
+    return results
