@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -145,7 +146,8 @@ def main() -> None:
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 torch threads, "
+        f"torch {torch.__version__}"
     )
     print(f"machine: {machine}")
     print(
