@@ -62,9 +62,9 @@ class DDCHelmholtzMachine(Algorithm):
     recognition_memory : float or "auto"
         Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
         ``auto``: ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the statistics always
-        summarise about 200 sleep samples per read-out weight (20 was not enough in our measurements). With few sleep samples per phase (the paper's
-        200 against about 100 read-out inputs) a fit from one phase alone overfits, and training then
-        diverges at larger learning rates (docs/RESULTS.md).
+        summarise about 200 sleep samples per read-out weight (20 was not enough in our measurements). With
+        few sleep samples per phase (the paper's 200 against about 100 read-out inputs) a fit from one phase
+        alone overfits, and training then diverges at larger learning rates (docs/RESULTS.md).
     recognition_input : {"auto", "none", "linear", "quadratic"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
