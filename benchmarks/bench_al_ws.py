@@ -46,21 +46,33 @@ def main() -> None:
             if kernel == "exact" and n > args.exact_max:
                 continue
             torch.manual_seed(1)
-            algo = wakesleep.build_algorithm("al_ws", model, sleep_samples=n, kernel=kernel,
-                                             n_components=args.components)
+            algo = wakesleep.build_algorithm(
+                "al_ws", model, sleep_samples=n, kernel=kernel, n_components=args.components
+            )
             t0 = time.perf_counter()
             info = algo.sleep()
             t1 = time.perf_counter()
             algo.wake_gradient(batch)
             t2 = time.perf_counter()
             m = _metrics(_per_point(algo, x), true)
-            row = {"kernel": kernel, "N": n, "M": args.components if kernel != "exact" else None,
-                   "sleep_s": t1 - t0, "wake_s": t2 - t1, "iteration_s": t2 - t0, **m,
-                   "bandwidth": info["bandwidth"], "ridge": info["ridge"]}
+            row = {
+                "kernel": kernel,
+                "N": n,
+                "M": args.components if kernel != "exact" else None,
+                "sleep_s": t1 - t0,
+                "wake_s": t2 - t1,
+                "iteration_s": t2 - t0,
+                **m,
+                "bandwidth": info["bandwidth"],
+                "ridge": info["ridge"],
+            }
             rows.append(row)
-            print(f"| {kernel} | {n} | {row['M'] or '-'} | {row['sleep_s']:.2f} | {row['wake_s']:.3f} | "
-                  f"{row['iteration_s']:.2f} | {m['cosine']:.4f} | {m['rel_error']:.3g} | {info['bandwidth']:.3g} | "
-                  f"{info['ridge']:.0e} |", flush=True)
+            print(
+                f"| {kernel} | {n} | {row['M'] or '-'} | {row['sleep_s']:.2f} | {row['wake_s']:.3f} | "
+                f"{row['iteration_s']:.2f} | {m['cosine']:.4f} | {m['rel_error']:.3g} | {info['bandwidth']:.3g} | "
+                f"{info['ridge']:.0e} |",
+                flush=True,
+            )
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -120,11 +120,13 @@ def pyro_case(kind: str, k: int, x: torch.Tensor, tag: str):
     from torch import nn
 
     pyro.set_rng_seed(0)
-    gen = nn.ModuleDict({"z2": nn.Linear(DIMS[0], DIMS[1]), "z1": nn.Linear(DIMS[1], DIMS[2]),
-                         "x": nn.Linear(DIMS[2], DIMS[3])})
+    gen = nn.ModuleDict(
+        {"z2": nn.Linear(DIMS[0], DIMS[1]), "z1": nn.Linear(DIMS[1], DIMS[2]), "x": nn.Linear(DIMS[2], DIMS[3])}
+    )
     top = nn.Parameter(torch.zeros(DIMS[0]))
-    rec = nn.ModuleDict({"z1": nn.Linear(DIMS[3], DIMS[2]), "z2": nn.Linear(DIMS[2], DIMS[1]),
-                         "z3": nn.Linear(DIMS[1], DIMS[0])})
+    rec = nn.ModuleDict(
+        {"z1": nn.Linear(DIMS[3], DIMS[2]), "z2": nn.Linear(DIMS[2], DIMS[1]), "z3": nn.Linear(DIMS[1], DIMS[0])}
+    )
 
     def model(xb):
         pyro.module(f"gen_{tag}", gen)
@@ -155,8 +157,11 @@ def pyro_case(kind: str, k: int, x: torch.Tensor, tag: str):
 
 # --------------------------------------------------------------------------------------------------------
 def cases(ks):
-    out = [("ddc_hm", {}, None, None), ("wake_sleep", {}, 1, flops(1, sleep_rows=BATCH)),
-           ("wake_sleep", {"variant": "mean_field"}, None, flops(1, sleep_rows=BATCH))]
+    out = [
+        ("ddc_hm", {}, None, None),
+        ("wake_sleep", {}, 1, flops(1, sleep_rows=BATCH)),
+        ("wake_sleep", {"variant": "mean_field"}, None, flops(1, sleep_rows=BATCH)),
+    ]
     for k in ks:
         out += [
             ("rws", {"k": k, "q_update": "wake"}, k, flops(k)),
@@ -201,8 +206,7 @@ def main(argv=None) -> int:
     for group in groups.values():
         steps = []
         for i, name, options, k_, fl in group:
-            label = name + ("" if not options else " " + ",".join(f"{a}={b}" for a, b in options.items()
-                                                                  if a != "k"))
+            label = name + ("" if not options else " " + ",".join(f"{a}={b}" for a, b in options.items() if a != "k"))
             row = {"algorithm": label.strip(), "k": k_, "flops_per_iter": fl}
             try:
                 if name.startswith("pyro:"):
@@ -229,17 +233,28 @@ def main(argv=None) -> int:
         for row, _, times in steps:
             med = statistics.median(times)
             fl = row["flops_per_iter"]
-            row.update({"ms_per_iter": 1e3 * med, "timed_iters": len(times), "ms_per_iter_min": 1e3 * min(times),
-                        "s_per_epoch": med * ITERS_PER_EPOCH,
-                        "fraction_of_mm_rate": (fl / med / rate) if fl else None})
-            print(f"{row['algorithm']:45s} K={row['k']}: {1e3 * med:8.2f} ms/iter ({len(times)} iters)",
-                  file=sys.stderr, flush=True)
+            row.update(
+                {
+                    "ms_per_iter": 1e3 * med,
+                    "timed_iters": len(times),
+                    "ms_per_iter_min": 1e3 * min(times),
+                    "s_per_epoch": med * ITERS_PER_EPOCH,
+                    "fraction_of_mm_rate": (fl / med / rate) if fl else None,
+                }
+            )
+            print(
+                f"{row['algorithm']:45s} K={row['k']}: {1e3 * med:8.2f} ms/iter ({len(times)} iters)",
+                file=sys.stderr,
+                flush=True,
+            )
         rate = max(rate, matmul_rate())  # re-measure between groups; keep the best (least loaded) rate
 
     # speed-up against Pyro's RWS / RenyiELBO at the same K
     pyro_ms = {(r["algorithm"], r["k"]): r["ms_per_iter"] for r in rows if "ms_per_iter" in r}
-    print(f"\nfloat32 torch.mm rate: {rate / 1e9:.1f} GFLOP/s; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"\nfloat32 torch.mm rate: {rate / 1e9:.1f} GFLOP/s; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"
+    )
     print("| algorithm | K | ms/iter (median) | s/epoch | GFLOP/iter | % of mm rate | vs Pyro RWS | vs Pyro Renyi(0) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -251,14 +266,26 @@ def main(argv=None) -> int:
         for ref in ("pyro:rws", "pyro:renyi0"):
             base = pyro_ms.get((ref, r["k"]))
             rel.append(f"{base / r['ms_per_iter']:.2f}x" if base and r["k"] else "")
-        print(f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | {r['ms_per_iter']:.2f} | {r['s_per_epoch']:.1f} | "
-              f"{fl / 1e9 if fl else float('nan'):.3f} | "
-              f"{100 * r['fraction_of_mm_rate'] if r['fraction_of_mm_rate'] else float('nan'):.1f} | "
-              f"{rel[0]} | {rel[1]} |")
+        print(
+            f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | {r['ms_per_iter']:.2f} | {r['s_per_epoch']:.1f} | "
+            f"{fl / 1e9 if fl else float('nan'):.3f} | "
+            f"{100 * r['fraction_of_mm_rate'] if r['fraction_of_mm_rate'] else float('nan'):.1f} | "
+            f"{rel[0]} | {rel[1]} |"
+        )
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "mm_flops_per_s": rate, "load_average": os.getloadavg()},
-        "model": "sbn 784-200-200-200 float32", "batch": BATCH, "iters": iters, "warmup": warmup, "rows": rows,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "mm_flops_per_s": rate,
+            "load_average": os.getloadavg(),
+        },
+        "model": "sbn 784-200-200-200 float32",
+        "batch": BATCH,
+        "iters": iters,
+        "warmup": warmup,
+        "rows": rows,
     }
     if args.out:
         with open(args.out, "w") as f:

@@ -15,8 +15,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-QUICK = ["--epochs", "3", "--n", "3000", "--threads", "1", "--mmd-samples", "5000", "--curve-samples", "1000",
-         "--evals", "9", "--nll-k", "1000", "--nll-points", "200", "--proposal-steps", "500"]
+QUICK = [
+    "--epochs",
+    "3",
+    "--n",
+    "3000",
+    "--threads",
+    "1",
+    "--mmd-samples",
+    "5000",
+    "--curve-samples",
+    "1000",
+    "--evals",
+    "9",
+    "--nll-k",
+    "1000",
+    "--nll-points",
+    "200",
+    "--proposal-steps",
+    "500",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

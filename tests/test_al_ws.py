@@ -55,8 +55,9 @@ def test_discrete_latents_gradient_cosine(variant):
     perturb(model, 0.5, seed=3)
     exact = exact_gradient(model, x, enumerate_loglik)
     torch.manual_seed(0)
-    algo = wakesleep.build_algorithm("al_ws", model, sleep_samples=10000, kernel="nystrom", n_components=500,
-                                     variant=variant)
+    algo = wakesleep.build_algorithm(
+        "al_ws", model, sleep_samples=10000, kernel="nystrom", n_components=500, variant=variant
+    )
     algo.sleep()
     grads = algo.wake_gradient(x)
     for name, g in exact.items():
@@ -109,8 +110,9 @@ def test_trainer_runs_on_custom_models(kernel):
         torch.manual_seed(0)
         x = model.sample(64)[-1]
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        algo = wakesleep.build_algorithm("al_ws", model, sleep_samples=100, kernel=kernel, n_components=50,
-                                         select_every=2)
+        algo = wakesleep.build_algorithm(
+            "al_ws", model, sleep_samples=100, kernel=kernel, n_components=50, select_every=2
+        )
         Trainer(algo, epochs=1, batch_size=32, lr=1e-2, monitor_samples=0, log_every=1).fit(x)
         assert any((p - before[n]).abs().max() > 0 for n, p in model.named_parameters())
         assert all(torch.isfinite(p).all() for p in model.parameters())

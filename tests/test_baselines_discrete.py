@@ -229,8 +229,10 @@ def test_bbvi_phi_gradient_matches_exact_elbo_gradient(cv):
     mean, se = mc_phi(algo, x, copies=150 if cv == "ranganath" else 300)
     z = max_z(mean, se, target)
     wrong = grads_of(iwae_objective(model, algo.proposal, x, 2), phi)
-    print(f"bbvi phi ({cv}, K={k}): max|z| vs grad ELBO {z:.2f}, vs grad L_2 {max_z(mean, se, wrong):.1f}, "
-          f"mean se {float(se.mean()):.2e}")
+    print(
+        f"bbvi phi ({cv}, K={k}): max|z| vs grad ELBO {z:.2f}, vs grad L_2 {max_z(mean, se, wrong):.1f}, "
+        f"mean se {float(se.mean()):.2e}"
+    )
     assert z < Z_TOL
     assert max_z(mean, se, wrong) > 2 * Z_TOL
 
@@ -256,8 +258,10 @@ def test_wake_sleep_sampled_wake_gradient_is_elbo_gradient_and_bias_is_reported(
     exact_ll = exact_loglik_grad(model, x)
     mean, se = mc_theta(algo, x, copies=300)
     z = max_z(mean, se, target)
-    print(f"wake_sleep sampled: max|z| vs grad_theta ELBO {z:.2f}; bias to grad log p(x): relative "
-          f"{rel_err(mean, exact_ll):.3f}, cosine {cosine(mean, exact_ll):.4f}")
+    print(
+        f"wake_sleep sampled: max|z| vs grad_theta ELBO {z:.2f}; bias to grad log p(x): relative "
+        f"{rel_err(mean, exact_ll):.3f}, cosine {cosine(mean, exact_ll):.4f}"
+    )
     assert z < Z_TOL
     assert max_z(mean, se, exact_ll) > 3 * Z_TOL
 
@@ -269,8 +273,10 @@ def test_wake_sleep_mean_field_bias_reported_and_shrinks_when_q_is_posterior_poi
     model, algo, x = make_problem("wake_sleep", variant="mean_field")
     exact_ll = exact_loglik_grad(model, x)
     g = theta_vec(model, algo.wake_gradient(x))
-    print(f"wake_sleep mean_field: bias to grad log p(x): relative {rel_err(g, exact_ll):.3f}, "
-          f"cosine {cosine(g, exact_ll):.4f}")
+    print(
+        f"wake_sleep mean_field: bias to grad log p(x): relative {rel_err(g, exact_ll):.3f}, "
+        f"cosine {cosine(g, exact_ll):.4f}"
+    )
     # point-mass recognition on a single datum: q logits = +-30 at a chosen configuration
     x1 = x[:1]
     zstar = [torch.tensor([[1.0, 0.0]], dtype=x.dtype), torch.tensor([[0.0, 1.0, 1.0]], dtype=x.dtype)]

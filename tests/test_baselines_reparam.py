@@ -137,8 +137,12 @@ def test_flow_posterior_log_q_is_a_normalised_density(flow_type):
     log q; a flipped sign (negative control) is rejected. f = N(0, s^2 I) with s chosen so that the ratio
     stays bounded (max/mean below ~50 with these seeds), z-score threshold 4.5 on 20000 particles."""
     torch.manual_seed(3)
-    model = wakesleep.build_model({"layers": [{"name": "z", "family": "gaussian", "dim": 2},
-                                              {"name": "x", "family": "gaussian", "dim": 3}], "dtype": "float64"})
+    model = wakesleep.build_model(
+        {
+            "layers": [{"name": "z", "family": "gaussian", "dim": 2}, {"name": "x", "family": "gaussian", "dim": 3}],
+            "dtype": "float64",
+        }
+    )
     algo = build_algorithm("flow", model, flow_type=flow_type, flow_length=4, proposal_hidden=[8])
     prop = algo.proposal
     with torch.no_grad():
@@ -169,9 +173,14 @@ def test_flow_posterior_log_q_is_a_normalised_density(flow_type):
 # IWAE against Pyro's RenyiELBO(alpha=0)
 # --------------------------------------------------------------------------------------------------------
 def _one_layer_model(seed=0):
-    cfg = {"layers": [{"name": "z", "family": "gaussian", "dim": 2, "mean": 0.3, "variance": 1.5},
-                      {"name": "x", "family": "gaussian", "dim": 3, "link": "linear", "variance": 0.5}],
-           "seed": seed, "dtype": "float64"}
+    cfg = {
+        "layers": [
+            {"name": "z", "family": "gaussian", "dim": 2, "mean": 0.3, "variance": 1.5},
+            {"name": "x", "family": "gaussian", "dim": 3, "link": "linear", "variance": 0.5},
+        ],
+        "seed": seed,
+        "dtype": "float64",
+    }
     return wakesleep.build_model(cfg)
 
 
@@ -375,8 +384,15 @@ def _z_scores(algo, x, exact, reps):
     return zs
 
 
-@pytest.mark.parametrize("name,k,reps,structure", [("vae", 50, 200, "bottom_up"), ("iwae", 5, 400, "bottom_up"),
-                                                   ("iwae", 50, 200, "bottom_up"), ("vae", 50, 200, "top_down")])
+@pytest.mark.parametrize(
+    "name,k,reps,structure",
+    [
+        ("vae", 50, 200, "bottom_up"),
+        ("iwae", 5, 400, "bottom_up"),
+        ("iwae", 50, 200, "bottom_up"),
+        ("vae", 50, 200, "top_down"),
+    ],
+)
 def test_gradient_at_exact_posterior_is_exact_gradient(name, k, reps, structure):
     """With q set to the exact posterior, E[wake_gradient] = grad (1/B) sum log p(x) (Fisher's identity):
     every coordinate within 4.5 standard errors (32 coordinates). Negative control: shifting q's mean by 0.3
@@ -487,8 +503,9 @@ def test_warmup_trains_only_the_recognition_model():
 
 @pytest.mark.parametrize("name", ["vae", "iwae", "flow"])
 def test_discrete_latents_are_refused(name):
-    model = wakesleep.build_model({"layers": [{"name": "z1", "family": "bernoulli", "dim": 3},
-                                              {"name": "x", "family": "gaussian", "dim": 2}]})
+    model = wakesleep.build_model(
+        {"layers": [{"name": "z1", "family": "bernoulli", "dim": 3}, {"name": "x", "family": "gaussian", "dim": 2}]}
+    )
     with pytest.raises(WakesleepError, match=f"{name}: latent z1 is binary; use vimco, rws or bbvi"):
         build_algorithm(name, model)
 
@@ -509,9 +526,16 @@ def test_bad_options_are_named():
         build_algorithm("vae", model, particles=3)
 
 
-@pytest.mark.parametrize("name,opts", [("vae", {}), ("iwae", {"k": 5}), ("vae", {"structure": "top_down"}),
-                                       ("flow", {"flow_type": "planar"}),
-                                       ("flow", {"flow_type": "radial", "amortized": False})])
+@pytest.mark.parametrize(
+    "name,opts",
+    [
+        ("vae", {}),
+        ("iwae", {"k": 5}),
+        ("vae", {"structure": "top_down"}),
+        ("flow", {"flow_type": "planar"}),
+        ("flow", {"flow_type": "radial", "amortized": False}),
+    ],
+)
 def test_training_raises_the_log_likelihood_of_a_linear_gaussian_model(name, opts):
     """Trainer + algorithm on data from a one-layer linear-Gaussian model, from a perturbed start: the exact
     mean log-likelihood goes up by more than 0.2 nats in 300 iterations; samples are finite; checkpoints load."""

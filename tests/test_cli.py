@@ -32,8 +32,9 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "wakesleep", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "wakesleep", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def write_config(tmp_path: Path, cfg: dict, name: str = "c.yaml") -> Path:
@@ -57,7 +58,12 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
     r = cli("train", "--config", str(cfg), "--out", str(out), "--set", "train.samples=10000")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint", "config.yaml", "metrics.jsonl", "model.safetensors", "samples.npz"]
+        "checkpoint",
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "samples.npz",
+    ]
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["train"]["epochs"] == 1 and resolved["train"]["batch_size"] == 50
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -75,13 +81,24 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
     rc = main(["train", "--config", str(cfg), "--out", str(out)])
     assert_user_error(rc, capsys.readouterr().err, "--out", "not empty")
     # ... unless --overwrite, which replaces it whole
-    rc = main(["train", "--config", str(cfg), "--out", str(out), "--overwrite", "--set", "train.seed=5",
-               "--set", "train.samples=10"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--set",
+            "train.seed=5",
+            "--set",
+            "train.samples=10",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() != before
     assert np.load(out / "samples.npz")["x"].shape == (10, 2)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
 
 
 def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
@@ -115,10 +132,14 @@ def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
         "non-positive dim": (["--config", variant("d.yaml", model__layers=layers_bad_dim)], ["dim", "-2"]),
         "nan data": (["--config", variant("n.yaml", data__source="file", data__path="nan.npz")], ["nan.npz", "NaN"]),
         "inf data": (["--config", variant("i.yaml", data__source="file", data__path="inf.npz")], ["inf.npz"]),
-        "wrong columns": (["--config", variant("w.yaml", data__source="file", data__path="cols.npz")],
-                          ["cols.npz", "3"]),
-        "missing data file": (["--config", variant("m.yaml", data__source="file", data__path="nope.npz")],
-                              ["nope.npz"]),
+        "wrong columns": (
+            ["--config", variant("w.yaml", data__source="file", data__path="cols.npz")],
+            ["cols.npz", "3"],
+        ),
+        "missing data file": (
+            ["--config", variant("m.yaml", data__source="file", data__path="nope.npz")],
+            ["nope.npz"],
+        ),
         "missing init file": (["--config", str(good), "--set", "model.init=absent.npz"], ["absent.npz"]),
         "missing config": (["--config", str(tmp_path / "absent.yaml")], ["absent.yaml"]),
         "bad yaml": (["--config", str(tmp_path / "broken.yaml")], ["broken.yaml", "YAML"]),
@@ -127,8 +148,21 @@ def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
-BAD = ["unknown key", "unknown key in file", "unknown family", "unknown link", "non-positive dim", "nan data",
-       "inf data", "wrong columns", "missing data file", "missing init file", "missing config", "bad yaml", "bad set"]
+BAD = [
+    "unknown key",
+    "unknown key in file",
+    "unknown family",
+    "unknown link",
+    "non-positive dim",
+    "nan data",
+    "inf data",
+    "wrong columns",
+    "missing data file",
+    "missing init file",
+    "missing config",
+    "bad yaml",
+    "bad set",
+]
 
 
 @pytest.mark.parametrize("case", BAD + ["cuda"])
@@ -187,13 +221,37 @@ def test_experiment_registry_and_unknown(tmp_path, capsys):
 
 def test_experiment_synthetic_tiny(tmp_path, capsys):
     out = tmp_path / "exp"
-    rc = main(["experiment", "synthetic", "--quick", "--out", str(out), "--no-progress",
-               "--set", "train.max_iters=3", "--set", "data.n=300", "--set", "experiment.mmd_samples=300",
-               "--set", "algorithm.sleep_samples=50", "--set", "algorithm.features=10"])
+    rc = main(
+        [
+            "experiment",
+            "synthetic",
+            "--quick",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "train.max_iters=3",
+            "--set",
+            "data.n=300",
+            "--set",
+            "experiment.mmd_samples=300",
+            "--set",
+            "algorithm.sleep_samples=50",
+            "--set",
+            "algorithm.features=10",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
-    assert {"results.json", "report.md", "samples.png", "config.yaml", "data_0.npz", "true_params_0.npz",
-            "ddc_hm_0"} <= names
+    assert {
+        "results.json",
+        "report.md",
+        "samples.png",
+        "config.yaml",
+        "data_0.npz",
+        "true_params_0.npz",
+        "ddc_hm_0",
+    } <= names
     res = json.loads((out / "results.json").read_text())
     ds = res["datasets"][0]
     assert res["quick"] is True

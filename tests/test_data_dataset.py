@@ -26,9 +26,7 @@ def xy():
 def test_file_npz_npy_csv(tmp_path, xy):
     x, x_test = xy
     np.savez(tmp_path / "d.npz", x=x, x_test=x_test)
-    ds = load_dataset(
-        {"source": "file", "path": "d.npz"}, expected_dim=4, base_dir=tmp_path, dtype=torch.float64
-    )
+    ds = load_dataset({"source": "file", "path": "d.npz"}, expected_dim=4, base_dir=tmp_path, dtype=torch.float64)
     assert isinstance(ds, DataSet) and ds.dim == 4 and ds.n_train == 30 and ds.n_test == 10
     np.testing.assert_array_equal(ds.train.numpy(), x)
     np.testing.assert_array_equal(ds.test.numpy(), x_test)
@@ -74,12 +72,8 @@ def test_file_errors(tmp_path, xy):
     assert "unsupported file type" in _msg({"source": "file", "path": "d.txt"}, base_dir=tmp_path)
     (tmp_path / "s.csv").write_text("a,b\nx,y\n")
     assert "cannot read" in _msg({"source": "file", "path": "s.csv"}, base_dir=tmp_path)
-    assert "data.n: asked for 99 rows" in _msg(
-        {"source": "file", "path": "ok.npy", "n": 99}, base_dir=tmp_path
-    )
-    assert "data.n: expected an integer" in _msg(
-        {"source": "file", "path": "ok.npy", "n": "3"}, base_dir=tmp_path
-    )
+    assert "data.n: asked for 99 rows" in _msg({"source": "file", "path": "ok.npy", "n": 99}, base_dir=tmp_path)
+    assert "data.n: expected an integer" in _msg({"source": "file", "path": "ok.npy", "n": "3"}, base_dir=tmp_path)
 
 
 def test_unknown_source_and_keys():
@@ -109,9 +103,7 @@ def test_mnist_source_dynamic_binarisation(tmp_path):
     assert set(torch.unique(ds.test).tolist()) == {0.0, 1.0}  # test fixed once
     assert ds.train_labels.shape == (30,) and ds.test_labels.shape == (20,)
     d = ds.describe()
-    assert (
-        d["binarize"] == "dynamic" and d["test_binarize"].startswith("fixed-seed1") and d["source"] == "mnist"
-    )
+    assert d["binarize"] == "dynamic" and d["test_binarize"].startswith("fixed-seed1") and d["source"] == "mnist"
     batches = list(ds.batches(8))
     assert [b.shape[0] for b in batches] == [8, 8, 8, 6]
     assert all(set(torch.unique(b).tolist()) <= {0.0, 1.0} for b in batches)
@@ -131,9 +123,7 @@ def test_mnist_source_fixed_and_errors(tmp_path):
     assert torch.equal(ds.draw_train(), ds.train)  # fixed: never changes
     again = load_dataset({"source": "mnist", "root": str(tmp_path / "m"), "binarize": "fixed-seed0"})
     assert torch.equal(again.train, ds.train)
-    ds = load_dataset(
-        {"source": "mnist", "root": str(tmp_path / "m"), "binarize": "threshold0.5", "split": "test"}
-    )
+    ds = load_dataset({"source": "mnist", "root": str(tmp_path / "m"), "binarize": "threshold0.5", "split": "test"})
     assert ds.n_train == 20 and ds.test is None
     assert "data.root: required" in _msg({"source": "mnist"})
     assert "split" in _msg({"source": "mnist", "root": str(tmp_path / "m"), "split": "val"})
@@ -155,9 +145,7 @@ def test_fashion_mnist_source_from_debian_package():
 
 def test_patches_source(tmp_path):
     pytest.importorskip("skimage")
-    ds = load_dataset(
-        {"source": "patches", "size": 8, "n": 2000, "n_test": 300, "seed": 0}, 64, dtype=torch.float64
-    )
+    ds = load_dataset({"source": "patches", "size": 8, "n": 2000, "n_test": 300, "seed": 0}, 64, dtype=torch.float64)
     assert ds.train.shape == (2000, 64) and ds.test.shape == (300, 64) and ds.image_shape == (8, 8)
     assert ds.describe()["per_patch_mean_removed"] and ds.binarize == "none"
     assert "binarisation needs values in [0, 1]" in _msg(

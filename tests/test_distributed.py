@@ -23,16 +23,26 @@ import torch
 import wakesleep
 
 N_PER_RANK, B_PER_RANK, WORLD = 60, 8, 2
-SBN = {"layers": [{"name": "z2", "family": "bernoulli", "dim": 3},
-                  {"name": "z1", "family": "bernoulli", "dim": 4, "link": "linear"},
-                  {"name": "x", "family": "bernoulli", "dim": 6, "link": "linear"}], "dtype": "float64", "seed": 3}
+SBN = {
+    "layers": [
+        {"name": "z2", "family": "bernoulli", "dim": 3},
+        {"name": "z1", "family": "bernoulli", "dim": 4, "link": "linear"},
+        {"name": "x", "family": "bernoulli", "dim": 6, "link": "linear"},
+    ],
+    "dtype": "float64",
+    "seed": 3,
+}
 DDC_OPTS = {"features": 7, "recognition_hidden": 12, "recognition_ridge": 1e-3, "seed": 5}
 LG_CONFIG = {
-    "model": {"layers": [{"name": "z", "family": "gaussian", "dim": 2},
-                         {"name": "x", "family": "gaussian", "dim": 3, "link": "linear"}], "dtype": "float64"},
+    "model": {
+        "layers": [
+            {"name": "z", "family": "gaussian", "dim": 2},
+            {"name": "x", "family": "gaussian", "dim": 3, "link": "linear"},
+        ],
+        "dtype": "float64",
+    },
     "algorithm": {"name": "ddc_hm", "sleep_samples": 100, "features": 30, "recognition_hidden": 30},
-    "train": {"epochs": 100, "batch_size": 50, "lr": 2e-2, "seed": 0, "max_iters": 40, "log_every": 20,
-              "threads": 1},
+    "train": {"epochs": 100, "batch_size": 50, "lr": 2e-2, "seed": 0, "max_iters": 40, "log_every": 20, "threads": 1},
     "data": {"source": "model", "n": 400},
 }
 
@@ -59,8 +69,11 @@ def _lg_data() -> torch.Tensor:
 def _ddc_results(algo, x, x_eval):
     algo.sleep()
     grads = algo.wake_gradient(x)
-    return {"maps": [m.clone() for m in algo.recognizer.maps], "r": [r.clone() for r in algo.recognise(x_eval)],
-            "grads": {k: v.clone() for k, v in grads.items()}}
+    return {
+        "maps": [m.clone() for m in algo.recognizer.maps],
+        "r": [r.clone() for r in algo.recognise(x_eval)],
+        "grads": {k: v.clone() for k, v in grads.items()},
+    }
 
 
 def _inject(model, samples):
@@ -80,12 +93,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         # 1. DDC-HM sufficient statistics, with this rank's share of the union injected as its sleep samples
         samples, x, x_eval = _union()
         model = wakesleep.build_model(SBN)
-        mine = [s[rank * N_PER_RANK:(rank + 1) * N_PER_RANK] for s in samples]
+        mine = [s[rank * N_PER_RANK : (rank + 1) * N_PER_RANK] for s in samples]
         _inject(model, mine)
         algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=N_PER_RANK, **DDC_OPTS)
         wrapped = DataParallelAlgorithm(algo, world_size=world)
         assert algo.global_gradients and wrapped.global_gradients
-        xb = x[rank * B_PER_RANK:(rank + 1) * B_PER_RANK]
+        xb = x[rank * B_PER_RANK : (rank + 1) * B_PER_RANK]
         res["ddc"] = [_ddc_results(wrapped, xb, x_eval) for _ in range(2)]  # 2nd phase: standardisers fitted
         # 2. gradient averaging (RWS): a few Trainer steps, parameters must stay identical across ranks
         from wakesleep.train import Trainer
@@ -105,11 +118,20 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         data = _lg_data()
         torch.manual_seed(0)
         before = float(exact_log_likelihood(build_model_from_config(cfg), data).mean())
-        model3, _, trainer = train_distributed(cfg, os.path.join(out, "run") if rank == 0 else None, rank=rank,
-                                               world_size=world, data=data, monitor_samples=0)
-        res["train"] = {"before": before, "after": float(exact_log_likelihood(model3, data).mean()),
-                        "iterations": trainer.n_iter_,
-                        "params": {k: v.detach().clone() for k, v in model3.named_parameters()}}
+        model3, _, trainer = train_distributed(
+            cfg,
+            os.path.join(out, "run") if rank == 0 else None,
+            rank=rank,
+            world_size=world,
+            data=data,
+            monitor_samples=0,
+        )
+        res["train"] = {
+            "before": before,
+            "after": float(exact_log_likelihood(model3, data).mean()),
+            "iterations": trainer.n_iter_,
+            "params": {k: v.detach().clone() for k, v in model3.named_parameters()},
+        }
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -126,8 +148,9 @@ def ranks(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("dist")
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=2):
         if time.monotonic() > deadline:

@@ -35,11 +35,19 @@ def test_quadrature_2d_matches_1d_reduction():
 
 def test_gradient_experiment_tiny(tmp_path):
     out = tmp_path / "g"
-    res = run_experiment("gradient", out, overrides=[
-        "experiment.b_grid=[[1.0, 0.5]]", "experiment.sigma_grid=[0.5]", "experiment.sleep_sizes=[100, 400]",
-        "experiment.points=5", "experiment.repeats=1", "experiment.algorithms=[al_ws, ddc_hm]",
-        "experiment.quad_nodes=200",
-    ])
+    res = run_experiment(
+        "gradient",
+        out,
+        overrides=[
+            "experiment.b_grid=[[1.0, 0.5]]",
+            "experiment.sigma_grid=[0.5]",
+            "experiment.sleep_sizes=[100, 400]",
+            "experiment.points=5",
+            "experiment.repeats=1",
+            "experiment.algorithms=[al_ws, ddc_hm]",
+            "experiment.quad_nodes=200",
+        ],
+    )
     for f in ("results.json", "report.md", "gradient.png"):
         assert (out / f).is_file()
     data = json.loads((out / "results.json").read_text())

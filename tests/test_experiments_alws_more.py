@@ -58,7 +58,7 @@ def test_uniform_logit_bernoulli_log_joint_by_hand():
 
     m = UniformLogitBernoulli(3, 6, init_std=1.0, seed=1).double()
     z, x = m.sample(10)
-    logits = (np.log(z.numpy() / (1 - z.numpy())) @ m.weight.detach().numpy().T + m.bias.detach().numpy())
+    logits = np.log(z.numpy() / (1 - z.numpy())) @ m.weight.detach().numpy().T + m.bias.detach().numpy()
     p = 1 / (1 + np.exp(-logits))
     hand = stats.bernoulli.logpmf(x.numpy(), p).sum(1)  # log p(z) = 0 on (0, 1)^3
     np.testing.assert_allclose(m.log_joint(x, [z]).detach().numpy(), hand, rtol=1e-8)
@@ -67,8 +67,18 @@ def test_uniform_logit_bernoulli_log_joint_by_hand():
 def test_population_dynamics_log_joint_by_hand():
     from wakesleep.models.zoo import PopulationDynamics
 
-    m = PopulationDynamics(T=6, burn_in=4, max_tau=5, P=5.0, N0=1.5, delta=0.2, sigma_p=0.4, sigma_d=0.5,
-                           sigma_n=0.2, tau_logits=torch.tensor([0.1, -0.3, 0.5, 0.0, 0.2])).double()
+    m = PopulationDynamics(
+        T=6,
+        burn_in=4,
+        max_tau=5,
+        P=5.0,
+        N0=1.5,
+        delta=0.2,
+        sigma_p=0.4,
+        sigma_d=0.5,
+        sigma_n=0.2,
+        tau_logits=torch.tensor([0.1, -0.3, 0.5, 0.0, 0.2]),
+    ).double()
     tau, e, eps, x = m.sample(4)
     assert set(tau.reshape(-1).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     logits = np.array([0.1, -0.3, 0.5, 0.0, 0.2])
@@ -79,8 +89,9 @@ def test_population_dynamics_log_joint_by_hand():
         hist = [1.0] * 6  # z_t = z_init for t <= 0
         for t in range(10):
             lag = hist[-1 - t_i]
-            hist.append(5.0 * lag * math.exp(-lag / 1.5) * float(e[i, t])
-                        + hist[-1] * math.exp(-0.2 * float(eps[i, t])))
+            hist.append(
+                5.0 * lag * math.exp(-lag / 1.5) * float(e[i, t]) + hist[-1] * math.exp(-0.2 * float(eps[i, t]))
+            )
         z = np.array(hist[6:])[4:]
         lp = logm[t_i - 1]
         lp += stats.gamma.logpdf(e[i].numpy(), a=1 / 0.16, scale=0.16).sum()
@@ -146,15 +157,45 @@ def test_images_inference_reconstructs_model_images():
 # tiny end-to-end runs
 # --------------------------------------------------------------------------------------------------------
 TINY = {
-    "circle": ["experiment.size=8", "experiment.envelope=2.0", "experiment.n_train=300", "experiment.n_eval=200",
-               "experiment.hidden=[16]", "train.max_iters=10", "train.log_every=5", "algorithm.sleep_samples=100"],
-    "dynamics": ["experiment.T=10", "experiment.burn_in=5", "experiment.n_series=200", "experiment.n_test=100",
-                 "train.max_iters=5", "train.log_every=5", "algorithm.sleep_samples=100"],
-    "images": ["experiment.downsample=4", "experiment.n_train=300", "experiment.n_test=50", "experiment.n_mmd=50",
-               "experiment.infer_steps=10", "experiment.latent_dim=4", "train.max_iters=5", "train.log_every=5",
-               "algorithm.sleep_samples=100"],
-    "ica": ["data.n=1000", "data.n_test=500", "data.pca_dim=8", "experiment.fastica_n=500", "train.max_iters=5",
-            "train.log_every=5", "algorithm.sleep_samples=100"],
+    "circle": [
+        "experiment.size=8",
+        "experiment.envelope=2.0",
+        "experiment.n_train=300",
+        "experiment.n_eval=200",
+        "experiment.hidden=[16]",
+        "train.max_iters=10",
+        "train.log_every=5",
+        "algorithm.sleep_samples=100",
+    ],
+    "dynamics": [
+        "experiment.T=10",
+        "experiment.burn_in=5",
+        "experiment.n_series=200",
+        "experiment.n_test=100",
+        "train.max_iters=5",
+        "train.log_every=5",
+        "algorithm.sleep_samples=100",
+    ],
+    "images": [
+        "experiment.downsample=4",
+        "experiment.n_train=300",
+        "experiment.n_test=50",
+        "experiment.n_mmd=50",
+        "experiment.infer_steps=10",
+        "experiment.latent_dim=4",
+        "train.max_iters=5",
+        "train.log_every=5",
+        "algorithm.sleep_samples=100",
+    ],
+    "ica": [
+        "data.n=1000",
+        "data.n_test=500",
+        "data.pca_dim=8",
+        "experiment.fastica_n=500",
+        "train.max_iters=5",
+        "train.log_every=5",
+        "algorithm.sleep_samples=100",
+    ],
 }
 FILES = {
     "circle": ["orientations.png", "samples.png", "sweep.png"],

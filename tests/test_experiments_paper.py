@@ -34,10 +34,18 @@ def test_prior_means_axes_and_diagonal():
 
 def test_patches_tiny(tmp_path):
     out = tmp_path / "patches"
-    sets = ["experiment.architectures=[[3, 2]]", "data.n=300", "data.n_test=200", "train.max_iters=4",
-            "algorithm.sleep_samples=100", "algorithm.features=[10, 20]", "algorithm.recognition_hidden=20",
-            "experiment.mmd_samples=100", "train.threads=1",
-            "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]"]
+    sets = [
+        "experiment.architectures=[[3, 2]]",
+        "data.n=300",
+        "data.n_test=200",
+        "train.max_iters=4",
+        "algorithm.sleep_samples=100",
+        "algorithm.features=[10, 20]",
+        "algorithm.recognition_hidden=20",
+        "experiment.mmd_samples=100",
+        "train.threads=1",
+        "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
+    ]
     res = run_experiment("patches", out, overrides=sets, progress=False)
     arch = res["architectures"][0]
     assert (arch["d1"], arch["d2"]) == (3, 2)
@@ -53,11 +61,21 @@ def test_patches_tiny(tmp_path):
 @needs_fashion
 def test_sbn_tiny(tmp_path):
     out = tmp_path / "sbn"
-    sets = ["data.n=200", "data.n_test=100", "train.max_iters=3", "train.threads=1", "algorithm.sleep_samples=100",
-            "algorithm.features=20", "algorithm.recognition_hidden=30", "experiment.mmd_samples=100",
-            "experiment.nll_k=5", "experiment.nll_points=5", "experiment.proposal_steps=3",
-            "experiment.datasets=[fashion_mnist, mnist]",
-            "experiment.algorithms=[ddc_hm, {name: vimco, label: vimco_k50, k: 3}]"]
+    sets = [
+        "data.n=200",
+        "data.n_test=100",
+        "train.max_iters=3",
+        "train.threads=1",
+        "algorithm.sleep_samples=100",
+        "algorithm.features=20",
+        "algorithm.recognition_hidden=30",
+        "experiment.mmd_samples=100",
+        "experiment.nll_k=5",
+        "experiment.nll_points=5",
+        "experiment.proposal_steps=3",
+        "experiment.datasets=[fashion_mnist, mnist]",
+        "experiment.algorithms=[ddc_hm, {name: vimco, label: vimco_k50, k: 3}]",
+    ]
     res = run_experiment("sbn", out, overrides=sets, progress=False)
     ds = res["datasets"][0]
     assert ds["name"] == "fashion_mnist" and res["skipped"]  # MNIST has no files here
@@ -74,8 +92,14 @@ def test_bench_flops_and_summary():
     import wakesleep
     from wakesleep.bench import _markdown, _summary, iteration_flops, solver_flops
 
-    model = wakesleep.build_model({"layers": [{"name": "z", "family": "bernoulli", "dim": 5},
-                                              {"name": "x", "family": "bernoulli", "dim": 8, "link": "linear"}]})
+    model = wakesleep.build_model(
+        {
+            "layers": [
+                {"name": "z", "family": "bernoulli", "dim": 5},
+                {"name": "x", "family": "bernoulli", "dim": 8, "link": "linear"},
+            ]
+        }
+    )
     x = model.sample(4)[-1]
     ddc = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=50, features=6, recognition_hidden=10)
     f = iteration_flops(ddc, x)
@@ -84,12 +108,28 @@ def test_bench_flops_and_summary():
     fv = iteration_flops(vimco, x)
     assert fv["solver_flops"] == 0 and fv["matmul_flops"] > 0
     assert all(p.grad is None for p in vimco.recognition_parameters())
-    row = {"seconds_per_epoch": 1.0, "cpu_seconds_per_epoch": 1.0, "gflop_per_epoch": 1.0, "train_seconds": 10.0,
-           "gflop_per_iteration": 0.1, "achieved_gflops": 1.0, "fraction_of_matmul_rate": 0.1, "matmul_gflops": 10.0,
-           "peak_rss_mb": 100.0, "final_mmd2": 0.01, "nll": {"nll": 100.0, "k": 10}}
-    rows = {"ddc_hm": {**row, "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 1.5, "mmd2": 0.02}]},
-            "vimco_k50": {**row, "seconds_per_epoch": 6.0, "cpu_seconds_per_epoch": 5.0,
-                          "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 10.0, "mmd2": 0.03}]}}
+    row = {
+        "seconds_per_epoch": 1.0,
+        "cpu_seconds_per_epoch": 1.0,
+        "gflop_per_epoch": 1.0,
+        "train_seconds": 10.0,
+        "gflop_per_iteration": 0.1,
+        "achieved_gflops": 1.0,
+        "fraction_of_matmul_rate": 0.1,
+        "matmul_gflops": 10.0,
+        "peak_rss_mb": 100.0,
+        "final_mmd2": 0.01,
+        "nll": {"nll": 100.0, "k": 10},
+    }
+    rows = {
+        "ddc_hm": {**row, "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 1.5, "mmd2": 0.02}]},
+        "vimco_k50": {
+            **row,
+            "seconds_per_epoch": 6.0,
+            "cpu_seconds_per_epoch": 5.0,
+            "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 10.0, "mmd2": 0.03}],
+        },
+    }
     s = _summary(rows)
     assert s["epoch_speedup"] == pytest.approx(6.0) and s["goal_epoch_speedup_5x"]
     assert s["time_to_target_fraction"] == pytest.approx(0.15) and s["goal_time_to_target_one_fifth"]
@@ -103,11 +143,39 @@ def test_bench_run_one_in_process():
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["sbn", "--out", "unused", "--n", "40", "--threads", "1", "--mmd-samples", "50",
-                         "--curve-samples", "30", "--evals", "2", "--nll-k", "3", "--nll-points", "3",
-                         "--proposal-steps", "2", "--set", "algorithm.sleep_samples=60",
-                         "--set", "algorithm.features=10", "--set", "algorithm.recognition_hidden=20",
-                         "--set", "data.n_test=100", "--set", "train.batch_size=20"])
+    args = p.parse_args(
+        [
+            "sbn",
+            "--out",
+            "unused",
+            "--n",
+            "40",
+            "--threads",
+            "1",
+            "--mmd-samples",
+            "50",
+            "--curve-samples",
+            "30",
+            "--evals",
+            "2",
+            "--nll-k",
+            "3",
+            "--nll-points",
+            "3",
+            "--proposal-steps",
+            "2",
+            "--set",
+            "algorithm.sleep_samples=60",
+            "--set",
+            "algorithm.features=10",
+            "--set",
+            "algorithm.recognition_hidden=20",
+            "--set",
+            "data.n_test=100",
+            "--set",
+            "train.batch_size=20",
+        ]
+    )
     r = run_one(args, "ddc_hm")
     assert r["iterations"] == 2 and r["iterations_per_epoch"] == 2
     assert r["seconds_per_epoch"] > 0 and r["peak_rss_mb"] > 0 and r["gflop_solver"] > 0

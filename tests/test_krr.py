@@ -20,8 +20,9 @@ from wakesleep.algorithms.krr import (
 def _data(n=300, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.stack([torch.sin(2 * x[:, 0]) + x[:, 1] ** 2, x[:, 2]], 1) + 0.1 * torch.randn(n, 2, generator=g,
-                                                                                             dtype=torch.float64)
+    y = torch.stack([torch.sin(2 * x[:, 0]) + x[:, 1] ** 2, x[:, 2]], 1) + 0.1 * torch.randn(
+        n, 2, generator=g, dtype=torch.float64
+    )
     xq = torch.randn(50, d, generator=g, dtype=torch.float64)
     return x, y, xq
 
@@ -75,8 +76,15 @@ def test_kernel_and_median_bandwidth():
 def test_selection_prefers_sensible_hyperparameters(kind):
     x, y, _ = _data(n=500)
     bws = [0.05, 1.0, 50.0]
-    sel = select_hyperparameters(x, y, kind, bandwidths=bws, ridges=[1e-6, 1e-3, 10.0], n_components=300,
-                                 generator=torch.Generator().manual_seed(0))
+    sel = select_hyperparameters(
+        x,
+        y,
+        kind,
+        bandwidths=bws,
+        ridges=[1e-6, 1e-3, 10.0],
+        n_components=300,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(sel.grid) == 9
     assert sel.bandwidth == 1.0 and sel.ridge < 10.0
     assert sel.rel_error < 0.3

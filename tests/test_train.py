@@ -70,8 +70,18 @@ def test_trainer_loop_counts_and_direction(tmp_path):
     algo = ExactGaussianAlgo(model)
     rec_before = [p.detach().clone() for p in algo.rec.parameters()]
     x = model.sample(50)[-1]
-    tr = Trainer(algo, epochs=2, batch_size=20, lr=1e-2, sleep_every=2, log_every=2, out_dir=tmp_path,
-                 checkpoint_every=3, monitor_samples=100, progress=False)
+    tr = Trainer(
+        algo,
+        epochs=2,
+        batch_size=20,
+        lr=1e-2,
+        sleep_every=2,
+        log_every=2,
+        out_dir=tmp_path,
+        checkpoint_every=3,
+        monitor_samples=100,
+        progress=False,
+    )
     tr.fit(x)
     # 50 points, batch 20 -> 3 iterations per epoch, 6 in all; sleep at iterations 0, 2, 4
     assert tr.n_iter_ == 6 and algo.calls["wake"] == 6 and algo.calls["rec"] == 6
@@ -111,12 +121,14 @@ def test_nan_guard_stops_with_clear_error():
 
 
 def test_ddc_hm_end_to_end_from_config(tmp_path):
-    cfg = resolve_config({
-        "model": {"layers": LAYERS},
-        "algorithm": {"name": "ddc_hm", "sleep_samples": 50, "features": 10, "recognition_hidden": 10},
-        "train": {"epochs": 1, "batch_size": 25, "lr": 1e-2, "log_every": 2, "dtype": "float64", "samples": 300},
-        "data": {"source": "model", "n": 100},
-    })
+    cfg = resolve_config(
+        {
+            "model": {"layers": LAYERS},
+            "algorithm": {"name": "ddc_hm", "sleep_samples": 50, "features": 10, "recognition_hidden": 10},
+            "train": {"epochs": 1, "batch_size": 25, "lr": 1e-2, "log_every": 2, "dtype": "float64", "samples": 300},
+            "data": {"source": "model", "n": 100},
+        }
+    )
     model, algo, tr, x = train_from_config(cfg, tmp_path, progress=False)
     assert x.shape == (100, 2) and x.dtype == torch.float64
     assert tr.n_iter_ == 4
@@ -134,8 +146,12 @@ def test_data_from_true_params(tmp_path):
     model = tiny_model()
     true = {"layers.x.log_var": np.full(2, np.log(1e-4))}
     np.savez(tmp_path / "true.npz", **true)
-    cfg = resolve_config({"model": {"layers": LAYERS, "dtype": "float64"},
-                          "data": {"source": "model", "n": 2000, "true_params": str(tmp_path / "true.npz")}})
+    cfg = resolve_config(
+        {
+            "model": {"layers": LAYERS, "dtype": "float64"},
+            "data": {"source": "model", "n": 2000, "true_params": str(tmp_path / "true.npz")},
+        }
+    )
     x1 = load_data(cfg, model)
     cfg["data"]["true_params"] = None
     x2 = load_data(cfg, model)

@@ -44,8 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=1, help="training epochs per algorithm (default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/bench.json and DIR/bench.md")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="experiment config (default: configs/sbn.yaml)")
-    p.add_argument("--algorithms", default=None,
-                   help="comma-separated labels of experiment.algorithms (default: all)")
+    p.add_argument("--algorithms", default=None, help="comma-separated labels of experiment.algorithms (default: all)")
     p.add_argument("--n", type=int, default=None, help="training images (default: all)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the config's train.device)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
@@ -56,8 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nll-k", type=int, default=5000, help="importance samples of the NLL")
     p.add_argument("--nll-points", type=int, default=1000, help="test images of the NLL")
     p.add_argument("--proposal-steps", type=int, default=2000, help="steps of fit_proposal (DDC-HM's NLL)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the experiment config, e.g. --set algorithm.recognition_ridge=1e-3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the experiment config, e.g. --set algorithm.recognition_ridge=1e-3",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per algorithm (default: none)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--one-out", default=None, help=argparse.SUPPRESS)
@@ -66,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------------------
 # floating-point work
 # --------------------------------------------------------------------------------------------------------
-def matmul_rate(dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = 2048, reps: int = 5,
-                clock=time.perf_counter) -> float:
+def matmul_rate(
+    dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = 2048, reps: int = 5, clock=time.perf_counter
+) -> float:
     """Measured matrix-multiply rate (FLOP/s) of ``n x n`` products: the machine's practical peak.
 
     With ``clock=time.process_time`` (CPU only) it is FLOPs per CPU second of all threads together.
@@ -142,8 +148,13 @@ def iteration_flops(algo: Any, x: torch.Tensor, sleep_every: int = 1) -> dict[st
         p.grad = None
     solve = solver_flops(algo) / sleep_every
     mm = fs.total / sleep_every + fw.total
-    return {"matmul_flops": mm, "solver_flops": solve, "flops": mm + solve,
-            "sleep_flops": fs.total + solve * sleep_every, "wake_flops": float(fw.total)}
+    return {
+        "matmul_flops": mm,
+        "solver_flops": solve,
+        "flops": mm + solve,
+        "sleep_flops": fs.total + solve * sleep_every,
+        "wake_flops": float(fw.total),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -199,15 +210,31 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
             t_wall0[0], t_cpu0[0] = w0, c0
         s = draw_samples(model, n_curve, seed=30_000 + record["step"])
         m = mmd_to(test[:n_curve], s, bw)
-        curve.append({"step": record["step"], "epoch": record["epoch"],
-                      "train_seconds": (w0 - t_wall0[0]) - spent["wall"],
-                      "train_cpu_seconds": (c0 - t_cpu0[0]) - spent["cpu"], "mmd2": m})
+        curve.append(
+            {
+                "step": record["step"],
+                "epoch": record["epoch"],
+                "train_seconds": (w0 - t_wall0[0]) - spent["wall"],
+                "train_cpu_seconds": (c0 - t_cpu0[0]) - spent["cpu"],
+                "mmd2": m,
+            }
+        )
         spent["wall"] += time.perf_counter() - w0
         spent["cpu"] += time.process_time() - c0
 
-    trainer = Trainer(algo, epochs=args.epochs, batch_size=t["batch_size"], lr=t["lr"],
-                      recognition_lr=t["recognition_lr"], seed=t["seed"], sleep_every=t["sleep_every"],
-                      log_every=eval_every, progress=False, monitor_samples=0, callback=callback)
+    trainer = Trainer(
+        algo,
+        epochs=args.epochs,
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        recognition_lr=t["recognition_lr"],
+        seed=t["seed"],
+        sleep_every=t["sleep_every"],
+        log_every=eval_every,
+        progress=False,
+        monitor_samples=0,
+        callback=callback,
+    )
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -223,8 +250,9 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     n_mmd = min(args.mmd_samples, test.shape[0])
     final_mmd = mmd_to(test[:n_mmd], draw_samples(model, n_mmd, seed=40_000), bw)
     n_fit = min(n_train, 10_000)
-    nll = nll_estimate(model, algo, dataset.draw_train()[:n_fit], test[: args.nll_points], args.nll_k,
-                       args.proposal_steps)
+    nll = nll_estimate(
+        model, algo, dataset.draw_train()[:n_fit], test[: args.nll_points], args.nll_k, args.proposal_steps
+    )
     x = dataset.draw_train()[: t["batch_size"]]
     flops = iteration_flops(algo, x, int(t["sleep_every"]))
     rate = matmul_rate(model.dtype, str(model.device))
@@ -232,21 +260,40 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     sec_iter = wall / max(trainer.n_iter_, 1)
     cpu_iter = cpu / max(trainer.n_iter_, 1)
     return {
-        "label": label, "algorithm": cfg["algorithm"]["name"], "options": cfg["algorithm"],
-        "epochs": args.epochs, "iterations": trainer.n_iter_, "iterations_per_epoch": per_epoch,
-        "n_train": int(n_train), "batch_size": t["batch_size"],
-        "train_seconds": wall, "train_cpu_seconds": cpu,
-        "seconds_per_epoch": wall / args.epochs, "cpu_seconds_per_epoch": cpu / args.epochs,
+        "label": label,
+        "algorithm": cfg["algorithm"]["name"],
+        "options": cfg["algorithm"],
+        "epochs": args.epochs,
+        "iterations": trainer.n_iter_,
+        "iterations_per_epoch": per_epoch,
+        "n_train": int(n_train),
+        "batch_size": t["batch_size"],
+        "train_seconds": wall,
+        "train_cpu_seconds": cpu,
+        "seconds_per_epoch": wall / args.epochs,
+        "cpu_seconds_per_epoch": cpu / args.epochs,
         "seconds_per_iteration": sec_iter,
-        "peak_rss_mb": peak_rss, "rss_before_training_mb": rss0, "peak_cuda_mb": peak_cuda,
-        "gflop_per_iteration": flops["flops"] / 1e9, "gflop_matmul": flops["matmul_flops"] / 1e9,
-        "gflop_solver": flops["solver_flops"] / 1e9, "gflop_per_epoch": flops["flops"] * per_epoch / 1e9,
-        "matmul_gflops": rate / 1e9, "achieved_gflops": flops["flops"] / sec_iter / 1e9,
+        "peak_rss_mb": peak_rss,
+        "rss_before_training_mb": rss0,
+        "peak_cuda_mb": peak_cuda,
+        "gflop_per_iteration": flops["flops"] / 1e9,
+        "gflop_matmul": flops["matmul_flops"] / 1e9,
+        "gflop_solver": flops["solver_flops"] / 1e9,
+        "gflop_per_epoch": flops["flops"] * per_epoch / 1e9,
+        "matmul_gflops": rate / 1e9,
+        "achieved_gflops": flops["flops"] / sec_iter / 1e9,
         "fraction_of_matmul_rate": flops["flops"] / sec_iter / rate,
-        "cpu_seconds_per_iteration": cpu_iter, "matmul_gflops_per_cpu_second": cpu_rate / 1e9,
+        "cpu_seconds_per_iteration": cpu_iter,
+        "matmul_gflops_per_cpu_second": cpu_rate / 1e9,
         "cpu_fraction_of_matmul_rate": flops["flops"] / cpu_iter / cpu_rate if cpu_iter > 0 else None,
-        "final_mmd2": final_mmd, "mmd_samples": n_mmd, "bandwidth": bw, "nll": nll, "curve": curve,
-        "threads": torch.get_num_threads(), "device": str(model.device), "dtype": str(model.dtype),
+        "final_mmd2": final_mmd,
+        "mmd_samples": n_mmd,
+        "bandwidth": bw,
+        "nll": nll,
+        "curve": curve,
+        "threads": torch.get_num_threads(),
+        "device": str(model.device),
+        "dtype": str(model.dtype),
     }
 
 
@@ -286,19 +333,25 @@ def _fmt(v: Any, d: int = 3) -> str:
 def _reached(s: dict[str, Any]) -> str:
     if s.get("time_to_target_fraction") is None:
         return "not reached within the run"
-    text = (f"{s['candidate_seconds_to_target']:.1f} s = {s['time_to_target_fraction']:.2f} of {s['reference']}'s "
-            f"{s['reference_seconds']:.1f} s")
+    text = (
+        f"{s['candidate_seconds_to_target']:.1f} s = {s['time_to_target_fraction']:.2f} of {s['reference']}'s "
+        f"{s['reference_seconds']:.1f} s"
+    )
     if s.get("time_to_target_fraction_cpu") is not None:
         text += f" (in CPU time: {s['time_to_target_fraction_cpu']:.2f})"
     return text
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    lines = [f"# wakesleep bench sbn ({result['epochs']} epoch(s), {result['n_train']} training images)", "",
-             f"Machine: {result['machine']}. Command: `{result['command']}`.", "",
-             "| algorithm | s / epoch (wall) | CPU s / epoch | GFLOP / iteration | achieved GFLOP/s | "
-             "% of matmul rate (wall) | % of matmul rate (CPU time) | peak RSS (MB) | test MMD^2 | NLL (K) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# wakesleep bench sbn ({result['epochs']} epoch(s), {result['n_train']} training images)",
+        "",
+        f"Machine: {result['machine']}. Command: `{result['command']}`.",
+        "",
+        "| algorithm | s / epoch (wall) | CPU s / epoch | GFLOP / iteration | achieved GFLOP/s | "
+        "% of matmul rate (wall) | % of matmul rate (CPU time) | peak RSS (MB) | test MMD^2 | NLL (K) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for label, r in result["algorithms"].items():
         if "error" in r:
             lines.append(f"| {label} | failed: {r['error']} | | | | | | | | |")
@@ -307,21 +360,32 @@ def _markdown(result: dict[str, Any]) -> str:
             f"| {label} | {r['seconds_per_epoch']:.1f} | {r['cpu_seconds_per_epoch']:.1f} | "
             f"{r['gflop_per_iteration']:.3g} | {r['achieved_gflops']:.3g} | "
             f"{100 * r['fraction_of_matmul_rate']:.1f} % of {r['matmul_gflops']:.0f} | "
-            + (f"{100 * r['cpu_fraction_of_matmul_rate']:.1f} % of {r['matmul_gflops_per_cpu_second']:.0f} | "
-               if r.get("cpu_fraction_of_matmul_rate") is not None else "n/a | ")
+            + (
+                f"{100 * r['cpu_fraction_of_matmul_rate']:.1f} % of {r['matmul_gflops_per_cpu_second']:.0f} | "
+                if r.get("cpu_fraction_of_matmul_rate") is not None
+                else "n/a | "
+            )
             + f"{r['peak_rss_mb']:.0f} | "
-            f"{r['final_mmd2']:.3g} | {r['nll']['nll']:.2f} ({r['nll']['k']}) |")
+            f"{r['final_mmd2']:.3g} | {r['nll']['nll']:.2f} ({r['nll']['k']}) |"
+        )
     s = result["summary"]
     if "epoch_speedup" in s:
-        lines += ["", f"{s['candidate']} vs {s['reference']}: per-epoch speed-up {s['epoch_speedup']:.2f}x wall "
-                  f"({s['epoch_speedup_cpu']:.2f}x CPU time; FLOP ratio {s['flop_ratio_per_epoch']:.2f}); goal >= 5x: "
-                  f"{'met' if s['goal_epoch_speedup_5x'] else 'NOT met'}. Time to reach {s['reference']}'s final curve "
-                  f"MMD^2 {s['target_mmd2']:.3g}: "
-                  + _reached(s)
-                  + f"; goal <= 1/5: {'met' if s['goal_time_to_target_one_fifth'] else 'NOT met'}."]
-    lines += ["", "Wall times on a shared machine are inflated by other processes; CPU time is the steadier figure "
-              "for single-threaded runs. FLOPs: matrix products (torch.utils.flop_counter, forward + backward) plus "
-              "DDC-HM's Cholesky factorisations and solves (analytic).", ""]
+        lines += [
+            "",
+            f"{s['candidate']} vs {s['reference']}: per-epoch speed-up {s['epoch_speedup']:.2f}x wall "
+            f"({s['epoch_speedup_cpu']:.2f}x CPU time; FLOP ratio {s['flop_ratio_per_epoch']:.2f}); goal >= 5x: "
+            f"{'met' if s['goal_epoch_speedup_5x'] else 'NOT met'}. Time to reach {s['reference']}'s final curve "
+            f"MMD^2 {s['target_mmd2']:.3g}: "
+            + _reached(s)
+            + f"; goal <= 1/5: {'met' if s['goal_time_to_target_one_fifth'] else 'NOT met'}.",
+        ]
+    lines += [
+        "",
+        "Wall times on a shared machine are inflated by other processes; CPU time is the steadier figure "
+        "for single-threaded runs. FLOPs: matrix products (torch.utils.flop_counter, forward + backward) plus "
+        "DDC-HM's Cholesky factorisations and solves (analytic).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -341,19 +405,48 @@ def run(args: argparse.Namespace) -> int:
         for w in wanted:
             if w not in labels:
                 raise WakesleepError(
-                    f"--algorithms: {w!r} is not a label of experiment.algorithms ({', '.join(labels)})")
+                    f"--algorithms: {w!r} is not a label of experiment.algorithms ({', '.join(labels)})"
+                )
         labels = wanted
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     for label in labels:
         tmp = out / f".{label}.json"
-        cmd = [sys.executable, "-m", "wakesleep", "bench", "sbn", "--epochs", str(args.epochs), "--out", str(out),
-               "--one", label, "--one-out", str(tmp), "--mmd-samples", str(args.mmd_samples),
-               "--curve-samples", str(args.curve_samples), "--evals", str(args.evals), "--nll-k", str(args.nll_k),
-               "--nll-points", str(args.nll_points), "--proposal-steps", str(args.proposal_steps)]
-        for flag, v in (("--config", args.config), ("--n", args.n), ("--device", args.device),
-                        ("--threads", args.threads), ("--dtype", args.dtype)):
+        cmd = [
+            sys.executable,
+            "-m",
+            "wakesleep",
+            "bench",
+            "sbn",
+            "--epochs",
+            str(args.epochs),
+            "--out",
+            str(out),
+            "--one",
+            label,
+            "--one-out",
+            str(tmp),
+            "--mmd-samples",
+            str(args.mmd_samples),
+            "--curve-samples",
+            str(args.curve_samples),
+            "--evals",
+            str(args.evals),
+            "--nll-k",
+            str(args.nll_k),
+            "--nll-points",
+            str(args.nll_points),
+            "--proposal-steps",
+            str(args.proposal_steps),
+        ]
+        for flag, v in (
+            ("--config", args.config),
+            ("--n", args.n),
+            ("--device", args.device),
+            ("--threads", args.threads),
+            ("--dtype", args.dtype),
+        ):
             if v is not None:
                 cmd += [flag, str(v)]
         for o in args.overrides:
@@ -374,15 +467,18 @@ def run(args: argparse.Namespace) -> int:
         rows[label] = json.loads(tmp.read_text())
         tmp.unlink()
         r = rows[label]
-        print(f"  {r['seconds_per_epoch']:.1f} s/epoch, MMD^2 {r['final_mmd2']:.3g}, NLL {r['nll']['nll']:.2f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {r['seconds_per_epoch']:.1f} s/epoch, MMD^2 {r['final_mmd2']:.3g}, NLL {r['nll']['nll']:.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
     first = next((r for r in rows.values() if "error" not in r), {})
     result = {
         "benchmark": "sbn",
         "epochs": args.epochs,
         "n_train": first.get("n_train"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"{first.get('threads')} torch threads, device {first.get('device')}, torch {torch.__version__}",
+        f"{first.get('threads')} torch threads, device {first.get('device')}, torch {torch.__version__}",
         "command": "wakesleep " + " ".join(sys.argv[1:]),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "algorithms": rows,

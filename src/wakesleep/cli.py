@@ -40,14 +40,25 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_progress(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always show a progress bar (default: only on a terminal)")
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show a progress bar (default: only on a terminal)",
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value with a dotted key, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key, e.g. --set train.lr=1e-3 (repeatable)",
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -103,8 +114,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from wakesleep.experiments import run_experiment
 
     t0 = time.perf_counter()
-    results = run_experiment(args.name, args.out, quick=args.quick, overrides=args.overrides,
-                             config_path=args.config, progress=args.progress, overwrite=args.overwrite)
+    results = run_experiment(
+        args.name,
+        args.out,
+        quick=args.quick,
+        overrides=args.overrides,
+        config_path=args.config,
+        progress=args.progress,
+        overwrite=args.overwrite,
+    )
     summary = results.get("summary") if isinstance(results, dict) else None
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s" + (f": {summary}" if summary else ""))
     return 0
@@ -131,9 +149,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("train", help="train a model from a YAML config", description=(
-        "Train a model; writes DIR/config.yaml (resolved), metrics.jsonl, model.safetensors, samples.npz "
-        "and checkpoint/. DIR appears only when training succeeded."))
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description=(
+            "Train a model; writes DIR/config.yaml (resolved), metrics.jsonl, model.safetensors, samples.npz "
+            "and checkpoint/. DIR appears only when training succeeded."
+        ),
+    )
     p.add_argument("--config", required=True, metavar="FILE.yaml")
     p.add_argument("--out", required=True, metavar="DIR")
     _add_set(p)
@@ -141,8 +164,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_progress(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="draw samples from a trained run", description=(
-        "Draw N samples from the model of a run directory and write them to FILE.npz (array x)."))
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        description=("Draw N samples from the model of a run directory and write them to FILE.npz (array x)."),
+    )
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("-n", type=int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE.npz")
@@ -151,8 +177,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--latents", action="store_true", help="also write latent layers as latent_<name>")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("experiment", help="run a paper experiment", description=(
-        f"Run an experiment ({', '.join(EXPERIMENTS)}); writes DIR/results.json, report.md and PNG plots."))
+    p = sub.add_parser(
+        "experiment",
+        help="run a paper experiment",
+        description=(
+            f"Run an experiment ({', '.join(EXPERIMENTS)}); writes DIR/results.json, report.md and PNG plots."
+        ),
+    )
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quick", action="store_true", help="scaled-down settings (minutes on a laptop)")
@@ -201,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except FileNotFoundError as exc:
-        print(f"error: {exc.filename or ''}: file not found" if exc.filename else f"error: {_one_line(exc)}",
-              file=sys.stderr)
+        print(
+            f"error: {exc.filename or ''}: file not found" if exc.filename else f"error: {_one_line(exc)}",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -112,13 +112,17 @@ class DataParallelAlgorithm:
     through unchanged; otherwise wake gradients and recognition ``.grad`` are averaged over ranks.
     """
 
-    def __init__(self, algo: Any, reduce: Callable[[torch.Tensor], torch.Tensor] = allreduce_sum,
-                 world_size: int | None = None) -> None:
+    def __init__(
+        self, algo: Any, reduce: Callable[[torch.Tensor], torch.Tensor] = allreduce_sum, world_size: int | None = None
+    ) -> None:
         self.algo = algo
         self.model = algo.model
         self.reduce = reduce
-        self.world_size = world_size if world_size is not None else (
-            dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        self.world_size = (
+            world_size
+            if world_size is not None
+            else (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        )
         self.global_gradients = bool(getattr(algo, "global_gradients", False))
         if self.global_gradients:
             if not hasattr(algo, "set_reducer"):
@@ -172,8 +176,16 @@ class ShardedData:
 # --------------------------------------------------------------------------------------------------------
 # a whole run
 # --------------------------------------------------------------------------------------------------------
-def train_distributed(config: Mapping[str, Any], out_dir: str | os.PathLike | None, *, rank: int, world_size: int,
-                      progress: bool | None = False, data: Any = None, monitor_samples: int = 1000):
+def train_distributed(
+    config: Mapping[str, Any],
+    out_dir: str | os.PathLike | None,
+    *,
+    rank: int,
+    world_size: int,
+    progress: bool | None = False,
+    data: Any = None,
+    monitor_samples: int = 1000,
+):
     """Train the run described by a resolved ``config`` as rank ``rank`` of ``world_size`` (group initialised).
 
     Returns ``(model, wrapped_algorithm, trainer)``. Only rank 0 writes ``out_dir``.
@@ -218,15 +230,18 @@ def train_distributed(config: Mapping[str, Any], out_dir: str | os.PathLike | No
     trainer.fit(shard)
     if writer is not None:
         write_run(writer, model, n_samples=t["samples"], seed=t["seed"])
-        wio.save_json(Path(writer) / "distributed.json", {
-            "world_size": world_size,
-            "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
-            "global_gradients": algo.global_gradients,
-            "per_rank_batch_size": t["batch_size"],
-            "global_batch_size": t["batch_size"] * world_size,
-            "iterations": trainer.n_iter_,
-            "seconds": trainer.seconds_,
-        })
+        wio.save_json(
+            Path(writer) / "distributed.json",
+            {
+                "world_size": world_size,
+                "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+                "global_gradients": algo.global_gradients,
+                "per_rank_batch_size": t["batch_size"],
+                "global_batch_size": t["batch_size"] * world_size,
+                "iterations": trainer.n_iter_,
+                "seconds": trainer.seconds_,
+            },
+        )
     return model, algo, trainer
 
 
@@ -253,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         _, _, trainer = train_distributed(config, args.out, rank=rank, world_size=world, progress=None)
         if rank == 0:
-            print(f"wrote {args.out} ({world} rank(s), {trainer.n_iter_} iterations in "
-                  f"{time.perf_counter() - t0:.1f} s)")
+            print(
+                f"wrote {args.out} ({world} rank(s), {trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s)"
+            )
     except WakesleepError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER_ERROR

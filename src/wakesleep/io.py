@@ -244,8 +244,7 @@ def load_params_npz(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn
             target = named[key]
             if tuple(value.shape) != tuple(target.shape):
                 raise WakesleepError(
-                    f"{path}: parameter {key!r} has shape {tuple(value.shape)}, "
-                    f"the model expects {tuple(target.shape)}"
+                    f"{path}: parameter {key!r} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}"
                 )
             if value.dtype.kind not in "fiub":
                 raise WakesleepError(f"{path}: parameter {key!r} is not numeric (dtype {value.dtype})")

@@ -211,7 +211,8 @@ class Trainer:
             if dataset is not None:  # a fresh binarisation per epoch under `binarize: dynamic`
                 return torch.as_tensor(dataset.draw_train()).to(dtype=dtype, device=device)
             return torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).to(
-                dtype=dtype, device=device)
+                dtype=dtype, device=device
+            )
 
         x_all = draw()
         if x_all.ndim != 2 or x_all.shape[0] == 0:
@@ -246,8 +247,11 @@ class Trainer:
         last_sleep: dict[str, float] = {}
 
         def record(step: int) -> dict[str, Any]:
-            rec: dict[str, Any] = {"step": step, "epoch": round(step / per_epoch, 6),
-                                   "seconds": round(time.perf_counter() - t0, 4)}
+            rec: dict[str, Any] = {
+                "step": step,
+                "epoch": round(step / per_epoch, 6),
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
             for k, v in last_sleep.items():
                 rec[f"sleep/{k}"] = v
             for k, vs in window.items():
@@ -424,9 +428,7 @@ def validate_data(x: Any, dim: int, where: str) -> np.ndarray:
     if x.shape[0] == 0:
         raise WakesleepError(f"{where}: data has no rows")
     if x.shape[1] != dim:
-        raise WakesleepError(
-            f"{where}: data has {x.shape[1]} columns but the model's observation layer has dim {dim}"
-        )
+        raise WakesleepError(f"{where}: data has {x.shape[1]} columns but the model's observation layer has dim {dim}")
     bad = ~np.isfinite(x)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
@@ -542,4 +544,3 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None):
     model = build_model_from_config(config)
     wio.load_safetensors(model, run_dir / "model.safetensors")
     return config, model
-

@@ -88,10 +88,12 @@ class _InputMap:
             self.scl = torch.where(s > 1e-8 * s.max().clamp_min(1e-300), s, torch.ones_like(s))
         if self.kind == "random" and self.w is None:
             d = v.shape[1]
-            self.w = (torch.randn(d, self.n_features, generator=self.gen, dtype=torch.float64) * self.scale
-                      / math.sqrt(d)).to(dtype=x.dtype, device=x.device)
+            self.w = (
+                torch.randn(d, self.n_features, generator=self.gen, dtype=torch.float64) * self.scale / math.sqrt(d)
+            ).to(dtype=x.dtype, device=x.device)
             self.b = torch.randn(self.n_features, generator=self.gen, dtype=torch.float64).to(
-                dtype=x.dtype, device=x.device)
+                dtype=x.dtype, device=x.device
+            )
 
     def _pre(self, model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
         if callable(self.kind):
@@ -209,8 +211,9 @@ class AmortisedLearningWakeSleep(Algorithm):
             raise WakesleepError(f"algorithm.val_fraction: must be in (0, 0.9), got {val_fraction!r}")
         if int(n_components) < 1 or int(select_every) < 1:
             raise WakesleepError("algorithm: n_components and select_every must be positive")
-        if select_directions != "blocks" and (isinstance(select_directions, bool) or not isinstance(
-                select_directions, int) or select_directions < 1):
+        if select_directions != "blocks" and (
+            isinstance(select_directions, bool) or not isinstance(select_directions, int) or select_directions < 1
+        ):
             raise WakesleepError(f"algorithm.select_directions: 'blocks' or a positive int, got {select_directions!r}")
         self.sleep_samples, self.kernel, self.n_components = int(sleep_samples), kernel, int(n_components)
         self.bandwidth, self.ridge, self.variant = bandwidth, ridge, variant
@@ -274,8 +277,10 @@ class AmortisedLearningWakeSleep(Algorithm):
                 blocks = [list(range(len(pairs)))] * int(self.select_directions)
             cols = []
             for block in blocks:
-                vs = {i: torch.randn(pairs[i][0].shape, generator=self.gen, dtype=torch.float64).to(pairs[i][0])
-                      for i in block}
+                vs = {
+                    i: torch.randn(pairs[i][0].shape, generator=self.gen, dtype=torch.float64).to(pairs[i][0])
+                    for i in block
+                }
                 s = sum((pairs[i][1] * v).sum() for i, v in vs.items())
                 (col,) = torch.autograd.grad(s, u, retain_graph=True)
                 cols.append(col.detach())
@@ -315,8 +320,9 @@ class AmortisedLearningWakeSleep(Algorithm):
                 else:
                     bws = [float(self.bandwidth)]
                 ridges = self.ridge_grid if self.ridge == "auto" else (float(self.ridge),)
-                sel = select_hyperparameters(u[:ns], y, self.kernel, bws, ridges, self.val_fraction, self.n_components,
-                                             self.gen)
+                sel = select_hyperparameters(
+                    u[:ns], y, self.kernel, bws, ridges, self.val_fraction, self.n_components, self.gen
+                )
                 self._hyper = (sel.bandwidth, sel.ridge)
                 self.last_selection = sel
                 info["heldout_rel_error"] = sel.rel_error
@@ -347,7 +353,8 @@ class AmortisedLearningWakeSleep(Algorithm):
             raise RuntimeError("al_ws: call sleep() before the wake phase")
         if x.ndim < 2 or x.shape[1:] != self._samples[-1].shape[1:]:
             raise WakesleepError(
-                f"al_ws: x must be [batch, {', '.join(map(str, self._samples[-1].shape[1:]))}], got {tuple(x.shape)}")
+                f"al_ws: x must be [batch, {', '.join(map(str, self._samples[-1].shape[1:]))}], got {tuple(x.shape)}"
+            )
         w = self.weights(x).detach()  # [N, B]
         zs, xs = self._samples[:-1], self._samples[-1]
         a = w.mean(1)
@@ -367,8 +374,10 @@ class AmortisedLearningWakeSleep(Algorithm):
     def state_dict(self) -> dict[str, Tensor]:
         if self._hyper is None:
             return {}
-        return {"hyper": torch.tensor(self._hyper, dtype=torch.float64),
-                "n_sleep": torch.tensor(self._n_sleep, dtype=torch.int64)}
+        return {
+            "hyper": torch.tensor(self._hyper, dtype=torch.float64),
+            "n_sleep": torch.tensor(self._n_sleep, dtype=torch.int64),
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "hyper" in state:

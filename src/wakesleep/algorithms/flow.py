@@ -162,13 +162,23 @@ class FlowVAE(ReparameterizedBound):
             raise WakesleepError(f"algorithm.flow_length: must be a positive integer, got {flow_length!r}")
         self.flow_type, self.flow_length, self.amortized = flow_type, int(flow_length), bool(amortized)
         self._base = proposal
-        super().__init__(model, k=k, proposal_hidden=proposal_hidden, proposal_activation=proposal_activation,
-                         structure=structure, recognition_gradient="total", proposal=None, seed=seed, warmup=warmup)
+        super().__init__(
+            model,
+            k=k,
+            proposal_hidden=proposal_hidden,
+            proposal_activation=proposal_activation,
+            structure=structure,
+            recognition_gradient="total",
+            proposal=None,
+            seed=seed,
+            warmup=warmup,
+        )
 
     def _build_proposal(self) -> nn.Module:
         base = self._base if self._base is not None else super()._build_proposal()
-        return FlowProposal(self.model, base, self.flow_type, self.flow_length, self.amortized, self.hidden,
-                            self.activation)
+        return FlowProposal(
+            self.model, base, self.flow_type, self.flow_length, self.amortized, self.hidden, self.activation
+        )
 
     def reduce(self, log_w: Tensor) -> Tensor:
         return elbo_reduce(log_w)

@@ -55,9 +55,17 @@ class IWAE(ReparameterizedBound):
         seed: int | None = None,
         warmup: int = 0,
     ) -> None:
-        super().__init__(model, k=k, proposal_hidden=proposal_hidden, proposal_activation=proposal_activation,
-                         structure=structure, recognition_gradient=recognition_gradient, proposal=proposal,
-                         seed=seed, warmup=warmup)
+        super().__init__(
+            model,
+            k=k,
+            proposal_hidden=proposal_hidden,
+            proposal_activation=proposal_activation,
+            structure=structure,
+            recognition_gradient=recognition_gradient,
+            proposal=proposal,
+            seed=seed,
+            warmup=warmup,
+        )
 
     def reduce(self, log_w: Tensor) -> Tensor:
         return iwae_reduce(log_w)

@@ -99,13 +99,21 @@ def _chol(a: Tensor) -> Tensor:
 class RandomFourierFeatures:
     """``phi(x) = sqrt(2/M) cos(W x / h + c)``; ``phi(a) . phi(b) -> k(a, b)`` as M grows."""
 
-    def __init__(self, dim: int, n_components: int, bandwidth: float, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        dim: int,
+        n_components: int,
+        bandwidth: float,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.bandwidth = float(bandwidth)
         self.n_components = int(n_components)
         self.w = torch.randn(dim, n_components, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
         self.c = (2 * math.pi * torch.rand(n_components, generator=generator, dtype=torch.float64)).to(
-            dtype=dtype, device=device)
+            dtype=dtype, device=device
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         return math.sqrt(2.0 / self.n_components) * torch.cos(x @ self.w / self.bandwidth + self.c)
@@ -169,8 +177,9 @@ class FeatureRidge:
     """Ridge regression on an explicit feature map (RFF or Nystrom):
     ``alpha(x) = Phi (Phi^T Phi + N lam)^{-1} phi(x)``."""
 
-    def __init__(self, kind: str, bandwidth: float, ridge: float, n_components: int,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, kind: str, bandwidth: float, ridge: float, n_components: int, generator: torch.Generator | None = None
+    ) -> None:
         if kind not in ("rff", "nystrom"):
             raise WakesleepError(f"krr: feature kernel must be rff or nystrom, got {kind!r}")
         self.kind, self.bandwidth, self.ridge = kind, float(bandwidth), float(ridge)
@@ -194,8 +203,7 @@ class FeatureRidge:
         return torch.tensordot(self.weights(xq).T, y, dims=1)
 
 
-def make_features(kind: str, x: Tensor, bandwidth: float, n_components: int,
-                  generator: torch.Generator | None = None):
+def make_features(kind: str, x: Tensor, bandwidth: float, n_components: int, generator: torch.Generator | None = None):
     """The feature map ``kind`` (``rff`` or ``nystrom``) at ``bandwidth``; Nystrom landmarks are rows of ``x``."""
     if kind == "rff":
         return RandomFourierFeatures(x.shape[1], n_components, bandwidth, generator, x.dtype, x.device)
@@ -204,8 +212,9 @@ def make_features(kind: str, x: Tensor, bandwidth: float, n_components: int,
     return NystromFeatures(x[idx], bandwidth)
 
 
-def make_regressor(kind: str, bandwidth: float, ridge: float, n_components: int = 500,
-                   generator: torch.Generator | None = None):
+def make_regressor(
+    kind: str, bandwidth: float, ridge: float, n_components: int = 500, generator: torch.Generator | None = None
+):
     """``KernelRidge`` for ``kind="exact"``, else a ``FeatureRidge``."""
     if kind == "exact":
         return KernelRidge(bandwidth, ridge)

@@ -71,8 +71,9 @@ def proposal_kind(layer: nn.Module) -> str:
 class _Factor(nn.Module):
     """One factor q(z_l | u) of the layered proposal: an MLP ``u -> parameters`` and the distribution."""
 
-    def __init__(self, kind: str, in_dim: int, dim: int, hidden: tuple[int, ...], activation: str,
-                 categories: int = 0) -> None:
+    def __init__(
+        self, kind: str, in_dim: int, dim: int, hidden: tuple[int, ...], activation: str, categories: int = 0
+    ) -> None:
         super().__init__()
         self.kind, self.dim, self.categories = kind, dim, categories
         n_out = {"gaussian": 2 * dim, "lognormal": 2 * dim, "bernoulli": dim, "categorical": dim * categories}[kind]
@@ -169,8 +170,13 @@ class LayeredProposal(nn.Module):
     The parameters are created in the model's dtype and on its device.
     """
 
-    def __init__(self, model: nn.Module, hidden: tuple[int, ...] | list[int] | int = (100,),
-                 activation: str = "tanh", structure: str = "bottom_up") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        hidden: tuple[int, ...] | list[int] | int = (100,),
+        activation: str = "tanh",
+        structure: str = "bottom_up",
+    ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
             raise WakesleepError(f"proposal.structure: must be one of {', '.join(STRUCTURES)}, got {structure!r}")
@@ -179,8 +185,9 @@ class LayeredProposal(nn.Module):
                 f"LayeredProposal: structure={structure!r} is not implemented here (only 'bottom_up')"
             )
         if activation not in _ACTIVATIONS:
-            raise WakesleepError(f"proposal.activation: unknown activation {activation!r} "
-                                 f"(known: {', '.join(_ACTIVATIONS)})")
+            raise WakesleepError(
+                f"proposal.activation: unknown activation {activation!r} (known: {', '.join(_ACTIVATIONS)})"
+            )
         if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
             raise WakesleepError("proposal: needs a HierarchicalModel (wakesleep.build_model)")
         if isinstance(hidden, int):
@@ -342,7 +349,7 @@ class ProposalAlgorithm:
         return {f"proposal.{k}": v for k, v in self.proposal.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.proposal.load_state_dict({k[len("proposal."):]: v for k, v in state.items() if k.startswith("proposal.")})
+        self.proposal.load_state_dict({k[len("proposal.") :]: v for k, v in state.items() if k.startswith("proposal.")})
 
     def dream(self, n: int) -> tuple[list[Tensor], Tensor]:
         """``n`` samples (z, x) from the generative model (no gradient): ``([z_L, ..., z_1], x)``."""
@@ -356,8 +363,9 @@ class ProposalAlgorithm:
         return -self.proposal.log_prob(x, zs).mean()
 
 
-def log_weights(model: nn.Module, proposal: LayeredProposal, x: Tensor, k: int,
-                reparameterize: bool | None = False) -> tuple[list[Tensor], Tensor, Tensor]:
+def log_weights(
+    model: nn.Module, proposal: LayeredProposal, x: Tensor, k: int, reparameterize: bool | None = False
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """Draw ``k`` particles per data point and return ``(zs, log_p, log_q)``, each of the last two ``[k, B]``.
 
     With ``reparameterize=False`` (default) the particles carry no gradient: ``log_p`` depends on the model

@@ -90,8 +90,7 @@ def _positive_int(value: Any, where: str) -> int:
 def _hidden(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) if value > 0 else ()
-    if isinstance(value, list | tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0
-                                                 for h in value):
+    if isinstance(value, list | tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value):
         return tuple(int(h) for h in value)
     raise WakesleepError(f"{where}: must be a list of positive layer widths, got {value!r}")
 
@@ -130,8 +129,13 @@ class TopDownProposal(nn.Module):
             d = h
         self.encoder = nn.Sequential(*mods)
         self.factors = nn.ModuleList(
-            _Factor(self.kinds[t], d + (int(layers[t - 1].embed_dim) if t > 0 else 0), int(layers[t].dim),
-                    tuple(hidden), activation)
+            _Factor(
+                self.kinds[t],
+                d + (int(layers[t - 1].embed_dim) if t > 0 else 0),
+                int(layers[t].dim),
+                tuple(hidden),
+                activation,
+            )
             for t in range(self.n_latent)
         )  # top first
         self.to(dtype=model.dtype, device=model.device)
@@ -221,8 +225,10 @@ class ReparameterizedBound(Algorithm):
         self.k = _positive_int(k, "algorithm.k")
         self.hidden = _hidden(proposal_hidden, "algorithm.proposal_hidden")
         if proposal_activation not in ("tanh", "relu", "softplus", "sigmoid"):
-            raise WakesleepError(f"algorithm.proposal_activation: unknown activation {proposal_activation!r} "
-                                 "(known: tanh, relu, softplus, sigmoid)")
+            raise WakesleepError(
+                f"algorithm.proposal_activation: unknown activation {proposal_activation!r} "
+                "(known: tanh, relu, softplus, sigmoid)"
+            )
         self.activation = proposal_activation
         if structure not in ("bottom_up", "top_down"):
             raise WakesleepError(f"algorithm.structure: must be bottom_up or top_down, got {structure!r}")
@@ -249,8 +255,10 @@ class ReparameterizedBound(Algorithm):
             raise WakesleepError(f"{self.name}: the proposal has no reparameterised sampler; use vimco, rws or bbvi")
         self.proposal = proposal
         if recognition_gradient == "dreg" and not hasattr(self.proposal, "log_prob"):
-            raise WakesleepError(f"algorithm.recognition_gradient: 'dreg' needs a proposal with log_prob "
-                                 f"({type(self.proposal).__name__} has none); use 'total'")
+            raise WakesleepError(
+                f"algorithm.recognition_gradient: 'dreg' needs a proposal with log_prob "
+                f"({type(self.proposal).__name__} has none); use 'total'"
+            )
         self._stash: _Stash | None = None
 
     # --- construction ---------------------------------------------------------------------------------

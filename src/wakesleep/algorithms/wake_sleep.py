@@ -160,8 +160,9 @@ class WakeSleep(ProposalAlgorithm, Algorithm):
         self.sleep_samples = None if sleep_samples is None else self._check_k(sleep_samples, "sleep_samples")
         self._build_proposal(model, proposal_hidden, proposal_activation)
         layers = list(model.layers.values())
-        self.is_sbn = all(getattr(layer, "family", None) is not None and layer.family.name == "bernoulli"
-                          for layer in layers)
+        self.is_sbn = all(
+            getattr(layer, "family", None) is not None and layer.family.name == "bernoulli" for layer in layers
+        )
         if (variant == "mean_field" or self.generative_activation) and not self.is_sbn:
             raise WakesleepError(
                 "wake_sleep: variant mean_field and generative_activation need a sigmoid belief network "

@@ -80,8 +80,7 @@ def check_unit_interval(x: np.ndarray | torch.Tensor, what: str) -> None:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise WakesleepError(
-            f"{what}: binarisation needs values in [0, 1] (probabilities), "
-            f"but they range over [{lo:g}, {hi:g}]"
+            f"{what}: binarisation needs values in [0, 1] (probabilities), but they range over [{lo:g}, {hi:g}]"
         )
 
 

@@ -310,13 +310,10 @@ def _rows(arr: np.ndarray, what: str, expected_dim: int | None) -> tuple[np.ndar
     if bad.any():
         r, c = np.argwhere(bad)[0]
         kind = "NaN" if np.isnan(arr[r, c]) else "inf"
-        raise WakesleepError(
-            f"{what}: {int(bad.sum())} non-finite value(s) (first: {kind} at row {r}, column {c})"
-        )
+        raise WakesleepError(f"{what}: {int(bad.sum())} non-finite value(s) (first: {kind} at row {r}, column {c})")
     if expected_dim is not None and arr.shape[1] != int(expected_dim):
         raise WakesleepError(
-            f"{what}: data have {arr.shape[1]} columns "
-            f"but the model's observation dimension is {expected_dim}"
+            f"{what}: data have {arr.shape[1]} columns but the model's observation dimension is {expected_dim}"
         )
     return arr, image_shape
 
@@ -388,15 +385,13 @@ def load_dataset(
         )
     if source not in _SOURCE_KEYS:
         raise WakesleepError(
-            f"{f}.source: unknown source {source!r}; "
-            f"known: {', '.join(KNOWN_SOURCES)} (and 'model', via the trainer)"
+            f"{f}.source: unknown source {source!r}; known: {', '.join(KNOWN_SOURCES)} (and 'model', via the trainer)"
         )
     allowed = set(_COMMON) | set(_SOURCE_KEYS[source])
     unknown = sorted(str(k) for k in spec if k not in allowed)
     if unknown:
         raise WakesleepError(
-            f"{f}: unknown key(s) {', '.join(unknown)} for source {source!r}; "
-            f"allowed: {', '.join(sorted(allowed))}"
+            f"{f}: unknown key(s) {', '.join(unknown)} for source {source!r}; allowed: {', '.join(sorted(allowed))}"
         )
     scheme = spec.get("binarize")
     try:
@@ -436,9 +431,7 @@ def load_dataset(
             with np.load(path, allow_pickle=False) as npz:
                 has = test_key in npz.files
             if has:
-                x_test, _ = _rows(
-                    load_array(path, test_key, f"{f}.test_key"), f"{f}.test_key ({path})", x.shape[1]
-                )
+                x_test, _ = _rows(load_array(path, test_key, f"{f}.test_key"), f"{f}.test_key ({path})", x.shape[1])
             elif "test_key" in spec:
                 raise WakesleepError(f"{f}.test_key: {path} has no array {test_key!r}")
         x = _head(x, n, "n", f)
@@ -503,9 +496,7 @@ def load_dataset(
         kwargs["max_images"] = _int(spec, "max_images", None, f, minimum=1)
     elif "images" in spec:
         kwargs["images"] = spec["images"]
-    ps = load_patches(
-        n=50000 if n is None else n, n_test=10000 if n_test is None else n_test, seed=seed, **kwargs
-    )
+    ps = load_patches(n=50000 if n is None else n, n_test=10000 if n_test is None else n_test, seed=seed, **kwargs)
     if expected_dim is not None and ps.train.shape[1] != int(expected_dim):
         raise WakesleepError(
             f"{f}.size: patches have {ps.train.shape[1]} dimensions but the model's observation dimension is "

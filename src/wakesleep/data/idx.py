@@ -80,8 +80,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
         raise WakesleepError(
-            f"IDX file {path} has a bad magic number 0x{data[:4].hex()} (must start with 0x0000): "
-            "not an IDX file"
+            f"IDX file {path} has a bad magic number 0x{data[:4].hex()} (must start with 0x0000): not an IDX file"
         )
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
@@ -89,17 +88,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise WakesleepError(
-            f"IDX file {path} is truncated: header promises {ndim} dimensions "
-            f"but the file has {len(data)} bytes"
+            f"IDX file {path} is truncated: header promises {ndim} dimensions but the file has {len(data)} bytes"
         )
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     actual = len(data) - header_len
     if actual < expected:
-        raise WakesleepError(
-            f"IDX file {path} is truncated: shape {shape} needs {expected} data bytes, found {actual}"
-        )
+        raise WakesleepError(f"IDX file {path} is truncated: shape {shape} needs {expected} data bytes, found {actual}")
     if actual > expected:
         raise WakesleepError(
             f"IDX file {path} is corrupt: {actual - expected} unexpected bytes after the {shape} array"

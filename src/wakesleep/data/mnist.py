@@ -109,13 +109,10 @@ def _load_split(root: str | os.PathLike, split: str, dataset: str) -> tuple[np.n
             "expected uint8 [N, rows, cols]"
         )
     if labels.ndim != 1:
-        raise WakesleepError(
-            f"{dataset} label file {lab_path} holds an array of shape {labels.shape}, expected [N]"
-        )
+        raise WakesleepError(f"{dataset} label file {lab_path} holds an array of shape {labels.shape}, expected [N]")
     if len(labels) != len(images):
         raise WakesleepError(
-            f"{dataset} files disagree: {img_path} has {len(images)} images "
-            f"but {lab_path} has {len(labels)} labels"
+            f"{dataset} files disagree: {img_path} has {len(images)} images but {lab_path} has {len(labels)} labels"
         )
     return images, labels
 
@@ -145,9 +142,7 @@ def load_mnist(root: str | os.PathLike, split: str = "train") -> tuple[np.ndarra
     return _load_split(root, split, "MNIST")
 
 
-def load_fashion_mnist(
-    root: str | os.PathLike | None = None, split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Load one split of Fashion-MNIST (Xiao et al. 2017).
 
     Parameters

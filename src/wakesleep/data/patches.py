@@ -165,8 +165,7 @@ def builtin_images(names: list[str] | None = None) -> dict[str, np.ndarray]:
         import skimage.data
     except ImportError:  # pragma: no cover - depends on the environment
         raise WakesleepError(
-            "patches: the built-in images need scikit-image and scikit-learn "
-            "(pip install 'wakesleep[images]')"
+            "patches: the built-in images need scikit-image and scikit-learn (pip install 'wakesleep[images]')"
         ) from None
     out: dict[str, np.ndarray] = {}
     sk_images: dict[str, np.ndarray] = {}
@@ -174,9 +173,7 @@ def builtin_images(names: list[str] | None = None) -> dict[str, np.ndarray]:
         try:
             from sklearn.datasets import load_sample_images
         except ImportError:  # pragma: no cover
-            raise WakesleepError(
-                "patches: the built-in images need scikit-learn (pip install scikit-learn)"
-            ) from None
+            raise WakesleepError("patches: the built-in images need scikit-learn (pip install scikit-learn)") from None
         sample = load_sample_images()
         sk_images = {Path(f).stem: img for f, img in zip(sample.filenames, sample.images, strict=True)}
     for name in names:
@@ -239,8 +236,7 @@ def split_regions(
     ]
     if len(cells) < 2:
         raise WakesleepError(
-            f"patches: the images are too small to hold separate training and test regions of {size} x {size}"
-            " patches"
+            f"patches: the images are too small to hold separate training and test regions of {size} x {size} patches"
         )
     order = rng.permutation(len(cells))
     n_test = min(max(1, int(round(test_fraction * len(cells)))), len(cells) - 1)
@@ -334,9 +330,7 @@ def load_patches(
         source = {"images": "van_hateren", "root": str(root), "n_images": len(ims)}
     elif isinstance(images, str):
         if images != "builtin":
-            raise WakesleepError(
-                f"patches: images must be 'builtin' or a list of image names, got {images!r}"
-            )
+            raise WakesleepError(f"patches: images must be 'builtin' or a list of image names, got {images!r}")
         named = builtin_images()
         ims = list(named.values())
         source = {"images": sorted(named)}

@@ -129,8 +129,13 @@ def uniformity(theta: np.ndarray) -> dict[str, float]:
     z = n * r * r
     # Rayleigh p-value with the usual small-sample correction (Zar, Biostatistical Analysis, eq. 27.4)
     p_rayleigh = float(np.exp(math.sqrt(1 + 4 * n + 4 * (n * n - n * n * r * r)) - (1 + 2 * n)))
-    return {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue), "rayleigh_r": r,
-            "rayleigh_z": float(z), "rayleigh_pvalue": min(max(p_rayleigh, 0.0), 1.0)}
+    return {
+        "ks_statistic": float(ks.statistic),
+        "ks_pvalue": float(ks.pvalue),
+        "rayleigh_r": r,
+        "rayleigh_z": float(z),
+        "rayleigh_pvalue": min(max(p_rayleigh, 0.0), 1.0),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -140,10 +145,19 @@ def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | No
     from wakesleep.train import Trainer
 
     t = config["train"]
-    trainer = Trainer(algo, epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
-                      batch_size=int(t["batch_size"]), lr=float(t["lr"]),
-                      seed=int(t["seed"]), sleep_every=int(t["sleep_every"]), log_every=int(t["log_every"]),
-                      max_iters=t["max_iters"], progress=progress, monitor_samples=0, callback=callback)
+    trainer = Trainer(
+        algo,
+        epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
+        batch_size=int(t["batch_size"]),
+        lr=float(t["lr"]),
+        seed=int(t["seed"]),
+        sleep_every=int(t["sleep_every"]),
+        log_every=int(t["log_every"]),
+        max_iters=t["max_iters"],
+        progress=progress,
+        monitor_samples=0,
+        callback=callback,
+    )
     return trainer.fit(data)
 
 
@@ -152,13 +166,18 @@ def _evaluate(model, est: OrientationEstimator, n: int, seed: int) -> dict[str, 
     with torch.no_grad():
         z = 2 * math.pi * torch.rand(n, 1, generator=g, dtype=model.dtype)
         means = model.mean(z).numpy()
-        x = (model.mean(z) + torch.exp(model.log_sigma) * torch.randn(n, model.obs_dim, generator=g,
-                                                                      dtype=model.dtype)).numpy()
+        x = (
+            model.mean(z) + torch.exp(model.log_sigma) * torch.randn(n, model.obs_dim, generator=g, dtype=model.dtype)
+        ).numpy()
     th_m, c_m = est(means)
     th_x, c_x = est(x)
-    return {"means": means, "samples": x, "theta": th_m,
-            "mean_filters": {**uniformity(th_m), "peak_correlation": float(c_m.mean())},
-            "noisy_samples": {**uniformity(th_x), "peak_correlation": float(c_x.mean())}}
+    return {
+        "means": means,
+        "samples": x,
+        "theta": th_m,
+        "mean_filters": {**uniformity(th_m), "peak_correlation": float(c_m.mean())},
+        "noisy_samples": {**uniformity(th_x), "peak_correlation": float(c_x.mean())},
+    }
 
 
 def _plots(out: Path, data_theta, ev, shape, hist_bins: int = 36) -> None:
@@ -211,11 +230,17 @@ def _report(res: dict[str, Any]) -> str:
         "| filters | KS statistic | KS p-value | Rayleigh R (2 theta) | Rayleigh p | mean peak correlation |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    rows = [("training Gabors", tr), ("model at initialisation", init), ("learned model NN_w(z)", e),
-            ("learned model, noisy x", res["learned"]["noisy_samples"])]
+    rows = [
+        ("training Gabors", tr),
+        ("model at initialisation", init),
+        ("learned model NN_w(z)", e),
+        ("learned model, noisy x", res["learned"]["noisy_samples"]),
+    ]
     for name, s in rows:
-        lines.append(f"| {name} | {s['ks_statistic']:.4f} | {s['ks_pvalue']:.3g} | {s['rayleigh_r']:.4f} | "
-                     f"{s['rayleigh_pvalue']:.3g} | {s['peak_correlation']:.4f} |")
+        lines.append(
+            f"| {name} | {s['ks_statistic']:.4f} | {s['ks_pvalue']:.3g} | {s['rayleigh_r']:.4f} | "
+            f"{s['rayleigh_pvalue']:.3g} | {s['peak_correlation']:.4f} |"
+        )
     lines += [
         "",
         f"MMD^2 (Gaussian kernel, median bandwidth) between {res['n_eval']} model samples and held-out noisy Gabors: "
@@ -261,14 +286,20 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     x_floor, _ = draw(n_eval)
     est = OrientationEstimator(size, freq, env, int(exp["bank_size"]))
     probe = np.linspace(0, np.pi, 97, endpoint=False)
-    est_err = float(np.degrees(np.abs(((est(gabor(probe, size, freq, env))[0] - probe) + np.pi / 2) % np.pi
-                                      - np.pi / 2).max()))
+    est_err = float(
+        np.degrees(np.abs(((est(gabor(probe, size, freq, env))[0] - probe) + np.pi / 2) % np.pi - np.pi / 2).max())
+    )
     data_theta, data_c = est(x_train)
     data_stats = {**uniformity(data_theta), "peak_correlation": float(data_c.mean())}
 
     torch.manual_seed(int(config["train"]["seed"]))
-    model = CircleModel(size * size, hidden=tuple(int(h) for h in exp["hidden"]), sigma_x=float(exp["sigma_x"]),
-                        learn_sigma=bool(exp["learn_sigma"]), seed=seed).double()
+    model = CircleModel(
+        size * size,
+        hidden=tuple(int(h) for h in exp["hidden"]),
+        sigma_x=float(exp["sigma_x"]),
+        learn_sigma=bool(exp["learn_sigma"]),
+        seed=seed,
+    ).double()
     initial = _evaluate(model, est, n_eval, seed + 1)
     mmd_init = float(mmd(torch.as_tensor(initial["samples"]), torch.as_tensor(x_test)))
     opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
@@ -277,9 +308,15 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
 
     def callback(trainer, rec):
         ev = _evaluate(model, est, 500, seed + 2)
-        history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"),
-                        "ks_statistic": ev["mean_filters"]["ks_statistic"],
-                        "peak_correlation": ev["mean_filters"]["peak_correlation"]})
+        history.append(
+            {
+                "step": rec["step"],
+                "seconds": rec["seconds"],
+                "grad_norm": rec.get("grad_norm"),
+                "ks_statistic": ev["mean_filters"]["ks_statistic"],
+                "peak_correlation": ev["mean_filters"]["peak_correlation"],
+            }
+        )
 
     t0 = time.perf_counter()
     trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
@@ -293,16 +330,26 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     results = {
         "experiment": "circle",
         "quick": bool(exp.get("quick_run", False)),
-        "size": size, "frequency": freq, "envelope": env, "data_noise": float(exp["data_noise"]),
-        "n_train": n, "n_eval": n_eval, "bank_size": int(exp["bank_size"]), "hidden": list(exp["hidden"]),
+        "size": size,
+        "frequency": freq,
+        "envelope": env,
+        "data_noise": float(exp["data_noise"]),
+        "n_train": n,
+        "n_eval": n_eval,
+        "bank_size": int(exp["bank_size"]),
+        "hidden": list(exp["hidden"]),
         "sigma_x": float(torch.exp(model.log_sigma)),
         "algorithm": {k: v for k, v in config["algorithm"].items()},
         "estimator_max_error_deg": est_err,
         "data": data_stats,
         "initial": {k: initial[k] for k in ("mean_filters", "noisy_samples")},
         "learned": {k: ev[k] for k in ("mean_filters", "noisy_samples")},
-        "mmd2_learned": mmd_learned, "mmd2_initial": mmd_init, "mmd2_floor": mmd_floor,
-        "lr": float(config["train"]["lr"]), "iterations": int(trainer.n_iter_), "train_seconds": train_seconds,
+        "mmd2_learned": mmd_learned,
+        "mmd2_initial": mmd_init,
+        "mmd2_floor": mmd_floor,
+        "lr": float(config["train"]["lr"]),
+        "iterations": int(trainer.n_iter_),
+        "train_seconds": train_seconds,
         "history": history,
         "seconds": time.perf_counter() - t_start,
         "config": config,

@@ -89,9 +89,14 @@ def _build(exp: dict[str, Any], values: dict[str, float], logits: torch.Tensor |
     for k, v in values.items():
         if not (isinstance(v, int | float) and v > 0):
             raise WakesleepError(f"experiment dynamics: parameter {k} must be a positive number, got {v!r}")
-    return PopulationDynamics(T=int(exp["T"]), burn_in=int(exp["burn_in"]), max_tau=int(exp["max_tau"]),
-                              z_init=float(exp["z_init"]), tau_logits=logits, **{k: float(v) for k, v in
-                                                                                 values.items()}).double()
+    return PopulationDynamics(
+        T=int(exp["T"]),
+        burn_in=int(exp["burn_in"]),
+        max_tau=int(exp["max_tau"]),
+        z_init=float(exp["z_init"]),
+        tau_logits=logits,
+        **{k: float(v) for k, v in values.items()},
+    ).double()
 
 
 def recovery(model, true_vals: dict[str, float], true_probs: torch.Tensor) -> dict[str, Any]:
@@ -99,25 +104,43 @@ def recovery(model, true_vals: dict[str, float], true_probs: torch.Tensor) -> di
     v = model.values()
     probs = torch.softmax(model.tau_logits.detach(), 0)
     tv = float(0.5 * (probs - true_probs).abs().sum())
-    per = {k: {"true": float(true_vals[k]), "learned": v[k], "rel_error": abs(v[k] / float(true_vals[k]) - 1)}
-           for k in PARAMS}
-    return {"params": per, "tau_tv": tv, "tau_mode": v["tau_mode"], "tau_mean": v["tau_mean"],
-            "tau_probs": probs.tolist(), "mean_rel_error": float(np.mean([p["rel_error"] for p in per.values()]))}
+    per = {
+        k: {"true": float(true_vals[k]), "learned": v[k], "rel_error": abs(v[k] / float(true_vals[k]) - 1)}
+        for k in PARAMS
+    }
+    return {
+        "params": per,
+        "tau_tv": tv,
+        "tau_mode": v["tau_mode"],
+        "tau_mean": v["tau_mean"],
+        "tau_probs": probs.tolist(),
+        "mean_rel_error": float(np.mean([p["rel_error"] for p in per.values()])),
+    }
 
 
 def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
     from wakesleep.train import Trainer
 
     t = config["train"]
-    trainer = Trainer(algo, epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
-                      batch_size=int(t["batch_size"]), lr=float(t["lr"]), seed=int(t["seed"]),
-                      sleep_every=int(t["sleep_every"]), log_every=int(t["log_every"]), max_iters=t["max_iters"],
-                      progress=progress, monitor_samples=0, callback=callback)
+    trainer = Trainer(
+        algo,
+        epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
+        batch_size=int(t["batch_size"]),
+        lr=float(t["lr"]),
+        seed=int(t["seed"]),
+        sleep_every=int(t["sleep_every"]),
+        log_every=int(t["log_every"]),
+        max_iters=t["max_iters"],
+        progress=progress,
+        monitor_samples=0,
+        callback=callback,
+    )
     return trainer.fit(data)
 
 
-def _plots(out: Path, history, true_vals, true_probs, rec, x_test: np.ndarray, x_model: np.ndarray,
-           x_init: np.ndarray) -> None:
+def _plots(
+    out: Path, history, true_vals, true_probs, rec, x_test: np.ndarray, x_model: np.ndarray, x_init: np.ndarray
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,8 +172,9 @@ def _plots(out: Path, history, true_vals, true_probs, rec, x_test: np.ndarray, x
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     tt = np.arange(x_test.shape[1])
-    for ax, x, name in zip(axes, (x_test, x_model, x_init), ("held-out data", "learned model", "initial model"),
-                           strict=True):
+    for ax, x, name in zip(
+        axes, (x_test, x_model, x_init), ("held-out data", "learned model", "initial model"), strict=True
+    ):
         lx = np.log(x)
         for i in range(5):
             ax.plot(tt, lx[i], lw=0.8)
@@ -182,8 +206,10 @@ def _report(res: dict[str, Any]) -> str:
     ]
     for k in PARAMS:
         p, p0 = r["params"][k], r0["params"][k]
-        lines.append(f"| {k} | {p['true']:.4g} | {p0['learned']:.4g} | {p['learned']:.4g} | {p['rel_error']:.3f} | "
-                     f"{p0['rel_error']:.3f} |")
+        lines.append(
+            f"| {k} | {p['true']:.4g} | {p0['learned']:.4g} | {p['learned']:.4g} | {p['rel_error']:.3f} | "
+            f"{p0['rel_error']:.3f} |"
+        )
     lines += [
         f"| delay m (total variation to the truth) | 0 | {r0['tau_tv']:.3f} | {r['tau_tv']:.3f} | | |",
         f"| delay mode / mean | {res['true_tau']} / {res['true_tau_mean']:.2f} | - | {r['tau_mode']} / "
@@ -245,9 +271,16 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
 
     def callback(trainer, rec):
         r = recovery(model, true_vals, true_probs)
-        history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"),
-                        **{k: r["params"][k]["learned"] for k in PARAMS}, "tau_tv": r["tau_tv"],
-                        "mean_rel_error": r["mean_rel_error"]})
+        history.append(
+            {
+                "step": rec["step"],
+                "seconds": rec["seconds"],
+                "grad_norm": rec.get("grad_norm"),
+                **{k: r["params"][k]["learned"] for k in PARAMS},
+                "tau_tv": r["tau_tv"],
+                "mean_rel_error": r["mean_rel_error"],
+            }
+        )
 
     t0 = time.perf_counter()
     trainer = _train(algo, x_train, config, progress, callback)
@@ -256,19 +289,29 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     x_model = model.sample(n_test, generator=torch.Generator().manual_seed(seed + 2))[-1]
     mmd_learned = mmd_log(x_model, x_test)
     mmd_true = mmd_log(x_true2, x_test)
-    _plots(out_dir, history, true_vals, true_probs.numpy(), learned, x_test.numpy(), x_model.numpy(),
-           x_init.numpy())
+    _plots(out_dir, history, true_vals, true_probs.numpy(), learned, x_test.numpy(), x_model.numpy(), x_init.numpy())
     results = {
         "experiment": "dynamics",
         "quick": bool(exp.get("quick_run", False)),
-        "T": int(exp["T"]), "burn_in": int(exp["burn_in"]), "max_tau": max_tau,
-        "true_tau": exp["true_tau"], "true_tau_width": float(exp["true_tau_width"]),
+        "T": int(exp["T"]),
+        "burn_in": int(exp["burn_in"]),
+        "max_tau": max_tau,
+        "true_tau": exp["true_tau"],
+        "true_tau_width": float(exp["true_tau_width"]),
         "true_tau_mean": float((true_probs * torch.arange(1, max_tau + 1, dtype=torch.float64)).sum()),
-        "n_series": n, "n_test": n_test, "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)),
-        "true": true_vals, "init": init_vals,
-        "initial": initial, "learned": learned,
-        "mmd2_learned": mmd_learned, "mmd2_initial": mmd_init, "mmd2_true": mmd_true,
-        "iterations": int(trainer.n_iter_), "train_seconds": train_seconds, "history": history,
+        "n_series": n,
+        "n_test": n_test,
+        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)),
+        "true": true_vals,
+        "init": init_vals,
+        "initial": initial,
+        "learned": learned,
+        "mmd2_learned": mmd_learned,
+        "mmd2_initial": mmd_init,
+        "mmd2_true": mmd_true,
+        "iterations": int(trainer.n_iter_),
+        "train_seconds": train_seconds,
+        "history": history,
         "seconds": time.perf_counter() - t_start,
         "config": config,
     }
@@ -276,6 +319,3 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     wio.write_text(out_dir / "report.md", _report(results))
     wio.write_text(out_dir / "config.yaml", dump_config(config))
     return results
-
-
-

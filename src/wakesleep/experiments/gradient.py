@@ -93,8 +93,9 @@ def _gauss_legendre(n: int, lo: float, hi: float, order: int = 10) -> tuple[torc
     return torch.as_tensor(nodes), torch.as_tensor(weights)
 
 
-def quadrature_gradient(b: torch.Tensor, sigma: float, x: torch.Tensor, nodes: int = 800, rng: float = 8.0,
-                        chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def quadrature_gradient(
+    b: torch.Tensor, sigma: float, x: torch.Tensor, nodes: int = 800, rng: float = 8.0, chunk: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(x) [M], grad_b log p(x) [M, 2])`` by 2-D Gauss-Legendre quadrature of the N(0, I) prior."""
     z, w = _gauss_legendre(nodes, -rng, rng)
     z1, z2 = torch.meshgrid(z, z, indexing="ij")
@@ -104,7 +105,7 @@ def quadrature_gradient(b: torch.Tensor, sigma: float, x: torch.Tensor, nodes: i
     for i in range(0, x.shape[0], chunk):
         bb = b.detach().clone().double().requires_grad_(True)
         m = torch.nn.functional.softplus(zz @ bb) - (bb * bb).sum()  # [Q]
-        xi = x[i:i + chunk].double().reshape(-1, 1)
+        xi = x[i : i + chunk].double().reshape(-1, 1)
         ll = -0.5 * ((xi - m[None]) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
         lp = torch.logsumexp(logw[None] + ll, dim=1)  # [chunk]
         rows = [torch.autograd.grad(lp[j], bb, retain_graph=j < lp.shape[0] - 1)[0] for j in range(lp.shape[0])]
@@ -129,7 +130,7 @@ def quadrature_gradient_1d(b: torch.Tensor, sigma: float, x: torch.Tensor, nodes
 # estimators
 # --------------------------------------------------------------------------------------------------------
 def _per_point(algo, x: torch.Tensor) -> torch.Tensor:
-    return torch.stack([algo.wake_gradient(x[i:i + 1])["layers.x.link.b"].detach() for i in range(x.shape[0])])
+    return torch.stack([algo.wake_gradient(x[i : i + 1])["layers.x.link.b"].detach() for i in range(x.shape[0])])
 
 
 def _train_recognition(algo, model, steps: int, lr: float = 1e-3) -> None:
@@ -224,8 +225,10 @@ def _report(res: dict[str, Any]) -> str:
     ]
     for name, by_n in res["summary"].items():
         for n, s in sorted(by_n.items()):
-            lines.append(f"| {name} | {n} | {s['min_cosine']:.4f} | {s['mean_cosine']:.4f} | "
-                         f"{s['min_median_point_cosine']:.4f} | {s['mean_rel_error']:.3g} | {s['seconds']:.1f} |")
+            lines.append(
+                f"| {name} | {n} | {s['min_cosine']:.4f} | {s['mean_cosine']:.4f} | "
+                f"{s['min_median_point_cosine']:.4f} | {s['mean_rel_error']:.3g} | {s['seconds']:.1f} |"
+            )
     if res["unavailable"]:
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in res["unavailable"].items()) + "."]
     lines += ["", "![cosine and error against N](gradient.png)", ""]
@@ -244,7 +247,8 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     base_opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
     if config["algorithm"]["name"] != "al_ws":
         raise WakesleepError(
-            "experiment gradient: algorithm.name must be al_ws (the others go in experiment.algorithms)")
+            "experiment gradient: algorithm.name must be al_ws (the others go in experiment.algorithms)"
+        )
     unavailable: dict[str, str] = {}
     algos = []
     for name in exp["algorithms"]:
@@ -253,8 +257,10 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
             algos.append(name)
         except WakesleepError as e:
             unavailable[name] = str(e).split(": ", 1)[-1]
-    options = {name: ({**base_opts} if name == "al_ws" else dict((exp["algorithm_options"] or {}).get(name) or {}))
-               for name in algos}
+    options = {
+        name: ({**base_opts} if name == "al_ws" else dict((exp["algorithm_options"] or {}).get(name) or {}))
+        for name in algos
+    }
     cells, check = [], 0.0
     raw: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in algos}
     for ib, b in enumerate(exp["b_grid"]):
@@ -266,8 +272,12 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
             _, true = quadrature_gradient(bt, float(sigma), x, int(exp["quad_nodes"]), float(exp["quad_range"]))
             g1 = quadrature_gradient_1d(bt, float(sigma), x)
             check = max(check, float((true - g1).norm() / g1.norm()))
-            cell: dict[str, Any] = {"b": list(b), "sigma_x": float(sigma), "true_grad_norm": float(true.norm()),
-                                    "results": {}}
+            cell: dict[str, Any] = {
+                "b": list(b),
+                "sigma_x": float(sigma),
+                "true_grad_norm": float(true.norm()),
+                "results": {},
+            }
             for name in algos:
                 ns = sizes if name in ("al_ws", "ddc_hm") else [0]
                 for n in ns:
@@ -298,9 +308,14 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     results = {
         "experiment": "gradient",
         "quick": bool(exp.get("quick_run", False)),
-        "b_grid": exp["b_grid"], "sigma_grid": exp["sigma_grid"], "points": exp["points"],
-        "repeats": exp["repeats"], "quad_nodes": exp["quad_nodes"], "quadrature_check": check,
-        "exact_max": exp["exact_max"], "n_components": exp["n_components"],
+        "b_grid": exp["b_grid"],
+        "sigma_grid": exp["sigma_grid"],
+        "points": exp["points"],
+        "repeats": exp["repeats"],
+        "quad_nodes": exp["quad_nodes"],
+        "quadrature_check": check,
+        "exact_max": exp["exact_max"],
+        "n_components": exp["n_components"],
         "summary": {k: {str(n): v for n, v in d.items()} for k, d in summary.items()},
         "unavailable": unavailable,
         "cells": cells,

@@ -136,15 +136,26 @@ def pixel_basis(A: np.ndarray, whitening: np.ndarray) -> np.ndarray:
     return A.T @ np.linalg.pinv(whitening)
 
 
-def summarise(A: np.ndarray, x_test: np.ndarray, whitening: np.ndarray, size: int, scale: float, noise_var: float,
-              reference: np.ndarray | None) -> dict[str, float]:
+def summarise(
+    A: np.ndarray,
+    x_test: np.ndarray,
+    whitening: np.ndarray,
+    size: int,
+    scale: float,
+    noise_var: float,
+    reference: np.ndarray | None,
+) -> dict[str, float]:
     """The numbers of one mixing matrix A (whitened coordinates); ``reference``: FastICA's unmixing matrix."""
-    out = {"kurtosis": mean_kurtosis(A, x_test, noise_var), "ica_loglik": ica_loglik(A, x_test, scale),
-           "gaussian_loglik": gaussian_loglik(A, x_test, 2 * scale * scale, noise_var),
-           "median_spread": float(np.median(spatial_spread(pixel_basis(A, whitening), size))),
-           "column_norm": float(np.linalg.norm(A, axis=0).mean()),
-           "orthogonality_error": float(np.linalg.norm(A.T @ A / np.mean(np.sum(A * A, 0)) - np.eye(len(A)))
-                                        / math.sqrt(len(A)))}
+    out = {
+        "kurtosis": mean_kurtosis(A, x_test, noise_var),
+        "ica_loglik": ica_loglik(A, x_test, scale),
+        "gaussian_loglik": gaussian_loglik(A, x_test, 2 * scale * scale, noise_var),
+        "median_spread": float(np.median(spatial_spread(pixel_basis(A, whitening), size))),
+        "column_norm": float(np.linalg.norm(A, axis=0).mean()),
+        "orthogonality_error": float(
+            np.linalg.norm(A.T @ A / np.mean(np.sum(A * A, 0)) - np.eye(len(A))) / math.sqrt(len(A))
+        ),
+    }
     if reference is not None:
         out["fastica_match"] = filter_match(unmixing(A, noise_var), reference)
         out["amari_to_fastica"] = amari_index(reference, A)
@@ -170,10 +181,19 @@ def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | No
     from wakesleep.train import Trainer
 
     t = config["train"]
-    trainer = Trainer(algo, epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
-                      batch_size=int(t["batch_size"]), lr=float(t["lr"]), seed=int(t["seed"]),
-                      sleep_every=int(t["sleep_every"]), log_every=int(t["log_every"]), max_iters=t["max_iters"],
-                      progress=progress, monitor_samples=0, callback=callback)
+    trainer = Trainer(
+        algo,
+        epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
+        batch_size=int(t["batch_size"]),
+        lr=float(t["lr"]),
+        seed=int(t["seed"]),
+        sleep_every=int(t["sleep_every"]),
+        log_every=int(t["log_every"]),
+        max_iters=t["max_iters"],
+        progress=progress,
+        monitor_samples=0,
+        callback=callback,
+    )
     return trainer.fit(data)
 
 
@@ -227,11 +247,20 @@ def _report(res: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in res["bases"].items():
-        lines.append(f"| {name} | {s['kurtosis']:.3f} | {s['ica_loglik']:.4g} | {s['gaussian_loglik']:.3f} | "
-                     f"{s['median_spread']:.2f} | "
-                     f"{s.get('fastica_match', float('nan')):.3f} | {s.get('amari_to_fastica', float('nan')):.3f} |")
-    lines += ["", "![learned basis functions](basis_alws.png)", "", "![initial](basis_initial.png)", "",
-              "![PCA](basis_pca.png)", ""]
+        lines.append(
+            f"| {name} | {s['kurtosis']:.3f} | {s['ica_loglik']:.4g} | {s['gaussian_loglik']:.3f} | "
+            f"{s['median_spread']:.2f} | "
+            f"{s.get('fastica_match', float('nan')):.3f} | {s.get('amari_to_fastica', float('nan')):.3f} |"
+        )
+    lines += [
+        "",
+        "![learned basis functions](basis_alws.png)",
+        "",
+        "![initial](basis_initial.png)",
+        "",
+        "![PCA](basis_pca.png)",
+        "",
+    ]
     if "FastICA" in res["bases"]:
         lines += ["![FastICA](basis_fastica.png)", ""]
     lines += ["![training curve](training.png)", ""]
@@ -254,8 +283,14 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     t_start = time.perf_counter()
     size = int(data.get("size", 16))
     kw = {k: data[k] for k in ("images", "log", "pca_dim", "eps", "test_fraction") if data.get(k) is not None}
-    ps = load_patches(size=size, n=int(data.get("n") or 30000), n_test=int(data.get("n_test") or 5000),
-                      seed=int(data.get("seed") or 0), whiten="pca", **kw)
+    ps = load_patches(
+        size=size,
+        n=int(data.get("n") or 30000),
+        n_test=int(data.get("n_test") or 5000),
+        seed=int(data.get("seed") or 0),
+        whiten="pca",
+        **kw,
+    )
     x_train, x_test = ps.train, ps.test
     dim = x_train.shape[1]
     torch.manual_seed(int(config["train"]["seed"]))
@@ -293,19 +328,30 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
 
     def callback(trainer, rec):
         A = mixing()
-        history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"),
-                        "kurtosis": mean_kurtosis(A, x_mon, obs_var),
-                        "gaussian_loglik": gaussian_loglik(A, x_mon, 2 * prior_scale**2, obs_var)})
+        history.append(
+            {
+                "step": rec["step"],
+                "seconds": rec["seconds"],
+                "grad_norm": rec.get("grad_norm"),
+                "kurtosis": mean_kurtosis(A, x_mon, obs_var),
+                "gaussian_loglik": gaussian_loglik(A, x_mon, 2 * prior_scale**2, obs_var),
+            }
+        )
 
     t0 = time.perf_counter()
     trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
     train_seconds = time.perf_counter() - t0
     bases_A = {"AL-WS": mixing(), **bases_A}
-    bases = {name: summarise(A, x_test, ps.whitening, size, prior_scale, obs_var, reference)
-             for name, A in bases_A.items()}
+    bases = {
+        name: summarise(A, x_test, ps.whitening, size, prior_scale, obs_var, reference) for name, A in bases_A.items()
+    }
     n_show = int(exp["n_show"])
-    files = {"AL-WS": "basis_alws.png", "initial": "basis_initial.png", "PCA": "basis_pca.png",
-             "FastICA": "basis_fastica.png"}
+    files = {
+        "AL-WS": "basis_alws.png",
+        "initial": "basis_initial.png",
+        "PCA": "basis_pca.png",
+        "FastICA": "basis_fastica.png",
+    }
     for name, A in bases_A.items():
         B = pixel_basis(A, ps.whitening)
         order = np.argsort(spatial_spread(B, size)) if name != "PCA" else np.arange(len(B))
@@ -315,19 +361,27 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     results = {
         "experiment": "ica",
         "quick": bool(exp.get("quick_run", False)),
-        "size": size, "dim": dim, "n_train": int(len(x_train)), "n_test": int(len(x_test)),
-        "prior_scale": prior_scale, "obs_variance": obs_var,
-        "variant": alg.get("variant", "direct"), "sleep_samples": int(alg.get("sleep_samples", 1000)),
+        "size": size,
+        "dim": dim,
+        "n_train": int(len(x_train)),
+        "n_test": int(len(x_test)),
+        "prior_scale": prior_scale,
+        "obs_variance": obs_var,
+        "variant": alg.get("variant", "direct"),
+        "sleep_samples": int(alg.get("sleep_samples", 1000)),
         "kernel": alg.get("kernel", "exact"),
         "bases": bases,
-        "iterations": int(trainer.n_iter_), "train_seconds": train_seconds, "history": history,
+        "iterations": int(trainer.n_iter_),
+        "train_seconds": train_seconds,
+        "history": history,
         "patches": ps.info,
         "seconds": time.perf_counter() - t_start,
         "config": config,
     }
     wio.save_json(out_dir / "results.json", results)
-    wio.save_npz(out_dir / "mixing.npz", **{k.replace("-", "_").lower(): v for k, v in bases_A.items()},
-                 whitening=ps.whitening)
+    wio.save_npz(
+        out_dir / "mixing.npz", **{k.replace("-", "_").lower(): v for k, v in bases_A.items()}, whitening=ps.whitening
+    )
     wio.write_text(out_dir / "report.md", _report(results))
     wio.write_text(out_dir / "config.yaml", dump_config(config))
     return results

@@ -128,8 +128,10 @@ def decode(model, u: torch.Tensor) -> torch.Tensor:
 def _errors(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     p = prob.clamp(1e-6, 1 - 1e-6)
     bce = float(-(target * torch.log(p) + (1 - target) * torch.log1p(-p)).sum(1).mean())
-    return {"pixel_error": float(((prob > 0.5).to(target.dtype) != target).to(torch.float64).mean()),
-            "bce_per_image": bce}
+    return {
+        "pixel_error": float(((prob > 0.5).to(target.dtype) != target).to(torch.float64).mean()),
+        "bce_per_image": bce,
+    }
 
 
 def downstream(model, x_test: torch.Tensor, flip: float, steps: int, lr: float, seed: int) -> dict[str, Any]:
@@ -158,10 +160,19 @@ def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | No
     from wakesleep.train import Trainer
 
     t = config["train"]
-    trainer = Trainer(algo, epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
-                      batch_size=int(t["batch_size"]), lr=float(t["lr"]), seed=int(t["seed"]),
-                      sleep_every=int(t["sleep_every"]), log_every=int(t["log_every"]), max_iters=t["max_iters"],
-                      progress=progress, monitor_samples=0, callback=callback)
+    trainer = Trainer(
+        algo,
+        epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
+        batch_size=int(t["batch_size"]),
+        lr=float(t["lr"]),
+        seed=int(t["seed"]),
+        sleep_every=int(t["sleep_every"]),
+        log_every=int(t["log_every"]),
+        max_iters=t["max_iters"],
+        progress=progress,
+        monitor_samples=0,
+        callback=callback,
+    )
     return trainer.fit(data)
 
 
@@ -269,8 +280,13 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     seed = int(exp["seed"])
     m = x_train.mean(0).clip(1e-3, 1 - 1e-3)
     torch.manual_seed(int(config["train"]["seed"]))
-    model = UniformLogitBernoulli(int(exp["latent_dim"]), side * side, init_std=float(exp["init_std"]), seed=seed,
-                                  bias_init=torch.as_tensor(np.log(m / (1 - m)), dtype=torch.float32)).double()
+    model = UniformLogitBernoulli(
+        int(exp["latent_dim"]),
+        side * side,
+        init_std=float(exp["init_std"]),
+        seed=seed,
+        bias_init=torch.as_tensor(np.log(m / (1 - m)), dtype=torch.float32),
+    ).double()
     xt = torch.as_tensor(x_test)
     n_mmd = int(exp["n_mmd"])
     ref = xt[:n_mmd]
@@ -288,8 +304,14 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     history: list[dict[str, Any]] = []
 
     def callback(trainer, rec):
-        history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"),
-                        "mmd2": sample_mmd(min(n_mmd, 500), seed + 2)})
+        history.append(
+            {
+                "step": rec["step"],
+                "seconds": rec["seconds"],
+                "grad_norm": rec.get("grad_norm"),
+                "mmd2": sample_mmd(min(n_mmd, 500), seed + 2),
+            }
+        )
 
     t0 = time.perf_counter()
     trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
@@ -307,12 +329,24 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     results = {
         "experiment": "images",
         "quick": bool(exp.get("quick_run", False)),
-        "image_shape": list(shape), "binarize": str(exp["binarize"]), "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)), "latent_dim": int(exp["latent_dim"]), "n_mmd": n_mmd,
-        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)), "flip": flip, "infer_steps": steps,
-        "mmd2_learned": mmd_learned, "mmd2_initial": mmd_init, "mmd2_floor": mmd_floor,
-        "downstream": strip(ds), "downstream_initial": strip(ds0), "mean_image_error": mean_err,
-        "iterations": int(trainer.n_iter_), "train_seconds": train_seconds, "history": history,
+        "image_shape": list(shape),
+        "binarize": str(exp["binarize"]),
+        "n_train": int(len(x_train)),
+        "n_test": int(len(x_test)),
+        "latent_dim": int(exp["latent_dim"]),
+        "n_mmd": n_mmd,
+        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)),
+        "flip": flip,
+        "infer_steps": steps,
+        "mmd2_learned": mmd_learned,
+        "mmd2_initial": mmd_init,
+        "mmd2_floor": mmd_floor,
+        "downstream": strip(ds),
+        "downstream_initial": strip(ds0),
+        "mean_image_error": mean_err,
+        "iterations": int(trainer.n_iter_),
+        "train_seconds": train_seconds,
+        "history": history,
         "seconds": time.perf_counter() - t_start,
         "config": config,
     }

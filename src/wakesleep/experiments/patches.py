@@ -154,7 +154,7 @@ def fmt_p(log10_p: float | None) -> str:
     if log10_p is None or not math.isfinite(log10_p):
         return "n/a"
     if log10_p > -3:
-        return f"{10 ** log10_p:.3g}"
+        return f"{10**log10_p:.3g}"
     return f"< 1e{math.floor(log10_p) + 1}"
 
 
@@ -205,8 +205,11 @@ def _validate(config: dict[str, Any]) -> list[tuple[int, int]]:
         raise WakesleepError("config: experiment.architectures must be a non-empty list of [D1, D2] pairs")
     out = []
     for a in archs:
-        if (not isinstance(a, list | tuple) or len(a) != 2
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in a)):
+        if (
+            not isinstance(a, list | tuple)
+            or len(a) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in a)
+        ):
             raise WakesleepError(f"config: experiment.architectures: each entry must be [D1, D2], got {a!r}")
         out.append((int(a[0]), int(a[1])))
     if exp["prior"] not in ("axes", "diagonal"):
@@ -239,8 +242,9 @@ def _plot_patches(path: Path, panels: dict[str, np.ndarray], size: int, n: int =
         for i, img in enumerate(arr):
             r, c = divmod(i, side)
             lo, hi = np.percentile(img, [1, 99])
-            grid[r * (size + 1): r * (size + 1) + size, c * (size + 1): c * (size + 1) + size] = np.clip(
-                (img - lo) / max(hi - lo, 1e-12), 0, 1)
+            grid[r * (size + 1) : r * (size + 1) + size, c * (size + 1) : c * (size + 1) + size] = np.clip(
+                (img - lo) / max(hi - lo, 1e-12), 0, 1
+            )
         ax.imshow(grid, cmap="gray", interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -259,7 +263,8 @@ def _report(results: dict[str, Any]) -> str:
         f"{'Quick run (scaled down, see below)' if results['quick'] else 'Full run'}: "
         f"{results['n_train']} training patches, {results['n_test']} test patches "
         f"({cfg['data'].get('size', 16)} x {cfg['data'].get('size', 16)}; {results['data_description']}); "
-        f"{t['epochs']} epochs" + (f" capped at {t['max_iters']} iterations" if t.get("max_iters") else "")
+        f"{t['epochs']} epochs"
+        + (f" capped at {t['max_iters']} iterations" if t.get("max_iters") else "")
         + f", batch {t['batch_size']}, Adam lr {t['lr']:g}, {t['dtype']}, device {t['device']}; "
         f"total {results['seconds']:.0f} s.",
         "",
@@ -280,25 +285,40 @@ def _report(results: dict[str, Any]) -> str:
             lines.append(f"| {r['d1']} | {r['d2']} | n/a | n/a | n/a | {fmt(r['floor_mmd2'])} | |")
             continue
         pref = cand if rel["p_value"] < 0.01 else (base if rel["p_value"] > 0.99 else "neither (p in [0.01, 0.99])")
-        lines.append(f"| {r['d1']} | {r['d2']} | {fmt(rel['mmd2_y'])} | {fmt(rel['mmd2_z'])} | "
-                     f"{fmt_p(rel['log10_p_value'])} | {fmt(r['floor_mmd2'])} | {pref} |")
-    lines += ["", "Paper (van Hateren patches, their MMD values): IWAE 0.126 / 0.0754 / 0.247 / 0.076 / 0.171 vs "
-              "DDC-HM 0.0388 / 0.0269 / 0.00313 / 0.0211 / 0.00355, all p < 1e-22.", "",
-              "Per algorithm (training time, iterations, last logged metrics):", "",
-              "| D1 | D2 | algorithm | seconds | iterations | cov_gap | mean_gap |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {r['d1']} | {r['d2']} | {fmt(rel['mmd2_y'])} | {fmt(rel['mmd2_z'])} | "
+            f"{fmt_p(rel['log10_p_value'])} | {fmt(r['floor_mmd2'])} | {pref} |"
+        )
+    lines += [
+        "",
+        "Paper (van Hateren patches, their MMD values): IWAE 0.126 / 0.0754 / 0.247 / 0.076 / 0.171 vs "
+        "DDC-HM 0.0388 / 0.0269 / 0.00313 / 0.0211 / 0.00355, all p < 1e-22.",
+        "",
+        "Per algorithm (training time, iterations, last logged metrics):",
+        "",
+        "| D1 | D2 | algorithm | seconds | iterations | cov_gap | mean_gap |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results["architectures"]:
         for name, ar in r["algorithms"].items():
             fm = ar.get("final_metrics", {})
-            lines.append(f"| {r['d1']} | {r['d2']} | {name} | {ar['seconds']:.0f} | {ar['iterations']} | "
-                         f"{fmt(fm.get('cov_gap'))} | {fmt(fm.get('mean_gap'))} |")
+            lines.append(
+                f"| {r['d1']} | {r['d2']} | {name} | {ar['seconds']:.0f} | {ar['iterations']} | "
+                f"{fmt(fm.get('cov_gap'))} | {fmt(fm.get('mean_gap'))} |"
+            )
     lines += ["", "![samples](samples.png)", ""]
     if results["quick"]:
-        lines += ["**Quick run**: fewer architectures, patches, iterations, sleep samples, encoding functions and "
-                  "MMD samples than the paper (see `config.yaml`, `experiment.quick`); the numbers show the pipeline "
-                  "works, not the paper's result.", ""]
-    lines += ["Files: `results.json` (all numbers), `config.yaml`, one run directory per architecture and algorithm "
-              "(`d<D1>_<D2>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).", ""]
+        lines += [
+            "**Quick run**: fewer architectures, patches, iterations, sleep samples, encoding functions and "
+            "MMD samples than the paper (see `config.yaml`, `experiment.quick`); the numbers show the pipeline "
+            "works, not the paper's result.",
+            "",
+        ]
+    lines += [
+        "Files: `results.json` (all numbers), `config.yaml`, one run directory per architecture and algorithm "
+        "(`d<D1>_<D2>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -319,14 +339,18 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     for label in (base, cand):
         if label not in entries:
             raise WakesleepError(
-                f"config: experiment.baseline/candidate {label!r} is not a label of experiment.algorithms")
+                f"config: experiment.baseline/candidate {label!r} is not a label of experiment.algorithms"
+            )
     for d1, d2 in archs:  # fail early on a bad option, before any training
         for cfg in algorithm_entries(architecture_config(config, d1, d2), "experiment patches").values():
             build_algorithm_from_config(cfg, build_model_from_config(cfg))
 
     t_start = time.perf_counter()
-    dataset = load_dataset(dict(config["data"]), 16 * 16 if "size" not in config["data"] else
-                           int(config["data"]["size"]) ** 2, dtype=torch.float64)
+    dataset = load_dataset(
+        dict(config["data"]),
+        16 * 16 if "size" not in config["data"] else int(config["data"]["size"]) ** 2,
+        dtype=torch.float64,
+    )
     train_x, test_x = dataset.train, dataset.test
     if test_x is None or test_x.shape[0] < 2:
         raise WakesleepError("experiment patches: the data have no test set (data.n_test)")
@@ -364,9 +388,12 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
         if all(torch.isfinite(s).all() for s in samples.values()):
             rel = relative_mmd_test(ref, samples[base], samples[cand], seed=d1 * 100 + d2)
             arch["relative_test"] = {
-                "y": base, "z": cand,
-                "mmd2_y": float(rel.mmd_xy), "mmd2_z": float(rel.mmd_xz),
-                "p_value": float(rel.p_value), "log10_p_value": float(rel.log10_p_value),
+                "y": base,
+                "z": cand,
+                "mmd2_y": float(rel.mmd_xy),
+                "mmd2_z": float(rel.mmd_xz),
+                "p_value": float(rel.p_value),
+                "log10_p_value": float(rel.log10_p_value),
                 "statistic": float(rel.statistic),
                 "bandwidth": float(getattr(rel, "bandwidth", float("nan"))),
             }
@@ -379,7 +406,10 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
     summary = "; ".join(
         f"({r['d1']},{r['d2']}): {base} {fmt(r['relative_test']['mmd2_y'])} vs {cand} "
         f"{fmt(r['relative_test']['mmd2_z'])}, p {fmt_p(r['relative_test']['log10_p_value'])}"
-        if r.get("relative_test") else f"({r['d1']},{r['d2']}): n/a" for r in arch_results)
+        if r.get("relative_test")
+        else f"({r['d1']},{r['d2']}): n/a"
+        for r in arch_results
+    )
     results = {
         "experiment": "patches",
         "quick": bool(exp.get("quick_run", False)),

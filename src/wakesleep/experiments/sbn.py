@@ -83,8 +83,12 @@ experiment:
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "datasets": ["fashion_mnist", "mnist"],
     "mnist_root": None,
-    "algorithms": ["ddc_hm", {"name": "vimco", "label": "vimco_k50", "k": 50},
-                   {"name": "rws", "label": "rws_k5", "k": 5}, "wake_sleep"],
+    "algorithms": [
+        "ddc_hm",
+        {"name": "vimco", "label": "vimco_k50", "k": 50},
+        {"name": "rws", "label": "rws_k5", "k": 5},
+        "wake_sleep",
+    ],
     "candidate": "ddc_hm",
     "algorithm_options": {},
     "mmd_samples": 10000,
@@ -98,8 +102,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------------------
 # evaluation (also used by `wakesleep bench sbn`)
 # --------------------------------------------------------------------------------------------------------
-def nll_estimate(model, algo, train_x: torch.Tensor, test_x: torch.Tensor, k: int, proposal_steps: int,
-                 seed: int = 0) -> dict[str, Any]:
+def nll_estimate(
+    model, algo, train_x: torch.Tensor, test_x: torch.Tensor, k: int, proposal_steps: int, seed: int = 0
+) -> dict[str, Any]:
     """Importance-sampled NLL of ``test_x`` (see the module docstring for the proposal)."""
     from wakesleep.eval import fit_proposal, log_likelihood
 
@@ -107,14 +112,23 @@ def nll_estimate(model, algo, train_x: torch.Tensor, test_x: torch.Tensor, k: in
     proposal = getattr(algo, "proposal", None)
     kind = "own recognition model"
     if proposal is None or not hasattr(proposal, "sample"):
-        proposal = fit_proposal(model, train_x.to(device=model.device, dtype=model.dtype),
-                                steps=int(proposal_steps), seed=seed)
+        proposal = fit_proposal(
+            model, train_x.to(device=model.device, dtype=model.dtype), steps=int(proposal_steps), seed=seed
+        )
         kind = f"fit_proposal ({proposal_steps} steps, model frozen)"
     x = test_x.to(device=model.device, dtype=model.dtype)
     res = log_likelihood(model, x, proposal, k=int(k), seed=seed)
     ess = res.ess.double()
-    return {"nll": res.nll, "sem": res.sem, "k": int(k), "points": int(x.shape[0]), "proposal": kind,
-            "ess_median": float(ess.median()), "ess_mean": float(ess.mean()), "seconds": time.perf_counter() - t0}
+    return {
+        "nll": res.nll,
+        "sem": res.sem,
+        "k": int(k),
+        "points": int(x.shape[0]),
+        "proposal": kind,
+        "ess_median": float(ess.median()),
+        "ess_mean": float(ess.mean()),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def mmd_to(ref: torch.Tensor, samples: torch.Tensor, bandwidth: float) -> float:
@@ -160,21 +174,32 @@ def _report(results: dict[str, Any]) -> str:
             rel = ds["relative_tests"].get(label)
             p = fmt_p(rel["log10_p_value"]) if rel else ("(candidate)" if label == cand else "n/a")
             nll = r.get("nll") or {}
-            lines.append(f"| {label} | {fmt(r.get('mmd2'))} | {p} | {fmt(nll.get('nll'), 5)} | {fmt(nll.get('sem'))} | "
-                         f"{fmt(nll.get('ess_median'))} | {nll.get('proposal', 'n/a')} | {r['seconds']:.0f} | "
-                         f"{r['iterations']} |")
+            lines.append(
+                f"| {label} | {fmt(r.get('mmd2'))} | {p} | {fmt(nll.get('nll'), 5)} | {fmt(nll.get('sem'))} | "
+                f"{fmt(nll.get('ess_median'))} | {nll.get('proposal', 'n/a')} | {r['seconds']:.0f} | "
+                f"{r['iterations']} |"
+            )
         lines += ["", f"![samples]({ds['name']}_samples.png)", ""]
     if results.get("skipped"):
         lines += [f"Skipped: {'; '.join(results['skipped'])}.", ""]
-    lines += ["Paper (MNIST): the test preferred DDC-HM over VIMCO with p < 1e-20 (MMD 6e-4 vs 2e-3); VIMCO's NLL "
-              "90.97 nats.", ""]
+    lines += [
+        "Paper (MNIST): the test preferred DDC-HM over VIMCO with p < 1e-20 (MMD 6e-4 vs 2e-3); VIMCO's NLL "
+        "90.97 nats.",
+        "",
+    ]
     if results["quick"]:
-        lines += ["**Quick run**: a small subset of the images, few iterations, fewer sleep samples, few MMD samples "
-                  f"and K = {exp['nll_k']} importance samples for the NLL on {exp['nll_points']} test images (see "
-                  "`config.yaml`, `experiment.quick`); the numbers show the pipeline works, not the paper's "
-                  "result.", ""]
-    lines += ["Files: `results.json` (all numbers), `config.yaml`, one run directory per data set and algorithm "
-              "(`<dataset>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).", ""]
+        lines += [
+            "**Quick run**: a small subset of the images, few iterations, fewer sleep samples, few MMD samples "
+            f"and K = {exp['nll_k']} importance samples for the NLL on {exp['nll_points']} test images (see "
+            "`config.yaml`, `experiment.quick`); the numbers show the pipeline works, not the paper's "
+            "result.",
+            "",
+        ]
+    lines += [
+        "Files: `results.json` (all numbers), `config.yaml`, one run directory per data set and algorithm "
+        "(`<dataset>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -242,10 +267,17 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
         bw = float(median_bandwidth(ref))
         ds_dir = out_dir / ds_name
         ds_dir.mkdir()
-        entry: dict[str, Any] = {"name": ds_name, "data": dataset.describe(), "n_train": int(dataset.train.shape[0]),
-                                 "n_test": int(test.shape[0]), "n_mmd": n_mmd, "bandwidth": bw,
-                                 "nll_points": min(int(exp["nll_points"]), test.shape[0]),
-                                 "algorithms": {}, "relative_tests": {}}
+        entry: dict[str, Any] = {
+            "name": ds_name,
+            "data": dataset.describe(),
+            "n_train": int(dataset.train.shape[0]),
+            "n_test": int(test.shape[0]),
+            "n_mmd": n_mmd,
+            "bandwidth": bw,
+            "nll_points": min(int(exp["nll_points"]), test.shape[0]),
+            "algorithms": {},
+            "relative_tests": {},
+        }
         samples: dict[str, torch.Tensor] = {}
         for label, cfg in entries.items():
             run_cfg = copy.deepcopy(cfg)
@@ -255,31 +287,51 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
             seconds = time.perf_counter() - t0
             s = draw_samples(model, n_mmd, seed=20_000)
             samples[label] = s
-            r: dict[str, Any] = {"algorithm": cfg["algorithm"]["name"], "seconds": seconds,
-                                 "iterations": trainer.n_iter_, "epochs": trainer.epochs_,
-                                 "final_metrics": trainer.history_[-1] if trainer.history_ else {}}
+            r: dict[str, Any] = {
+                "algorithm": cfg["algorithm"]["name"],
+                "seconds": seconds,
+                "iterations": trainer.n_iter_,
+                "epochs": trainer.epochs_,
+                "final_metrics": trainer.history_[-1] if trainer.history_ else {},
+            }
             r["mmd2"] = mmd_to(ref, s, bw)
             n_fit = min(dataset.train.shape[0], 10_000)
-            r["nll"] = nll_estimate(model, algo, dataset.draw_train()[:n_fit], test[: entry["nll_points"]],
-                                    int(exp["nll_k"]), int(exp["proposal_steps"]))
+            r["nll"] = nll_estimate(
+                model,
+                algo,
+                dataset.draw_train()[:n_fit],
+                test[: entry["nll_points"]],
+                int(exp["nll_k"]),
+                int(exp["proposal_steps"]),
+            )
             entry["algorithms"][label] = r
         for label in entries:
             if label == cand:
                 continue
             rel = relative_mmd_test(ref, samples[label], samples[cand], bandwidth=bw)
             entry["relative_tests"][label] = {
-                "y": label, "z": cand, "mmd2_y": float(rel.mmd_xy), "mmd2_z": float(rel.mmd_xz),
-                "p_value": float(rel.p_value), "log10_p_value": float(rel.log10_p_value),
-                "statistic": float(rel.statistic)}
-        plot_samples({k: v.numpy() for k, v in samples.items()}, out_dir / f"{ds_name}_samples.png",
-                     data=ref.numpy(), image_shape=(28, 28))
+                "y": label,
+                "z": cand,
+                "mmd2_y": float(rel.mmd_xy),
+                "mmd2_z": float(rel.mmd_xz),
+                "p_value": float(rel.p_value),
+                "log10_p_value": float(rel.log10_p_value),
+                "statistic": float(rel.statistic),
+            }
+        plot_samples(
+            {k: v.numpy() for k, v in samples.items()},
+            out_dir / f"{ds_name}_samples.png",
+            data=ref.numpy(),
+            image_shape=(28, 28),
+        )
         datasets.append(entry)
 
     seconds = time.perf_counter() - t_start
     summary = "; ".join(
-        f"{d['name']}: " + ", ".join(
-            f"{k} MMD^2 {fmt(v['mmd2'])} NLL {fmt(v['nll']['nll'], 4)}" for k, v in d["algorithms"].items())
-        for d in datasets)
+        f"{d['name']}: "
+        + ", ".join(f"{k} MMD^2 {fmt(v['mmd2'])} NLL {fmt(v['nll']['nll'], 4)}" for k, v in d["algorithms"].items())
+        for d in datasets
+    )
     results = {
         "experiment": "sbn",
         "quick": bool(exp.get("quick_run", False)),

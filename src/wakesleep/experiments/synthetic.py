@@ -166,8 +166,12 @@ def mmd2(data: torch.Tensor, samples: torch.Tensor, bandwidth: str | float, seed
     if mmd_statistics is not None:
         bw = median_bandwidth(data, seed=seed) if bandwidth == "median" else bandwidth
         st = mmd_statistics(data, samples, bw, seed=seed)
-        return {"mmd2": st.mmd2, "std": math.sqrt(max(st.variance, 0.0)), "bandwidth": st.bandwidth,
-                "implementation": "wakesleep.eval.mmd"}
+        return {
+            "mmd2": st.mmd2,
+            "std": math.sqrt(max(st.variance, 0.0)),
+            "bandwidth": st.bandwidth,
+            "implementation": "wakesleep.eval.mmd",
+        }
     if bandwidth == "power":
         raise WakesleepError("experiment.mmd_bandwidth: 'power' needs wakesleep.eval.mmd")
     if bandwidth == "median":
@@ -176,8 +180,12 @@ def mmd2(data: torch.Tensor, samples: torch.Tensor, bandwidth: str | float, seed
         bw = float(d.median())
     else:
         bw = float(bandwidth)
-    return {"mmd2": _local_mmd2(data, samples, bw), "std": None, "bandwidth": bw,
-            "implementation": "local fallback (wakesleep.eval.mmd missing)"}
+    return {
+        "mmd2": _local_mmd2(data, samples, bw),
+        "std": None,
+        "bandwidth": bw,
+        "implementation": "local fallback (wakesleep.eval.mmd missing)",
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,8 +202,14 @@ def _plot_samples(path: Path, data: np.ndarray, panels: dict[str, np.ndarray], n
     lo, hi = np.percentile(data, [0.5, 99.5], axis=0)
     pad = 0.1 * (hi - lo)
     for ax, (title, arr) in zip(axes[0], [("training data", data), *panels.items()], strict=True):
-        ax.scatter(arr[:n_show, 0], arr[:n_show, 1], s=1.5, alpha=0.4, color="k" if title == "training data" else "C0",
-                   rasterized=True)
+        ax.scatter(
+            arr[:n_show, 0],
+            arr[:n_show, 1],
+            s=1.5,
+            alpha=0.4,
+            color="k" if title == "training data" else "C0",
+            rasterized=True,
+        )
         ax.set_title(title, fontsize=10)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
@@ -264,15 +278,18 @@ def fig1_summary(datasets: list[dict[str, Any]], reference: str = "ddc_hm") -> d
             "median_drift": float(np.median(drift)),
         }
     floor = np.array([d["true_model"]["mmd2"] for d in datasets], dtype=float)
-    per["true model"] = {"median_mmd2": float(np.median(floor)) if floor.size else None,
-                         "mean_mmd2": float(floor.mean()) if floor.size else None}
+    per["true model"] = {
+        "median_mmd2": float(np.median(floor)) if floor.size else None,
+        "mean_mmd2": float(floor.mean()) if floor.size else None,
+    }
     versus: dict[str, Any] = {}
     if reference in names:
         for name in names:
             if name == reference:
                 continue
-            wins = sum(1 for d in datasets
-                       if d["algorithms"][reference]["mmd"]["mmd2"] < d["algorithms"][name]["mmd"]["mmd2"])
+            wins = sum(
+                1 for d in datasets if d["algorithms"][reference]["mmd"]["mmd2"] < d["algorithms"][name]["mmd"]["mmd2"]
+            )
             versus[name] = {"reference_lower": wins, "n": len(datasets), "sign_test_p": _sign_test(wins, len(datasets))}
     return {"reference": reference, "algorithms": per, "versus": versus}
 
@@ -306,11 +323,15 @@ def _report(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for ds in results["datasets"]:
-        lines.append(f"| {ds['index']} | true model | {_fmt(ds['true_model']['mmd2'])} | "
-                     f"{_fmt(ds['true_model']['std'])} | 0 | | |")
+        lines.append(
+            f"| {ds['index']} | true model | {_fmt(ds['true_model']['mmd2'])} | "
+            f"{_fmt(ds['true_model']['std'])} | 0 | | |"
+        )
         for name, r in ds["algorithms"].items():
-            lines.append(f"| {ds['index']} | {name} | {_fmt(r['mmd']['mmd2'])} | {_fmt(r['mmd']['std'])} | "
-                         f"{_fmt(r['parameter_drift'])} | {r['iterations']} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {ds['index']} | {name} | {_fmt(r['mmd']['mmd2'])} | {_fmt(r['mmd']['std'])} | "
+                f"{_fmt(r['parameter_drift'])} | {r['iterations']} | {r['seconds']:.0f} |"
+            )
     lines += [
         "",
         "Parameter drift: |theta - theta_true| / |theta_true| over all learnt parameters (the model starts at "
@@ -330,15 +351,19 @@ def _report(results: dict[str, Any]) -> str:
         for name, r in fig1["algorithms"].items():
             if name == "true model":
                 continue
-            lines.append(f"| {name} | {_fmt(r['median_mmd2'])} | {_fmt(r['mean_mmd2'])} | "
-                         f"{_fmt(r['median_log_mmd2'])} ({r['n_positive']}/{n}) | {r['best_on']}/{n} | "
-                         f"{_fmt(r['median_drift'])} |")
+            lines.append(
+                f"| {name} | {_fmt(r['median_mmd2'])} | {_fmt(r['mean_mmd2'])} | "
+                f"{_fmt(r['median_log_mmd2'])} ({r['n_positive']}/{n}) | {r['best_on']}/{n} | "
+                f"{_fmt(r['median_drift'])} |"
+            )
         tm = fig1["algorithms"]["true model"]
         lines.append(f"| true model | {_fmt(tm['median_mmd2'])} | {_fmt(tm['mean_mmd2'])} | | | 0 |")
         lines.append("")
         for name, v in fig1["versus"].items():
-            lines.append(f"- {fig1['reference']} has a lower MMD^2 than {name} on {v['reference_lower']}/{v['n']} "
-                         f"data sets (two-sided sign test p = {v['sign_test_p']:.3g}).")
+            lines.append(
+                f"- {fig1['reference']} has a lower MMD^2 than {name} on {v['reference_lower']}/{v['n']} "
+                f"data sets (two-sided sign test p = {v['sign_test_p']:.3g})."
+            )
         lines.append("")
     lines += ["![data and model samples](samples.png)", ""]
     if results["n_datasets"] > 1:
@@ -458,9 +483,13 @@ def _run(config: dict[str, Any], out_dir: Path, progress: bool | None) -> dict[s
         floor["samples"] = f"true_model_samples_{i}.npz"
         mmd_impl = floor["implementation"]
         log_mmd["true model"].append(math.log(floor["mmd2"]) if floor["mmd2"] > 0 else None)
-        entry: dict[str, Any] = {"index": i, "true_seed": exp["true_seed"] + i,
-                                 "true_params": {k: v.tolist() for k, v in true.items()},
-                                 "true_model": floor, "algorithms": {}}
+        entry: dict[str, Any] = {
+            "index": i,
+            "true_seed": exp["true_seed"] + i,
+            "true_params": {k: v.tolist() for k, v in true.items()},
+            "true_model": floor,
+            "algorithms": {},
+        }
         if i == 0:
             first_data = data.cpu().numpy()
             first_panels["true model"] = ref.cpu().numpy()
@@ -508,9 +537,10 @@ def _run(config: dict[str, Any], out_dir: Path, progress: bool | None) -> dict[s
         _plot_histogram(out_dir / "mmd_hist.png", log_mmd)
     seconds = time.perf_counter() - t_start
     first = datasets[0]
-    summary = ", ".join(
-        f"{name} MMD^2 {r['mmd']['mmd2']:.3g}" for name, r in first["algorithms"].items()
-    ) + f" (true model {first['true_model']['mmd2']:.3g})"
+    summary = (
+        ", ".join(f"{name} MMD^2 {r['mmd']['mmd2']:.3g}" for name, r in first["algorithms"].items())
+        + f" (true model {first['true_model']['mmd2']:.3g})"
+    )
     results = {
         "experiment": "synthetic",
         "quick": bool(exp.get("quick_run", False)),

@@ -81,10 +81,12 @@ def softplus_gradient_model(
     b = torch.as_tensor(b, dtype=torch.float64)
     d = b.shape[0]
     gauss = FAMILIES["gaussian"]
-    top = ExpFamLayer("z", gauss(), d, ConstantLink(d, torch.zeros(d), learn=False),
-                      {"log_var": (torch.zeros(d), False)})
-    obs = ExpFamLayer("x", gauss(), 1, SoftplusOffsetLink(b),
-                      {"log_var": (torch.full((1,), 2 * math.log(sigma_x)), False)})
+    top = ExpFamLayer(
+        "z", gauss(), d, ConstantLink(d, torch.zeros(d), learn=False), {"log_var": (torch.zeros(d), False)}
+    )
+    obs = ExpFamLayer(
+        "x", gauss(), 1, SoftplusOffsetLink(b), {"log_var": (torch.full((1,), 2 * math.log(sigma_x)), False)}
+    )
     return HierarchicalModel([top, obs]).to(dtype)
 
 
@@ -106,8 +108,9 @@ class CircleModel(_Base):
         Learn ``log_sigma`` too.
     """
 
-    def __init__(self, obs_dim: int, hidden=(64, 64), sigma_x: float = 0.1, learn_sigma: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, obs_dim: int, hidden=(64, 64), sigma_x: float = 0.1, learn_sigma: bool = False, seed: int = 0
+    ) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -132,8 +135,9 @@ class CircleModel(_Base):
         with torch.no_grad():
             z = 2 * math.pi * torch.rand(n, 1, generator=generator, dtype=self.dtype, device=self.device)
             m = self.mean(z)
-            x = m + torch.exp(self.log_sigma) * torch.randn(m.shape, generator=generator, dtype=m.dtype,
-                                                            device=m.device)
+            x = m + torch.exp(self.log_sigma) * torch.randn(
+                m.shape, generator=generator, dtype=m.dtype, device=m.device
+            )
         return [z, x]
 
     def log_prior(self, zs: list[Tensor]) -> Tensor:
@@ -159,8 +163,9 @@ class UniformLogitBernoulli(_Base):
     ``logit(z)`` of a uniform z is standard logistic, so this is a logistic-latent sigmoid network.
     """
 
-    def __init__(self, latent_dim: int, obs_dim: int, init_std: float = 0.1, seed: int = 0,
-                 bias_init: Tensor | None = None) -> None:
+    def __init__(
+        self, latent_dim: int, obs_dim: int, init_std: float = 0.1, seed: int = 0, bias_init: Tensor | None = None
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(torch.randn(obs_dim, latent_dim, generator=g) * init_std)
@@ -215,9 +220,20 @@ class PopulationDynamics(_Base):
 
     PARAMS = ("P", "N0", "delta", "sigma_p", "sigma_d", "sigma_n")
 
-    def __init__(self, T: int = 30, burn_in: int = 20, max_tau: int = 20, z_init: float = 1.0, P: float = 6.5,
-                 N0: float = 1.0, delta: float = 0.16, sigma_p: float = 0.3, sigma_d: float = 0.3,
-                 sigma_n: float = 0.1, tau_logits: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        T: int = 30,
+        burn_in: int = 20,
+        max_tau: int = 20,
+        z_init: float = 1.0,
+        P: float = 6.5,
+        N0: float = 1.0,
+        delta: float = 0.16,
+        sigma_p: float = 0.3,
+        sigma_d: float = 0.3,
+        sigma_n: float = 0.1,
+        tau_logits: Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.T, self.burn_in, self.max_tau, self.z_init = int(T), int(burn_in), int(max_tau), float(z_init)
         for name, v in zip(self.PARAMS, (P, N0, delta, sigma_p, sigma_d, sigma_n), strict=True):
@@ -248,7 +264,7 @@ class PopulationDynamics(_Base):
         rows = torch.arange(n, device=e.device)
         out = []
         for t in range(steps):
-            stack = torch.stack(hist[-(self.max_tau + 1):], dim=1)  # [n, max_tau + 1], last = z_t
+            stack = torch.stack(hist[-(self.max_tau + 1) :], dim=1)  # [n, max_tau + 1], last = z_t
             lagged = stack[rows, self.max_tau - tau_i]  # z_{t - tau}
             z_new = P * lagged * torch.exp(-lagged / N0) * e[:, t] + hist[-1] * torch.exp(-delta * eps[:, t])
             z_new = z_new.clamp_min(1e-8)
@@ -266,9 +282,11 @@ class PopulationDynamics(_Base):
             e = torch._standard_gamma(torch.full((n, steps), float(1 / sp2), dtype=dt, device=dev)) * sp2
             eps = torch._standard_gamma(torch.full((n, steps), float(1 / sd2), dtype=dt, device=dev)) * sd2
             e, eps = e.clamp_min(1e-12), eps.clamp_min(1e-12)
-            z = self.trajectory(tau, e, eps)[:, self.burn_in:]
-            x = torch.exp(torch.log(z) + torch.exp(self.log_sigma_n) * torch.randn(z.shape, generator=generator,
-                                                                                  dtype=dt, device=dev))
+            z = self.trajectory(tau, e, eps)[:, self.burn_in :]
+            x = torch.exp(
+                torch.log(z)
+                + torch.exp(self.log_sigma_n) * torch.randn(z.shape, generator=generator, dtype=dt, device=dev)
+            )
         return [tau, e, eps, x]
 
     def kernel_features(self, x: Tensor) -> Tensor:
@@ -285,7 +303,7 @@ class PopulationDynamics(_Base):
         lp_tau = logp[tau[..., 0].long() - 1]
         lp_e = self._gamma_log_prob(e, self.log_sigma_p).sum(-1)
         lp_eps = self._gamma_log_prob(eps, self.log_sigma_d).sum(-1)
-        z = self.trajectory(tau, e, eps)[..., self.burn_in:]
+        z = self.trajectory(tau, e, eps)[..., self.burn_in :]
         sn = torch.exp(self.log_sigma_n)
         lx = torch.log(x)
         ll = (-0.5 * ((lx - torch.log(z)) / sn) ** 2 - self.log_sigma_n - 0.5 * math.log(2 * math.pi) - lx).sum(-1)
