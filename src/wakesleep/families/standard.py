@@ -41,8 +41,9 @@ class Gaussian(ExponentialFamily):
         return torch.stack([m, m * m + v], dim=-1)
 
     def log_prob(self, x: Tensor, eta: Tensor) -> Tensor:
-        # the generic eta . S(x) + log h - A(eta), without materialising S(x) (a hot path)
-        e1, e2 = eta[..., 0], eta[..., 1]
+        # the generic eta . S(x) + log h - A(eta), without materialising S(x) (a hot path; unbind, unlike
+        # indexing, has a backward that does not zero-fill a tensor of eta's shape)
+        e1, e2 = eta.unbind(-1)
         return e1 * x + e2 * x * x + e1 * e1 / (4 * e2) + 0.5 * torch.log(-2 * e2) - 0.5 * _LOG_2PI
 
     @staticmethod
@@ -113,8 +114,9 @@ class Bernoulli(ExponentialFamily):
         return torch.sigmoid(eta)
 
     def log_prob(self, x: Tensor, eta: Tensor) -> Tensor:
-        # x eta - softplus(eta): the generic formula without materialising S(x) (a hot path)
-        e = eta[..., 0]
+        # x eta - softplus(eta): the generic formula without materialising S(x) (a hot path; squeeze is a view
+        # whose backward, unlike indexing's, does not zero-fill a tensor of eta's shape)
+        e = eta.squeeze(-1)
         return x * e - F.softplus(e)
 
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
