@@ -482,6 +482,28 @@ def train_from_config(
         return _train_from_config(config, out_dir, progress, data, callback)
 
 
+def trainer_from_config(algo: Any, config: Mapping[str, Any], **overrides: Any) -> Trainer:
+    """A :class:`Trainer` for ``algo`` with the hyperparameters of the resolved config's ``train`` section.
+
+    Keyword arguments (``progress``, ``callback``, ``out_dir``, ``monitor_samples``, or any ``train`` key)
+    override the config.
+    """
+    t = config["train"]
+    kwargs: dict[str, Any] = {
+        "epochs": t["epochs"],
+        "batch_size": t["batch_size"],
+        "lr": t["lr"],
+        "recognition_lr": t["recognition_lr"],
+        "seed": t["seed"],
+        "sleep_every": t["sleep_every"],
+        "log_every": t["log_every"],
+        "checkpoint_every": t["checkpoint_every"],
+        "max_iters": t["max_iters"],
+    }
+    kwargs.update(overrides)
+    return Trainer(algo, **kwargs)
+
+
 def _train_from_config(config, out_dir, progress, data, callback):
     t = config["train"]
     torch.manual_seed(t["seed"])
@@ -496,21 +518,7 @@ def _train_from_config(config, out_dir, progress, data, callback):
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         wio.write_text(Path(out_dir) / "config.yaml", dump_config(config))
-    trainer = Trainer(
-        algo,
-        epochs=t["epochs"],
-        batch_size=t["batch_size"],
-        lr=t["lr"],
-        recognition_lr=t["recognition_lr"],
-        seed=t["seed"],
-        sleep_every=t["sleep_every"],
-        log_every=t["log_every"],
-        checkpoint_every=t["checkpoint_every"],
-        max_iters=t["max_iters"],
-        out_dir=out_dir,
-        progress=progress,
-        callback=callback,
-    )
+    trainer = trainer_from_config(algo, config, out_dir=out_dir, progress=progress, callback=callback)
     trainer.fit(x)
     if out_dir is not None:
         write_run(out_dir, model, n_samples=t["samples"], seed=t["seed"])

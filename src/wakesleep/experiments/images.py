@@ -157,23 +157,13 @@ def downstream(model, x_test: torch.Tensor, flip: float, steps: int, lr: float, 
 # run
 # --------------------------------------------------------------------------------------------------------
 def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
-    from wakesleep.train import Trainer
+    from wakesleep.train import trainer_from_config
 
     t = config["train"]
-    trainer = Trainer(
-        algo,
-        epochs=int(t["epochs"]) if t["max_iters"] is None else 10**6,
-        batch_size=int(t["batch_size"]),
-        lr=float(t["lr"]),
-        seed=int(t["seed"]),
-        sleep_every=int(t["sleep_every"]),
-        log_every=int(t["log_every"]),
-        max_iters=t["max_iters"],
-        progress=progress,
-        monitor_samples=0,
-        callback=callback,
-    )
-    return trainer.fit(data)
+    epochs = int(t["epochs"]) if t["max_iters"] is None else 10**6  # max_iters, when set, ends the run
+    return trainer_from_config(
+        algo, config, epochs=epochs, progress=progress, callback=callback, monitor_samples=0
+    ).fit(data)
 
 
 def _plots(out: Path, ds: dict[str, Any], samples: np.ndarray, shape, history) -> None:
