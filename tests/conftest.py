@@ -11,3 +11,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of small tensors (OpenMP spin-waiting makes them far slower on a busy
+    machine); restored afterwards. Opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,19 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from wakesleep.cli import main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

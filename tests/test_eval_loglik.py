@@ -18,13 +18,7 @@ from wakesleep.eval import (
 
 from oracles import enumerate_loglik, linear_gaussian_config, linear_gaussian_loglik, perturb
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gaussian_model(dims=(2, 3, 4), x_var=0.5, seed=0):

@@ -17,14 +17,7 @@ from wakesleep.eval import (
 )
 from wakesleep.eval.mmd import kernel_sums
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny kernels: one thread avoids OpenMP contention on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _numpy_mmd2_u(x, y, bw):

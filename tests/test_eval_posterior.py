@@ -11,13 +11,7 @@ from wakesleep.eval import enumerate_posterior, exact_log_likelihood, gaussian_p
 
 from oracles import enumerate_loglik, linear_gaussian_config, perturb
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gaussian_model(seed=0):

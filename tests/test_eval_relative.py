@@ -10,13 +10,7 @@ from scipy import stats
 from wakesleep.errors import WakesleepError
 from wakesleep.eval import mmd, relative_mmd_test
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bounliphone_var_diff(x, y, z, bw):
