@@ -140,6 +140,46 @@ def test_wake_gradient_does_not_touch_model_grads_and_needs_sleep():
     assert all(p.grad is None for p in model.parameters())
 
 
+def _close(a, b):
+    return all(torch.allclose(a[k], b[k], rtol=1e-10, atol=1e-12) for k in a)
+
+
+def test_wake_reuses_the_sleep_forward_pass_only_while_theta_is_unchanged():
+    model = build(sbn_config((2, 3, 5), 1))
+    x = build(sbn_config((2, 3, 5), 0)).sample(8)[-1]
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=30)
+    algo.sleep()
+    cached = algo._etas
+    g_cached = algo.wake_gradient(x)
+    assert _close(algo.wake_gradient(x), g_cached)  # the kept graph survives a second wake phase
+    algo._etas = [None] * len(cached)  # force re-evaluation of the links at the sleep samples
+    assert _close(algo.wake_gradient(x), g_cached)
+    algo._etas = cached
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3)
+    g_moved = algo.wake_gradient(x)  # theta changed in place: the cached natural parameters are stale
+    algo._etas = [None] * len(cached)
+    assert _close(g_moved, algo.wake_gradient(x))
+    assert not _close(g_moved, g_cached)
+
+
+def test_sleep_on_given_samples_equals_drawing_them():
+    model = build(sbn_config((2, 3, 5), 1))
+    x = model.sample(8)[-1]
+    opts = {"sleep_samples": 300, "features": 20, "recognition_hidden": 30}
+    torch.manual_seed(3)
+    drawn = wakesleep.build_algorithm("ddc_hm", model, **opts)
+    drawn.sleep()
+    torch.manual_seed(3)
+    samples = model.sample(300)
+    given = wakesleep.build_algorithm("ddc_hm", model, **opts)
+    given.sleep(samples=samples)
+    assert _close(drawn.wake_gradient(x), given.wake_gradient(x))
+    with pytest.raises(wakesleep.WakesleepError, match="samples"):
+        given.sleep(samples=samples[:-1])
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -66,18 +66,14 @@ def _lg_data() -> torch.Tensor:
     return 3 * z @ w.T + 0.3 * torch.randn(400, 3, generator=gen, dtype=torch.float64)
 
 
-def _ddc_results(algo, x, x_eval):
-    algo.sleep()
+def _ddc_results(algo, x, x_eval, samples):
+    algo.sleep(samples=[s.clone() for s in samples])
     grads = algo.wake_gradient(x)
     return {
         "maps": [m.clone() for m in algo.recognizer.maps],
         "r": [r.clone() for r in algo.recognise(x_eval)],
         "grads": {k: v.clone() for k, v in grads.items()},
     }
-
-
-def _inject(model, samples):
-    model.sample = lambda n, generator=None: [s.clone() for s in samples]  # instance attribute: sleep() uses it
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -94,12 +90,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         samples, x, x_eval = _union()
         model = wakesleep.build_model(SBN)
         mine = [s[rank * N_PER_RANK : (rank + 1) * N_PER_RANK] for s in samples]
-        _inject(model, mine)
         algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=N_PER_RANK, **DDC_OPTS)
         wrapped = DataParallelAlgorithm(algo, world_size=world)
         assert algo.global_gradients and wrapped.global_gradients
         xb = x[rank * B_PER_RANK : (rank + 1) * B_PER_RANK]
-        res["ddc"] = [_ddc_results(wrapped, xb, x_eval) for _ in range(2)]  # 2nd phase: standardisers fitted
+        res["ddc"] = [_ddc_results(wrapped, xb, x_eval, mine) for _ in range(2)]  # 2nd phase: standardisers fitted
         # 2. gradient averaging (RWS): a few Trainer steps, parameters must stay identical across ranks
         from wakesleep.train import Trainer
 
@@ -165,9 +160,8 @@ def test_allreduced_statistics_equal_single_process_on_union(ranks):
     _, res = ranks
     samples, x, x_eval = _union()
     model = wakesleep.build_model(SBN)
-    _inject(model, samples)
     algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=WORLD * N_PER_RANK, **DDC_OPTS)
-    single = [_ddc_results(algo, x, x_eval) for _ in range(2)]
+    single = [_ddc_results(algo, x, x_eval, samples) for _ in range(2)]
     for phase in range(2):
         ref = single[phase]
         for rank in range(WORLD):

@@ -135,8 +135,8 @@ class DataParallelAlgorithm:
     def __getattr__(self, name: str) -> Any:  # proposal, recognise, ... of the wrapped algorithm
         return getattr(self.__dict__["algo"], name)
 
-    def sleep(self) -> dict[str, float]:
-        return self.algo.sleep()
+    def sleep(self, **options) -> dict[str, float]:
+        return self.algo.sleep(**options)
 
     def wake_gradient(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         grads = self.algo.wake_gradient(x)

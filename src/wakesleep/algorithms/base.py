@@ -40,10 +40,10 @@ class Algorithm:
         return None
 
     # helpers -------------------------------------------------------------------------------------------
-    def _grad_dict(self, objective: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _grad_dict(self, objective: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
         """Gradient of a scalar surrogate ``objective`` w.r.t. every model parameter (zeros where unused)."""
         names, params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad], strict=True)
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        grads = torch.autograd.grad(objective, params, allow_unused=True, retain_graph=retain_graph)
         out = {}
         for n, p, g in zip(names, params, grads, strict=True):
             out[n] = torch.zeros_like(p) if g is None else g.detach()

@@ -11,10 +11,13 @@ expectation is read off as ``alpha . r_l(x)`` (eq. 5). With ridge regression (un
 so each regression is a *weighted sum over sleep samples* of the per-sample target F_s. Because the targets
 are gradients, ``sum_s w_s grad_theta f_s(theta) = grad_theta sum_s w_s f_s(theta)``: autodiff of one scalar
 surrogate gives the whole of eq. 36 without ever forming alpha (whose size is K x dim(theta)). And
-``w(r)`` is linear in r, so the minibatch average of r is taken before the solve. Per wake step the cost is
-one K x K triangular solve per latent layer, an ``N x K x B`` product for the observation layer (its
-integrand depends on x through S_0(x)), and one backward pass through the links at the N sleep samples:
-O(N (K B + cost of evaluating the model)), independent of dim(theta) apart from the backward pass.
+``w(r)`` is linear in r, so the minibatch average of r is taken before the solve. The sleep phase keeps
+C_l = (T_l^T T_l / n + Lambda)^{-1} / n (K x K) and never forms the N x K matrix T_l C_l. Per wake step the cost
+is a few K x K x B and N x K x B products, an ``N x B x D_x`` product for the observation layer (its integrand
+depends on x through S_0(x)), and one backward pass through the links at the N sleep samples: O(N (K B + cost
+of evaluating the model)), independent of dim(theta) apart from the backward pass. The links' forward pass at
+the sleep samples is the one the sleep phase already made to draw them (its autograd graph is kept), as long
+as theta has not changed since.
 
 The posterior is never assumed to factorise across layers: the cross-layer term of eq. 20 is regressed on
 T(z_l) using the sleep pair (z_l, z_{l+1}), which is a draw from p(z_{l+1} | z_l) (appendix eqs. 26-30).
@@ -192,6 +195,8 @@ class DDCHelmholtzMachine(Algorithm):
             )
         self._to_model()
         self._samples: list[Tensor] | None = None
+        self._etas: list[Tensor | None] = []
+        self._etas_version: tuple = ()
         self._reduce: Callable[[Tensor], Tensor] | None = None
         self.global_gradients = True  # wake_gradient is already the global gradient under data parallelism
 
@@ -223,11 +228,48 @@ class DDCHelmholtzMachine(Algorithm):
     def _sum(self, t: Tensor) -> Tensor:
         return t if self._reduce is None else self._reduce(t)
 
-    def sleep(self) -> dict[str, float]:
-        """Sample from the model, fit the recognition (eq. 7) and prepare the gradient regressions (eqs. 31-35)."""
-        self._to_model()
+    def _draw_sleep_samples(self) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Ancestral samples ``[z_L, ..., z_1, x]`` and the natural parameters eta_l(z_{l+1}) that drew them.
+
+        The natural parameters keep their autograd graph: while theta is unchanged (one wake phase per sleep
+        phase, Algorithm 1), the wake surrogate reuses them instead of re-evaluating every link at the N
+        sleep samples, which is a third of the wake phase's work on a sigmoid belief network.
+        """
+        layers = list(self.model.layers.values())
         with torch.no_grad():
-            samples = self.model.sample(self.sleep_samples)
+            samples = [layers[0].sample(self.sleep_samples)]
+        etas: list[Tensor | None] = [None]
+        for layer, parent in zip(layers[1:], layers[:-1], strict=True):
+            with torch.enable_grad():
+                eta = layer.natural_params(parent.embed(samples[-1]))
+            with torch.no_grad():
+                samples.append(layer.family.sample(eta.detach()))
+            etas.append(eta if eta.requires_grad else None)
+        return samples, etas
+
+    def _param_versions(self) -> tuple:
+        return tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def sleep(self, samples: list[Tensor] | None = None) -> dict[str, float]:
+        """Sample from the model, fit the recognition (eq. 7) and prepare the gradient regressions (eqs. 31-35).
+
+        Parameters
+        ----------
+        samples : list of Tensor, optional
+            Ancestral samples ``[z_L, ..., z_1, x]`` (each ``[N, D_l]``) to use instead of drawing N new ones,
+            e.g. to replay a fixed set in a test or to share one draw between algorithms.
+        """
+        self._to_model()
+        if samples is None:
+            samples, etas = self._draw_sleep_samples()
+        else:
+            if len(samples) != len(self.model.layers) or len({int(s.shape[0]) for s in samples}) != 1:
+                raise WakesleepError(
+                    f"ddc_hm.sleep: samples must be {len(self.model.layers)} tensors [N, D_l] with one N, top first"
+                )
+            samples = [s.to(device=self.model.device, dtype=self.model.dtype) for s in samples]
+            etas = [None] * len(samples)
+        with torch.no_grad():
             layers = list(self.model.layers.values())
             n_latent = len(layers) - 1
             for i in range(n_latent):
@@ -237,17 +279,17 @@ class DDCHelmholtzMachine(Algorithm):
             targets = [f[:, :-1] for f in feats][::-1]
         info = self.recognizer.fit(samples[-1], targets)
         with torch.no_grad():
-            n = float(self._sum(feats[0].new_tensor([self.sleep_samples])))
+            n = float(self._sum(feats[0].new_tensor([samples[0].shape[0]])))
             self._samples = samples
+            self._etas, self._etas_version = etas, self._param_versions()
             self._feats = feats
-            # P_l = T_l (T_l^T T_l / n + Lambda)^{-1} / n: the weights of every regression on T(z_l) are P_l r
-            self._proj = []
+            # the weights of every regression on T(z_l) are w = T_l C_l r with C_l = (T_l^T T_l / n + Lambda)^{-1} / n
+            # (eq. 5 with ridge); C_l is K x K, and w is formed only for the (batch-averaged) r of the wake phase
+            self._inv = []
             for f, e in zip(feats, self.encoders, strict=True):
                 free = 1 + (e.n_stats if self.free_stats else 0)
                 chol = cholesky_factor(self._sum(f.T @ f) / n, self.grad_ridge, free)
-                # explicit inverse of the (small, ridge-regularised) K x K system, then one product: much faster
-                # than n right-hand-side triangular solves
-                self._proj.append(f @ (torch.cholesky_inverse(chol) / n))
+                self._inv.append(torch.cholesky_inverse(chol) / n)
         return info
 
     # --- recognition and posterior expectations -------------------------------------------------------
@@ -261,7 +303,7 @@ class DDCHelmholtzMachine(Algorithm):
 
     def _weights(self, i: int, r: Tensor) -> Tensor:
         """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``."""
-        w = self._proj[i] @ r.reshape(-1, r.shape[-1]).T
+        w = self._feats[i] @ (self._inv[i] @ r.reshape(-1, r.shape[-1]).T)
         return w.reshape(w.shape[0], *r.shape[:-1])
 
     def expectation(self, x: Tensor, layer: str, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -295,10 +337,18 @@ class DDCHelmholtzMachine(Algorithm):
         rs = self.recognise(x)
         b_total = self._sum(x.new_tensor([x.shape[0]]))
         a = [self._weights(i, self._sum(rs[i].sum(0)) / b_total) for i in range(n_latent)]  # batch-averaged, [n]
+        fresh = self._etas_version == self._param_versions()  # theta unchanged since the sleep phase
+
+        def natural_params(i: int) -> Tensor:  # eta_i(z_{i-1}) at the sleep samples, with its autograd graph
+            cached = self._etas[i]
+            if fresh and cached is not None:
+                return cached
+            return layers[i].natural_params(layers[i - 1].embed(z[i - 1]))
+
         total = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
         for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
             fam = layers[i].family
-            eta = layers[i].natural_params(layers[i - 1].embed(z[i - 1]))
+            eta = natural_params(i)
             s = fam.sufficient_statistics(z[i])
             if self.beta == "analytic":
                 total = (
@@ -308,14 +358,15 @@ class DDCHelmholtzMachine(Algorithm):
                 total = total + ((a[i] - a[i - 1])[:, None, None] * eta * s).sum()
         # observation layer: S_0(x)^T alpha_0 r_1(x) - beta_1 r_1(x), eq. 36
         fam = layers[-1].family
-        eta = layers[-1].natural_params(layers[-2].embed(z[-2]))  # [n, Dx, S]
+        eta = natural_params(n_latent)  # [n, Dx, S]
         sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
-        p, r = self._proj[-1], rs[-1]
-        n, k, b, ds = p.shape[0], p.shape[1], x.shape[0], sx.shape[1]
-        if self._reduce is None and n * b * (k + ds) <= k * ds * (b + n):
-            m = (p @ r.T) @ sx / b_total  # [n, Dx*S] = sum_b w_b(s) S_0(x_b) / B
+        feats, inv, r = self._feats[-1], self._inv[-1], rs[-1]
+        n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
+        # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
+        if self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
+            m = (feats @ (inv @ r.T)) @ sx / b_total
         else:
-            m = p @ (self._sum(r.T @ sx) / b_total)
+            m = feats @ (inv @ (self._sum(r.T @ sx) / b_total))
         total = total + (m * eta.reshape(eta.shape[0], -1)).sum()
         if self.beta == "analytic":
             total = total - (a[-1][:, None] * fam.log_normalizer(eta)).sum()
@@ -331,7 +382,7 @@ class DDCHelmholtzMachine(Algorithm):
         the same (global) gradient is returned on every rank.
         """
         with torch.enable_grad():
-            grads = self._grad_dict(self.surrogate(x))
+            grads = self._grad_dict(self.surrogate(x), retain_graph=True)  # the sleep-phase graph is reused
         if self._reduce is not None:
             grads = {k: self._reduce(v) for k, v in grads.items()}
         return grads
