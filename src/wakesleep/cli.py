@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    wakesleep train --config FILE.yaml --out DIR [--set key=value ...]
+    wakesleep train --config FILE.yaml --out DIR [--set key=value ...] [--resume]
     wakesleep sample --run DIR -n N --out FILE.npz
     wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...]
 
@@ -69,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wakesleep.io import check_output_dir, staged_dir
     from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data, train_from_config
 
+    if args.resume:
+        return _resume_train(args)
     check_output_dir(args.out, args.overwrite)
     config = load_config(args.config, args.overrides)
     # validate everything that can fail on the user's input before anything is written
@@ -81,6 +83,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = trainer.history_[-1] if trainer.history_ else {}
     gap = f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
     print(f"wrote {args.out} ({trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s{gap})")
+    return 0
+
+
+def _resume_train(args: argparse.Namespace) -> int:
+    """``train --resume``: continue the run in ``--out`` from ``--out/checkpoint``, in place.
+
+    Everything that can fail on the user's input (config, data, and whether the checkpoint fits them) is
+    checked by :meth:`~wakesleep.train.Trainer.fit` before anything in ``--out`` changes; the checkpoint is
+    replaced atomically as a whole, ``metrics.jsonl`` is appended to, and ``config.yaml``,
+    ``model.safetensors`` and ``samples.npz`` are rewritten (atomically) when training has finished.
+    """
+    from wakesleep.config import load_config
+    from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data, train_from_config
+
+    if args.overwrite:
+        raise WakesleepError("--resume: cannot be combined with --overwrite (resuming continues the run in --out)")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise WakesleepError(
+            f"--out: {out}: directory not found (--resume continues a run written by 'wakesleep train')"
+        )
+    config = load_config(args.config, args.overrides)
+    model = build_model_from_config(config)
+    data = load_data(config, model)
+    build_algorithm_from_config(config, model)
+    t0 = time.perf_counter()
+    _, _, trainer, _ = train_from_config(config, out, progress=args.progress, data=data, resume_from=out / "checkpoint")
+    last = trainer.history_[-1] if trainer.history_ else {}
+    gap = f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
+    done = trainer.n_iter_ - trainer.start_iter_
+    print(
+        f"wrote {out} (resumed at iteration {trainer.start_iter_}: {done} more, {trainer.n_iter_} in all, "
+        f"in {time.perf_counter() - t0:.1f} s{gap})"
+    )
     return 0
 
 
@@ -154,13 +190,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="train a model from a YAML config",
         description=(
             "Train a model; writes DIR/config.yaml (resolved), metrics.jsonl, model.safetensors, samples.npz "
-            "and checkpoint/. DIR appears only when training succeeded."
+            "and checkpoint/. DIR appears only when training succeeded. With --resume, training continues in DIR "
+            "from DIR/checkpoint."
         ),
     )
     p.add_argument("--config", required=True, metavar="FILE.yaml")
     p.add_argument("--out", required=True, metavar="DIR")
     _add_set(p)
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run in DIR from DIR/checkpoint up to the config's train.epochs (or train.max_iters) "
+            "iterations in all, appending to DIR/metrics.jsonl; the config must describe the same model, "
+            "algorithm, data and batch size"
+        ),
+    )
     _add_progress(p)
     p.set_defaults(func=cmd_train)
 

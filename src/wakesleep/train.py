@@ -16,17 +16,24 @@ Trainer has zeroed them before and takes the Adam step after, with ``train.recog
 learning rates, optimiser state and checkpoints in one place, symmetric with the wake gradient. Algorithms
 whose recognition is fitted in closed form during ``sleep()`` (DDC-HM's ridge regressions) return an empty
 list and their ``step_recognition`` is a no-op; no recognition optimiser is created for them.
+
+Checkpoints: :meth:`Trainer.save_checkpoint` writes the whole training state (model, algorithm, optimisers,
+counters, random streams) atomically as a directory, and ``Trainer.fit(data, resume_from=dir)`` continues
+from it (bit for bit under the conditions in its docstring; ``wakesleep train --resume`` uses it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import io as io_
+import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +107,149 @@ def _stream_is_tty(stream) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------
+# checkpoint files
+# --------------------------------------------------------------------------------------------------------
+#: Version of the checkpoint layout written by :meth:`Trainer.save_checkpoint` (``state.json`` key ``format``).
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class _Checkpoint:
+    """The contents of a checkpoint directory, read and checked for readability (not yet for fit)."""
+
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    algorithm: dict[str, Any]
+    algorithm_pickled: bool
+    optimizer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io_.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise WakesleepError(f"{path}: file not found")
+    try:
+        return torch.load(io_.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle and zip errors of every kind
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise WakesleepError(f"{path}: not a readable checkpoint file ({first})") from None
+
+
+def _read_checkpoint(path: str | os.PathLike) -> _Checkpoint:
+    """Read every file of a checkpoint directory; a missing or unreadable one raises :class:`WakesleepError`."""
+    path = Path(path)
+    if not path.is_dir():
+        hint = ""
+        if path.parent.is_dir():
+            left = sorted(
+                q.name
+                for q in path.parent.glob(f".{path.name}.*")
+                if q.is_dir() and (q / "state.json").is_file()  # complete: state.json is written last
+            )
+            if left:
+                hint = f"; a write was interrupted and left the complete checkpoint {path.parent / left[-1]}"
+        raise WakesleepError(f"{path}: checkpoint directory not found{hint}")
+    state = wio.load_json(path / "state.json")
+    if not isinstance(state, dict):
+        raise WakesleepError(f"{path / 'state.json'}: not a checkpoint state (expected a JSON object)")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise WakesleepError(f"{path / 'state.json'}: field 'step' must be a non-negative integer, got {step!r}")
+    model = wio.load_tensors(path / "model.safetensors")
+    pickled = False
+    if (path / "algorithm.safetensors").is_file():
+        algorithm = wio.load_tensors(path / "algorithm.safetensors")
+    elif (path / "algorithm.pt").is_file():
+        algorithm, pickled = _torch_load(path / "algorithm.pt"), True
+        if not isinstance(algorithm, dict):
+            raise WakesleepError(f"{path / 'algorithm.pt'}: not an algorithm state (expected a dict)")
+    else:
+        algorithm = {}
+    optimizer = _torch_load(path / "optimizer.pt")
+    if not isinstance(optimizer, dict) or not {"optimizer", "recognition_optimizer"} <= set(optimizer):
+        raise WakesleepError(f"{path / 'optimizer.pt'}: not an optimiser state written by Trainer.save_checkpoint")
+    rng = wio.load_tensors(path / "rng.safetensors")
+    return _Checkpoint(path, state, model, algorithm, pickled, optimizer, rng)
+
+
+def _check_tensors(where: Path, saved: Mapping[str, Any], own: Mapping[str, Any], what: str, exact: bool) -> None:
+    """Every tensor of ``own`` must be in ``saved`` with the same shape (and, if ``exact``, nothing else)."""
+    missing = [k for k in own if k not in saved]
+    if missing:
+        raise WakesleepError(f"{where}: no tensor {missing[0]!r}, which the {what} has (config and checkpoint differ)")
+    if exact:
+        unknown = [k for k in saved if k not in own]
+        if unknown:
+            raise WakesleepError(f"{where}: tensor {unknown[0]!r} is not in the {what} (config and checkpoint differ)")
+    for k, v in own.items():
+        s = saved[k]
+        if isinstance(v, torch.Tensor) and isinstance(s, torch.Tensor) and tuple(s.shape) != tuple(v.shape):
+            raise WakesleepError(
+                f"{where}: tensor {k!r} has shape {tuple(s.shape)} in the checkpoint, the {what} has "
+                f"{tuple(v.shape)} (config and checkpoint differ)"
+            )
+
+
+def _check_optimizer(where: Path, saved: Any, params: list[torch.Tensor], what: str) -> None:
+    """``saved`` must be an Adam state for exactly ``params`` (count and shapes)."""
+    if saved is None:
+        if params:
+            raise WakesleepError(f"{where}: no optimiser state for the {what}, which this run trains")
+        return
+    if not params:
+        raise WakesleepError(f"{where}: optimiser state for a {what} that this run does not train")
+    try:
+        ids = [i for group in saved["param_groups"] for i in group["params"]]
+        states = saved["state"]
+    except (KeyError, TypeError):
+        raise WakesleepError(f"{where}: not an optimiser state for the {what}") from None
+    if len(ids) != len(params):
+        raise WakesleepError(
+            f"{where}: the {what}'s optimiser has {len(ids)} parameters in the checkpoint, {len(params)} in this run"
+        )
+    for i, p in zip(ids, params, strict=True):
+        for key, v in (states.get(i) or {}).items():
+            if key in ("exp_avg", "exp_avg_sq") and tuple(v.shape) != tuple(p.shape):
+                raise WakesleepError(
+                    f"{where}: optimiser state of the {what} has shape {tuple(v.shape)} for a parameter of shape "
+                    f"{tuple(p.shape)} (config and checkpoint differ)"
+                )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` after ``step`` (and a partial last line), atomically."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = wio.read_jsonl(path)
+    except ValueError as exc:
+        raise WakesleepError(f"{path}: not valid JSON lines ({str(exc).splitlines()[0]})") from None
+    kept = [r for r in records if not (isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > step)]
+    if len(kept) != len(records) or (text and not text.endswith("\n")):
+        wio.write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
+
+
+def _algorithm_name(algo: Any) -> str:
+    return str(getattr(algo, "name", None) or type(algo).__name__)
+
+
+def _dynamic_binarizer_generator(dataset: Any) -> torch.Generator | None:
+    """The generator of a ``DataSet``'s dynamic binariser (None for fixed data)."""
+    binarizer = getattr(dataset, "binarizer", None)
+    if binarizer is None or not getattr(binarizer, "is_dynamic", False) or not hasattr(dataset, "train"):
+        return None
+    return binarizer.generator(dataset.train.device)
+
+
+# --------------------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------------------
 class Trainer:
@@ -121,7 +271,8 @@ class Trainer:
     log_every : int
         Append a record to ``metrics.jsonl`` (and ``history_``) every this many iterations, at step 0 and at the end.
     checkpoint_every : int
-        Write ``out_dir/checkpoint/`` every this many iterations (0: only at the end).
+        Write ``out_dir/checkpoint/`` every this many iterations (0: only at the end); ``fit(data,
+        resume_from=out_dir / "checkpoint")`` continues from it.
     max_iters : int, optional
         Stop after this many iterations even if the epochs are not done.
     out_dir : path, optional
@@ -135,7 +286,8 @@ class Trainer:
 
     Attributes (after ``fit``)
     --------------------------
-    n_iter_, epochs_ : iterations and (fractional) epochs done
+    n_iter_, epochs_ : iterations and (fractional) epochs done, counting those before a resumed checkpoint
+    start_iter_ : iteration ``fit`` started from (0, or the step of the checkpoint it resumed)
     history_ : list of dict, the logged records
     optimizer_, recognition_optimizer_ : the Adam optimisers (the second is None when the algorithm has
         no gradient-trained recognition parameters)
@@ -197,14 +349,58 @@ class Trainer:
         if self.callback is not None:
             self.callback(self, record)
 
-    def fit(self, data: torch.Tensor | np.ndarray) -> Trainer:
-        """Train on ``data``: ``[N, Dx]`` array/tensor or a ``wakesleep.data.DataSet``. Returns ``self``."""
+    def fit(self, data: torch.Tensor | np.ndarray, *, resume_from: str | os.PathLike | None = None) -> Trainer:
+        """Train on ``data``, from scratch or continuing a checkpoint.
+
+        Parameters
+        ----------
+        data : array-like, torch.Tensor or wakesleep.data.DataSet
+            The training set, ``[N, Dx]``. A ``DataSet`` with ``binarize: dynamic`` is redrawn every epoch.
+        resume_from : path, optional
+            A checkpoint directory written by :meth:`save_checkpoint` (``out_dir/checkpoint``). Training
+            continues from the checkpoint's step up to ``epochs`` (or ``max_iters``) iterations *in total*, so
+            a run of ``2E`` epochs equals a run of ``E`` epochs resumed with ``epochs=2E`` (see Notes).
+
+        Returns
+        -------
+        Trainer
+            ``self``, with the attributes listed in the class docstring.
+
+        Raises
+        ------
+        WakesleepError
+            If ``data`` is not a non-empty ``[N, D]`` array; on resuming, if a checkpoint file is missing or
+            unreadable, if the checkpoint does not fit this model, algorithm, data size or batch size (the
+            message names the file and the tensor or field), or if it already reaches the requested number
+            of iterations. All of this is checked before anything is changed or written.
+        TrainingDiverged
+            If a gradient or a parameter becomes NaN or infinite.
+
+        Notes
+        -----
+        Resuming restores the model's parameters and buffers, ``algorithm.load_state_dict``, both Adam
+        optimisers' moments (their learning rates are this trainer's ``lr`` and ``recognition_lr``), the
+        iteration count and the random streams: torch's global RNG (CPU and, on CUDA, the model's device),
+        the minibatch-order generator (the permutation of the epoch in progress is drawn again from its
+        state at the start of that epoch, so a checkpoint in the middle of an epoch continues that epoch),
+        the dynamic binariser of a ``DataSet`` and the monitor generator. ``metrics.jsonl`` in ``out_dir``
+        keeps the records up to the checkpoint's step (later ones, from a run that went on after its last
+        checkpoint, are dropped) and is appended to; no step-0 record is written again.
+
+        The sleep phase is not checkpointed (DDC-HM's sleep samples and the regressions on them are not in
+        its ``state_dict``). If the checkpoint's step is a multiple of ``sleep_every`` (always so with
+        ``sleep_every=1``) the next iteration runs ``algorithm.sleep()`` anyway and the continuation is the
+        uninterrupted run, bit for bit, provided the algorithm's ``state_dict`` holds all of its state across
+        sleep phases. Otherwise the resumed run calls ``algorithm.sleep()`` before its first iteration (at
+        the restored parameters) and then every ``sleep_every``-th iteration as usual: a valid run of the
+        algorithm, but one sleep phase (and so the random stream) differs from the uninterrupted run.
+        """
         model, algo = self.model, self.algorithm
         ref = next(iter(model.buffers()), None)
         if ref is None:
             ref = next(iter(model.parameters()))
         dtype = getattr(model, "dtype", ref.dtype)
-        device = getattr(model, "device", ref.device)
+        device = torch.device(getattr(model, "device", ref.device))
         dataset = data if hasattr(data, "draw_train") else None  # a wakesleep.data.DataSet
 
         def draw() -> torch.Tensor:
@@ -213,6 +409,17 @@ class Trainer:
             return torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data).to(
                 dtype=dtype, device=device
             )
+
+        # the random streams: minibatch order, model samples for the progress metric, dynamic binarisation
+        self._gens = {
+            "order": torch.Generator(device="cpu").manual_seed(self.seed),
+            "monitor": torch.Generator(device=device).manual_seed(self.seed + 3),
+        }
+        data_gen = _dynamic_binarizer_generator(dataset)
+        if data_gen is not None:
+            self._gens["data"] = data_gen
+        self._epoch_start = self._epoch_rng()  # the per-epoch streams' states at the start of the current epoch
+        order_gen, monitor_gen = self._gens["order"], self._gens["monitor"]
 
         x_all = draw()
         if x_all.ndim != 2 or x_all.shape[0] == 0:
@@ -223,25 +430,49 @@ class Trainer:
         total = self.epochs * per_epoch
         if self.max_iters is not None:
             total = min(total, self.max_iters)
+        self._layout = {"n_data": int(n), "batch_size": int(batch), "per_epoch": int(per_epoch)}
+
+        params = self._params()
+        rec_params = [p for p in algo.recognition_parameters() if p.requires_grad]
+        ckpt = None
+        if resume_from is not None:
+            ckpt = _read_checkpoint(resume_from)
+            self._check_checkpoint(ckpt, params, rec_params, total)  # raises before anything is changed
 
         torch.manual_seed(self.seed)
-        order_gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        monitor_gen = torch.Generator(device=device).manual_seed(self.seed + 3)
-        params = self._params()
         self.optimizer_ = torch.optim.Adam([p for _, p in params], lr=self.lr) if params else None
-        rec_params = [p for p in algo.recognition_parameters() if p.requires_grad]
         self.recognition_optimizer_ = torch.optim.Adam(rec_params, lr=self.recognition_lr) if rec_params else None
         self.history_: list[dict[str, Any]] = []
         self.n_iter_ = 0
         self.epochs_ = 0.0
+        self.start_iter_ = 0
+        seconds_before = 0.0
+        data_moments = _moments(x_all) if self.monitor_samples > 0 else None
+        if ckpt is not None:
+            self._restore(ckpt)
+            self.start_iter_ = self.n_iter_
+            self.epochs_ = self.n_iter_ / per_epoch
+            seconds_before = float(ckpt.state.get("seconds") or 0.0)
+            self._epoch_start = self._epoch_rng()
+            if dataset is not None:
+                x_all = draw()  # the data of the epoch in progress (a redraw under dynamic binarisation)
         if self.out_dir is not None:
             Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        data_moments = _moments(x_all) if self.monitor_samples > 0 else None
+            if ckpt is not None:
+                _truncate_metrics(Path(self.out_dir) / "metrics.jsonl", self.n_iter_)
 
         progress = self.progress if self.progress is not None else _stream_is_tty(sys.stderr)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, disable=not progress, desc="train", unit="it", dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=total,
+            initial=self.n_iter_,
+            disable=not progress,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+            leave=False,
+        )
         t0 = time.perf_counter()
         window: dict[str, list[float]] = {}
         last_sleep: dict[str, float] = {}
@@ -250,7 +481,7 @@ class Trainer:
             rec: dict[str, Any] = {
                 "step": step,
                 "epoch": round(step / per_epoch, 6),
-                "seconds": round(time.perf_counter() - t0, 4),
+                "seconds": round(seconds_before + time.perf_counter() - t0, 4),
             }
             for k, v in last_sleep.items():
                 rec[f"sleep/{k}"] = v
@@ -270,19 +501,26 @@ class Trainer:
                 except (TypeError, ValueError):
                     pass
 
+        self._t0, self._seconds_before = t0, seconds_before
         try:
-            self._log(record(0))
-            step = 0
+            step = self.n_iter_
+            if ckpt is None:
+                self._log(record(0))
+            done_in_epoch = step % per_epoch  # minibatches of the epoch in progress already trained on
+            resleep = step % self.sleep_every != 0  # resumed between two sleep phases: sleep first (see Notes)
             first = True
             while step < total:
-                if dataset is not None and not first:
-                    x_all = draw()
+                if not first:
+                    self._epoch_start = self._epoch_rng()
+                    if dataset is not None:
+                        x_all = draw()
                 first = False
                 perm = torch.randperm(n, generator=order_gen).to(device)
-                for start in range(0, n, batch):
+                for start in range(done_in_epoch * batch, n, batch):
                     if step >= total:
                         break
-                    if step % self.sleep_every == 0:
+                    if step % self.sleep_every == 0 or resleep:
+                        resleep = False
                         info = algo.sleep() or {}
                         last_sleep = {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
                     x = x_all[perm[start : start + batch]]
@@ -307,6 +545,7 @@ class Trainer:
                             bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("grad_norm", "cov_gap") if k in rec})
                     if self.out_dir is not None and self.checkpoint_every and step % self.checkpoint_every == 0:
                         self.save_checkpoint(Path(self.out_dir) / "checkpoint")
+                done_in_epoch = 0
         finally:
             bar.close()
         self.seconds_ = time.perf_counter() - t0
@@ -340,34 +579,130 @@ class Trainer:
         self._check_finite(step)
 
     # ---------------------------------------------------------------------------------------------------
+    # checkpoints
+    # ---------------------------------------------------------------------------------------------------
+    def _epoch_rng(self) -> dict[str, torch.Tensor]:
+        """Current states of the per-epoch random streams (minibatch order, dynamic binarisation)."""
+        return {k: g.get_state() for k, g in self._gens.items() if k in ("order", "data")}
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        """Every random stream the loop uses, as it must be restored to continue after iteration ``n_iter_``."""
+        state = {"torch": torch.get_rng_state(), "monitor": self._gens["monitor"].get_state()}
+        device = self._gens["monitor"].device
+        if device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(device)
+        # between two epochs the per-epoch streams are where the next epoch starts; within an epoch, where the
+        # epoch in progress started (its permutation and binarisation are drawn again on resuming)
+        boundary = self.n_iter_ % self._layout["per_epoch"] == 0
+        state.update(self._epoch_rng() if boundary else self._epoch_start)
+        return state
+
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write ``model.safetensors``, ``algorithm.safetensors`` (or ``.pt``), ``optimizer.pt``, ``state.json``."""
+        """Write the training state to the directory ``path``, atomically as a whole.
+
+        Files: ``model.safetensors`` (the model's ``state_dict``), ``algorithm.safetensors`` (or
+        ``algorithm.pt`` when the algorithm's ``state_dict`` holds more than tensors; neither when it is
+        empty), ``optimizer.pt`` (both Adam optimisers), ``rng.safetensors`` (the random streams) and
+        ``state.json`` (``step``, ``epoch``, ``seconds``, ``algorithm``, ``n_data``, ``batch_size``).
+
+        The files are written into a temporary directory next to ``path`` that then replaces ``path``
+        (:func:`wakesleep.io.staged_dir`), so ``path`` never holds files of two different steps: a crash
+        leaves the previous checkpoint (or, in the instant between the two renames, a complete
+        ``.<name>.old-<pid>`` or ``.<name>.partial-*`` beside it). :meth:`fit` with ``resume_from=path``
+        continues from it. Call it during or after :meth:`fit`.
+        """
+        if not hasattr(self, "n_iter_"):
+            raise RuntimeError("Trainer.save_checkpoint: call fit() first")
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        wio.save_safetensors(self.model, path / "model.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
         state = self.algorithm.state_dict() or {}
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            wio.save_tensors(path / "algorithm.safetensors", state)
-        elif state:
-            import io as _io
+        optim = {
+            "optimizer": self.optimizer_.state_dict() if self.optimizer_ is not None else None,
+            "recognition_optimizer": (
+                self.recognition_optimizer_.state_dict() if self.recognition_optimizer_ is not None else None
+            ),
+        }
+        seconds = self._seconds_before + time.perf_counter() - self._t0
+        info = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.n_iter_,
+            "epoch": self.epochs_,
+            "seconds": round(seconds, 4),
+            "algorithm": _algorithm_name(self.algorithm),
+            "n_data": self._layout["n_data"],
+            "batch_size": self._layout["batch_size"],
+        }
+        with wio.staged_dir(path, overwrite=True) as tmp:
+            wio.save_safetensors(self.model, tmp / "model.safetensors")
+            if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+                wio.save_tensors(tmp / "algorithm.safetensors", state)
+            elif state:
+                wio.write_bytes(tmp / "algorithm.pt", _torch_bytes(state))
+            wio.write_bytes(tmp / "optimizer.pt", _torch_bytes(optim))
+            wio.save_tensors(tmp / "rng.safetensors", self._rng_state())
+            wio.save_json(tmp / "state.json", info)  # last: a directory with state.json is complete
 
-            buf = _io.BytesIO()
-            torch.save(state, buf)
-            wio.write_bytes(path / "algorithm.pt", buf.getvalue())
-        import io as _io
-
-        buf = _io.BytesIO()
-        torch.save(
-            {
-                "optimizer": self.optimizer_.state_dict() if self.optimizer_ is not None else None,
-                "recognition_optimizer": (
-                    self.recognition_optimizer_.state_dict() if self.recognition_optimizer_ is not None else None
-                ),
-            },
-            buf,
+    def _check_checkpoint(self, ckpt: _Checkpoint, params, rec_params, total: int) -> None:
+        """Raise :class:`WakesleepError` (naming the file and the tensor or field) if ``ckpt`` cannot continue here."""
+        p = ckpt.path
+        st = ckpt.state
+        name = _algorithm_name(self.algorithm)
+        if st.get("algorithm") not in (None, name):
+            raise WakesleepError(
+                f"{p / 'state.json'}: the checkpoint is of algorithm {st['algorithm']!r}, this run's is {name!r}"
+            )
+        for key, value in (("n_data", self._layout["n_data"]), ("batch_size", self._layout["batch_size"])):
+            if key in st and st[key] != value:
+                raise WakesleepError(
+                    f"{p / 'state.json'}: {key} is {st[key]} in the checkpoint but {value} in this run "
+                    "(resuming needs the same training data and batch size)"
+                )
+        step = st["step"]
+        if step >= total:
+            raise WakesleepError(
+                f"{p / 'state.json'}: the checkpoint is at iteration {step}, this run stops at {total} "
+                "(nothing to resume: raise epochs or max_iters)"
+            )
+        _check_tensors(p / "model.safetensors", ckpt.model, self.model.state_dict(), "model", exact=True)
+        own = self.algorithm.state_dict() or {}
+        if own or ckpt.algorithm:
+            where = p / ("algorithm.pt" if ckpt.algorithm_pickled else "algorithm.safetensors")
+            _check_tensors(where, ckpt.algorithm, own, f"algorithm {name!r}", exact=False)
+        _check_optimizer(p / "optimizer.pt", ckpt.optimizer.get("optimizer"), [q for _, q in params], "model")
+        _check_optimizer(
+            p / "optimizer.pt", ckpt.optimizer.get("recognition_optimizer"), rec_params, "recognition model"
         )
-        wio.write_bytes(path / "optimizer.pt", buf.getvalue())
-        wio.save_json(path / "state.json", {"step": self.n_iter_, "epoch": self.epochs_})
+        for key in ("torch", *self._gens):
+            if key not in ckpt.rng:
+                raise WakesleepError(f"{p / 'rng.safetensors'}: no state of the random stream {key!r}")
+
+    def _restore(self, ckpt: _Checkpoint) -> None:
+        """Load a checked checkpoint: model, algorithm, optimisers, counters and random streams."""
+        device = self._gens["monitor"].device
+        self.model.load_state_dict(ckpt.model)
+        if ckpt.algorithm:
+            self.algorithm.load_state_dict(
+                {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ckpt.algorithm.items()}
+            )
+        for opt, key, lr in (
+            (self.optimizer_, "optimizer", self.lr),
+            (self.recognition_optimizer_, "recognition_optimizer", self.recognition_lr),
+        ):
+            if opt is not None:
+                opt.load_state_dict(ckpt.optimizer[key])
+                for group in opt.param_groups:  # this trainer's learning rate wins over the checkpoint's
+                    group["lr"] = lr
+        self.n_iter_ = int(ckpt.state["step"])
+        rng = ckpt.rng
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and "cuda" in rng:
+            with contextlib.suppress(RuntimeError):  # a checkpoint from another device: keep the seeded stream
+                torch.cuda.set_rng_state(rng["cuda"], device)
+        self._gens["order"].set_state(rng["order"])
+        for key in ("data", "monitor"):
+            if key in self._gens:
+                with contextlib.suppress(RuntimeError):  # a state from another device type: keep the seeded stream
+                    self._gens[key].set_state(rng[key])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -472,14 +807,17 @@ def train_from_config(
     progress: bool | None = None,
     data: torch.Tensor | np.ndarray | None = None,
     callback: Callable[[Trainer, dict], None] | None = None,
+    resume_from: str | os.PathLike | None = None,
 ):
     """Build model, algorithm and data from a resolved config and train. Returns ``(model, algo, trainer, data)``.
 
     With ``out_dir`` the run files are written there (see :func:`write_run`). Pass ``data`` to skip
-    ``config['data']``.
+    ``config['data']``. With ``resume_from`` (a checkpoint directory, usually ``out_dir/checkpoint``) training
+    continues from it (:meth:`Trainer.fit`); ``out_dir/config.yaml`` is then written only when training has
+    finished, and ``metrics.jsonl`` is appended to.
     """
     with config_threads(config):
-        return _train_from_config(config, out_dir, progress, data, callback)
+        return _train_from_config(config, out_dir, progress, data, callback, resume_from)
 
 
 def trainer_from_config(algo: Any, config: Mapping[str, Any], **overrides: Any) -> Trainer:
@@ -504,7 +842,7 @@ def trainer_from_config(algo: Any, config: Mapping[str, Any], **overrides: Any) 
     return Trainer(algo, **kwargs)
 
 
-def _train_from_config(config, out_dir, progress, data, callback):
+def _train_from_config(config, out_dir, progress, data, callback, resume_from=None):
     t = config["train"]
     torch.manual_seed(t["seed"])
     model = build_model_from_config(config)
@@ -515,12 +853,14 @@ def _train_from_config(config, out_dir, progress, data, callback):
     else:
         x = torch.as_tensor(validate_data(data, int(model.obs_dim), "data")).to(dtype=model.dtype, device=model.device)
     algo = build_algorithm_from_config(config, model)
-    if out_dir is not None:
+    if out_dir is not None and resume_from is None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         wio.write_text(Path(out_dir) / "config.yaml", dump_config(config))
     trainer = trainer_from_config(algo, config, out_dir=out_dir, progress=progress, callback=callback)
-    trainer.fit(x)
+    trainer.fit(x, resume_from=resume_from)
     if out_dir is not None:
+        if resume_from is not None:
+            wio.write_text(Path(out_dir) / "config.yaml", dump_config(config))
         write_run(out_dir, model, n_samples=t["samples"], seed=t["seed"])
     return model, algo, trainer, x
 
