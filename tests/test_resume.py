@@ -93,6 +93,7 @@ def run_split(tmp_path: Path, name: str, options: dict, stop: int, make_data=dat
         ("rws", {"k": 3}, 6, 1),
         ("rws", {"k": 3}, 4, 1),
         ("vae", {}, 4, 1),
+        ("al_ws", {"sleep_samples": 40}, 4, 1),  # its generator (bandwidth search, random components) is state
     ],
 )
 def test_resumed_run_equals_uninterrupted_run(tmp_path, name, options, stop, sleep_every):

@@ -377,9 +377,12 @@ class AmortisedLearningWakeSleep(Algorithm):
         return {
             "hyper": torch.tensor(self._hyper, dtype=torch.float64),
             "n_sleep": torch.tensor(self._n_sleep, dtype=torch.int64),
+            "generator": self.gen.get_state(),  # random components and validation splits continue on resume
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "hyper" in state:
             self._hyper = tuple(float(v) for v in state["hyper"])
             self._n_sleep = int(state.get("n_sleep", torch.tensor(1)))
+        if "generator" in state:
+            self.gen.set_state(state["generator"].to(dtype=torch.uint8, device="cpu"))
