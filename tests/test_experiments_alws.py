@@ -7,13 +7,14 @@ import pytest
 import torch
 import yaml
 
-from wakesleep.experiments import get_experiment, run_experiment
+from wakesleep.experiments import EXPERIMENTS, get_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["gradient"])
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_config_file_matches_default(name):
+    """Every experiment's shipped configs/NAME.yaml is its built-in DEFAULT_CONFIG (the two must not drift)."""
     module = get_experiment(name)
     assert yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text()) == yaml.safe_load(module.DEFAULT_CONFIG)
     assert set(yaml.safe_load(module.DEFAULT_CONFIG)["experiment"]) == set(module.EXPERIMENT_DEFAULTS)

@@ -88,6 +88,25 @@ def test_sbn_tiny(tmp_path):
         assert (out / name).is_file(), name
 
 
+def test_train_options_apply_to_one_entry_only():
+    from wakesleep.errors import WakesleepError
+    from wakesleep.experiments.patches import algorithm_entries
+
+    config = experiment_config("sbn", None, False, [])
+    entries = algorithm_entries(config, "test")
+    assert entries["ddc_hm"]["train"]["sleep_every"] == 10  # the shipped sbn config sleeps every 10 wake steps
+    assert entries["vimco_k50"]["train"]["sleep_every"] == 1
+    config = experiment_config("sbn", None, False, ["experiment.train_options={rws_k5: {lr: 0.01}}"])
+    entries = algorithm_entries(config, "test")
+    assert entries["rws_k5"]["train"]["lr"] == 0.01 and entries["ddc_hm"]["train"]["lr"] == 0.001
+    config = experiment_config("sbn", None, False, ["experiment.train_options={nope: {lr: 0.01}}"])
+    with pytest.warns(UserWarning, match="train_options"):
+        algorithm_entries(config, "test")
+    config = experiment_config("sbn", None, False, ["experiment.train_options={ddc_hm: {nope: 1}}"])
+    with pytest.raises(WakesleepError, match="nope"):
+        algorithm_entries(config, "test")
+
+
 def test_bench_flops_and_summary():
     import wakesleep
     from wakesleep.bench import _markdown, _summary, iteration_flops, solver_flops

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ experiment:
   baseline: iwae_k50     # label of the y of the relative test
   candidate: ddc_hm      # label of the z of the relative test
   algorithm_options: {}  # name -> options, for plain-name entries of `algorithms` other than algorithm.name
+  train_options: {}      # label -> train settings for that entry only (e.g. {ddc_hm: {sleep_every: 10}})
   mmd_samples: 10000     # model samples and test patches in the relative MMD test
   quick:
     experiment.architectures: [[10, 10], [50, 2]]
@@ -85,6 +87,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "baseline": "iwae_k50",
     "candidate": "ddc_hm",
     "algorithm_options": {},
+    "train_options": {},
     "mmd_samples": 10000,
     "quick": {},
 }
@@ -98,6 +101,8 @@ def algorithm_entries(config: dict[str, Any], where: str) -> dict[str, dict[str,
 
     An entry is a name (the config's own ``algorithm`` section when it names the same algorithm, else
     ``experiment.algorithm_options[name]``) or a mapping ``{name: iwae, label: iwae_k50, k: 50}``.
+    ``experiment.train_options[label]`` overrides the ``train`` section for one entry (e.g. DDC-HM's
+    ``sleep_every``).
     """
     from wakesleep.algorithms import ALGORITHMS
     from wakesleep.config import resolve_config
@@ -111,6 +116,9 @@ def algorithm_entries(config: dict[str, Any], where: str) -> dict[str, dict[str,
     opts = exp.get("algorithm_options") or {}
     if not isinstance(opts, dict):
         raise WakesleepError("config: experiment.algorithm_options must be a mapping name -> options")
+    train_opts = exp.get("train_options") or {}
+    if not isinstance(train_opts, dict) or not all(isinstance(v, dict) for v in train_opts.values()):
+        raise WakesleepError("config: experiment.train_options must be a mapping label -> train settings")
     out: dict[str, dict[str, Any]] = {}
     for entry in algos:
         if isinstance(entry, dict):
@@ -128,7 +136,14 @@ def algorithm_entries(config: dict[str, Any], where: str) -> dict[str, dict[str,
             raise WakesleepError(f"config: experiment.algorithms: labels must be distinct strings, got {label!r}")
         raw = {k: copy.deepcopy(config[k]) for k in ("model", "train", "data")}
         raw["algorithm"] = algo
+        raw["train"].update(copy.deepcopy(train_opts.get(label) or {}))
         out[label] = resolve_config(raw, source=where, check_model=False)
+    unknown = set(train_opts) - set(out)
+    if unknown:  # not an error: the shipped configs name entries that a shorter experiment.algorithms may drop
+        warnings.warn(
+            f"config: experiment.train_options: {sorted(unknown)} are not labels of experiment.algorithms (ignored)",
+            stacklevel=2,
+        )
     return out
 
 
