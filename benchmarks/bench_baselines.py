@@ -13,9 +13,12 @@ Every case is timed over ``--iters`` iterations after ``--warmup``; the *median*
 Floating-point work: only the dense matrix products are counted (elementwise sigmoid/softplus/sampling work
 is O(1/200) of it). With R = K*B particle rows, a linear map n_in -> n_out costs 2 R n_in n_out forward and
 the same again backward: the particles of these score-function / importance-weighted estimators are leaves, so
-only weight gradients are formed. The count is divided by the measured rate of a large float32 ``torch.mm``
-on this machine (best over the run). Cases with the same K are timed round-robin, one iteration of each in
-turn, so that on a shared machine they see the same background load.
+only weight gradients are formed. The count is divided by the best measured float32 product rate on this
+machine (best over the run of a large ``torch.mm``, which is MKL, and of the oneDNN products that
+``wakesleep.models._linear.linear`` uses for float32 layers when it can). Cases with the same K are timed
+round-robin, one iteration of each in turn, so that on a shared machine they see the same background load;
+besides the wall-clock median, the median CPU time of the timing thread (``time.thread_time``) is reported,
+which is less sensitive to other processes taking the core.
 """
 
 from __future__ import annotations
@@ -51,6 +54,22 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
     for _ in range(reps):
         t = time.perf_counter()
         torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def onednn_rate(n: int = 2048, reps: int = 5) -> float:
+    """Measured float32 rate of the oneDNN product behind ``wakesleep``'s linear layers (0 if not used)."""
+    from wakesleep.models._linear import _mm, onednn_enabled
+
+    if not onednn_enabled():
+        return 0.0
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    _mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        _mm(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
@@ -192,7 +211,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     iters, warmup = (3, 1) if args.quick else (args.iters, args.warmup)
-    rate = matmul_rate()
+    mm_rate, dnn_rate = matmul_rate(), onednn_rate()
     x = data_batch()
     rows = []
     only = set(args.only.split(",")) if args.only else None
@@ -225,50 +244,64 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         for it in range(iters):
             for _row, step, times in steps:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 step()
-                times.append(time.perf_counter() - t)
+                times.append((time.perf_counter() - t, time.thread_time() - c))
             if it >= 2 and time.perf_counter() - t_start > args.max_seconds * max(len(steps), 1):
                 break
+        rate = max(mm_rate, dnn_rate)
         for row, _, times in steps:
-            med = statistics.median(times)
+            wall = [w for w, _ in times]
+            med, cpu = statistics.median(wall), statistics.median([c for _, c in times])
             fl = row["flops_per_iter"]
             row.update(
                 {
                     "ms_per_iter": 1e3 * med,
+                    "cpu_ms_per_iter": 1e3 * cpu,
                     "timed_iters": len(times),
-                    "ms_per_iter_min": 1e3 * min(times),
+                    "ms_per_iter_min": 1e3 * min(wall),
                     "s_per_epoch": med * ITERS_PER_EPOCH,
-                    "fraction_of_mm_rate": (fl / med / rate) if fl else None,
+                    "fraction_of_mm_rate": (fl / cpu / rate) if fl else None,  # of the CPU time
+                    "load_average": os.getloadavg()[0],
                 }
             )
             print(
-                f"{row['algorithm']:45s} K={row['k']}: {1e3 * med:8.2f} ms/iter ({len(times)} iters)",
+                f"{row['algorithm']:45s} K={row['k']}: {1e3 * med:8.2f} ms/iter, CPU {1e3 * cpu:8.2f} ms "
+                f"({len(times)} iters, load {os.getloadavg()[0]:.1f})",
                 file=sys.stderr,
                 flush=True,
             )
-        rate = max(rate, matmul_rate())  # re-measure between groups; keep the best (least loaded) rate
+        # re-measure between groups; keep the best (least loaded) rates
+        mm_rate, dnn_rate = max(mm_rate, matmul_rate()), max(dnn_rate, onednn_rate())
 
-    # speed-up against Pyro's RWS / RenyiELBO at the same K
-    pyro_ms = {(r["algorithm"], r["k"]): r["ms_per_iter"] for r in rows if "ms_per_iter" in r}
+    # speed-up against Pyro's RWS / RenyiELBO at the same K (wall-clock medians; CPU-time ratio in brackets)
+    pyro_ms = {(r["algorithm"], r["k"]): r for r in rows if "ms_per_iter" in r}
     print(
-        f"\nfloat32 torch.mm rate: {rate / 1e9:.1f} GFLOP/s; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"
+        f"\nfloat32 product rate: torch.mm {mm_rate / 1e9:.1f} GFLOP/s, oneDNN {dnn_rate / 1e9:.1f} GFLOP/s; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
     )
-    print("| algorithm | K | ms/iter (median) | s/epoch | GFLOP/iter | % of mm rate | vs Pyro RWS | vs Pyro Renyi(0) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| algorithm | K | ms/iter (median) | CPU ms/iter | s/epoch | GFLOP/iter | % of best product rate "
+        "| vs Pyro RWS | vs Pyro Renyi(0) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | n/a ({r['error']}) | | | | | |")
+            print(f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | n/a ({r['error']}) | | | | | | |")
             continue
         fl = r["flops_per_iter"]
         rel = []
         for ref in ("pyro:rws", "pyro:renyi0"):
             base = pyro_ms.get((ref, r["k"]))
-            rel.append(f"{base / r['ms_per_iter']:.2f}x" if base and r["k"] else "")
+            rel.append(
+                f"{base['ms_per_iter'] / r['ms_per_iter']:.2f}x ({base['cpu_ms_per_iter'] / r['cpu_ms_per_iter']:.2f}x)"
+                if base and r["k"]
+                else ""
+            )
         print(
-            f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | {r['ms_per_iter']:.2f} | {r['s_per_epoch']:.1f} | "
-            f"{fl / 1e9 if fl else float('nan'):.3f} | "
+            f"| {r['algorithm']} | {r['k'] if r['k'] else '-'} | {r['ms_per_iter']:.2f} | {r['cpu_ms_per_iter']:.2f} "
+            f"| {r['s_per_epoch']:.1f} | {fl / 1e9 if fl else float('nan'):.3f} | "
             f"{100 * r['fraction_of_mm_rate'] if r['fraction_of_mm_rate'] else float('nan'):.1f} | "
             f"{rel[0]} | {rel[1]} |"
         )
@@ -278,7 +311,8 @@ def main(argv=None) -> int:
             "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "mm_flops_per_s": rate,
+            "mm_flops_per_s": mm_rate,
+            "onednn_flops_per_s": dnn_rate,
             "load_average": os.getloadavg(),
         },
         "model": "sbn 784-200-200-200 float32",

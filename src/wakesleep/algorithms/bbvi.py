@@ -77,7 +77,7 @@ class BBVI(ProposalAlgorithm, Algorithm):
         self.control_variate = control_variate
         self.k = self._check_k(k, minimum=1 if control_variate == "none" else 2)
         self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: tuple[Tensor, Tensor | list[Tensor], Tensor] | None = None
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, signal)``: grad_theta of the first is the ELBO gradient (batch mean);
@@ -88,21 +88,34 @@ class BBVI(ProposalAlgorithm, Algorithm):
         return log_p.mean(0).mean(), log_q, signal
 
     def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
-        """Estimate of grad_theta F (batch mean): ``(1/K) sum_k grad_theta log p(x, z_k)``."""
+        """Estimate of grad_theta F (batch mean): ``(1/K) sum_k grad_theta log p(x, z_k)``.
+
+        With ``control_variate`` ``loo`` or ``none`` the recognition gradient of the same particles is taken in
+        the same backward pass and kept for :meth:`step_recognition` on the same ``x``; ``ranganath`` keeps
+        ``log_q`` with its graph for the per-particle gradients instead.
+        """
         with torch.enable_grad():
             objective, log_q, signal = self.surrogate(x)
-            grads = self._grad_dict(objective)
-        self._cache = (x, log_q, signal)
+            if self.control_variate == "ranganath":
+                grads, kept = self._joint_gradients(objective)[0], log_q
+            else:
+                grads, kept = self._joint_gradients(objective, self._score_objective(log_q, signal))
+        self._cache = (x, kept, signal)
         return grads
+
+    def _score_objective(self, log_q: Tensor, signal: Tensor) -> Tensor:
+        """Scalar whose grad_phi is the ``none``/``loo`` score-function estimate of grad_phi F (batch mean)."""
+        k, b = log_q.shape
+        if self.control_variate == "loo":
+            signal = signal - (signal.sum(0, keepdim=True) - signal) / (k - 1)
+        return (signal * log_q).sum() / (k * b)
 
     def recognition_gradient(self, log_q: Tensor, signal: Tensor) -> list[Tensor]:
         """Estimate of grad_phi F (batch mean) for each proposal parameter, from ``log_q`` and ``L = log p - log q``."""
         params = self.recognition_parameters()
         k, b = log_q.shape
         if self.control_variate in ("none", "loo"):
-            if self.control_variate == "loo":
-                signal = signal - (signal.sum(0, keepdim=True) - signal) / (k - 1)
-            return list(torch.autograd.grad((signal * log_q).sum() / (k * b), params))
+            return list(torch.autograd.grad(self._score_objective(log_q, signal), params))
         # Ranganath et al. (2014): per-particle f_k = grad (1/B) sum_b L_kb log q_kb and h_k = grad (1/B) sum_b log q_kb
         eye = torch.eye(k, dtype=log_q.dtype, device=log_q.device).unsqueeze(-1)  # [K, K, 1]
         v = torch.cat([eye * signal.unsqueeze(0), eye.expand(k, k, b)], 0) / b  # [2K, K, B]
@@ -118,15 +131,15 @@ class BBVI(ProposalAlgorithm, Algorithm):
 
     def step_recognition(self, x: Tensor) -> dict[str, float]:
         """Fill ``.grad`` of the proposal parameters with ``-`` the ELBO gradient estimate (Trainer steps Adam)."""
+        cached, self._cache = self._cache, None
         with torch.enable_grad():
-            cached = self._cache
             if cached is not None and cached[0] is x:
-                _, log_q, signal = cached
+                _, kept, signal = cached
+                grads = self.recognition_gradient(kept, signal) if self.control_variate == "ranganath" else kept
             else:
                 _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
                 signal = log_p.detach() - log_q.detach()
-            self._cache = None
-            grads = self.recognition_gradient(log_q, signal)
+                grads = self.recognition_gradient(log_q, signal)
         for p, g in zip(self.recognition_parameters(), grads, strict=True):
             g = -g.detach()
             p.grad = g if p.grad is None else p.grad + g

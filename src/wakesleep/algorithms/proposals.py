@@ -35,10 +35,11 @@ import math
 
 import torch
 import torch.distributions as D
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wakesleep.errors import WakesleepError
+from wakesleep.families.standard import bernoulli_log_prob_sum
+from wakesleep.models._linear import linear
 
 __all__ = ["LayeredProposal", "proposal_kind", "STRUCTURES"]
 
@@ -90,7 +91,9 @@ class _Factor(nn.Module):
                 self.net[-1].bias.zero_()
 
     def params(self, u: Tensor) -> Tensor:
-        return self.net(u)
+        for mod in self.net:  # the affine maps through wakesleep.models._linear.linear (oneDNN for float32)
+            u = linear(u, mod.weight, mod.bias) if isinstance(mod, nn.Linear) else mod(u)
+        return u
 
     def distribution(self, out: Tensor) -> D.Distribution:
         """The factor's distribution with batch shape ``[..., D]`` (values ``[..., D]``)."""
@@ -104,8 +107,8 @@ class _Factor(nn.Module):
 
     def log_prob(self, out: Tensor, z: Tensor) -> Tensor:
         """log q(z | u) summed over units, ``[...]``; closed forms for speed (no distribution objects)."""
-        if self.kind == "bernoulli":  # z * l - softplus(l), eq. 7 in logit form
-            return (z * out - F.softplus(out)).sum(-1)
+        if self.kind == "bernoulli":  # sum of z * l - softplus(l), eq. 7 in logit form (one fused kernel)
+            return bernoulli_log_prob_sum(z, out)
         if self.kind == "categorical":
             logits = out.reshape(*out.shape[:-1], self.dim, self.categories)
             lp = torch.log_softmax(logits, -1)
@@ -122,7 +125,7 @@ class _Factor(nn.Module):
         if self.kind == "bernoulli":
             p = torch.sigmoid(out.detach())
             u = torch.rand(sample_shape + p.shape, dtype=p.dtype, device=p.device)
-            return (u < p).to(p.dtype)
+            return u.lt_(p)  # u < p as 0./1. in u's buffer
         if self.kind == "categorical":
             return self.distribution(out.detach()).sample(sample_shape).to(out.dtype)
         dist = self.distribution(out)
@@ -350,6 +353,34 @@ class ProposalAlgorithm:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.proposal.load_state_dict({k[len("proposal.") :]: v for k, v in state.items() if k.startswith("proposal.")})
+
+    def _trained_recognition_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.recognition_parameters() if p.requires_grad]
+
+    def _joint_gradients(
+        self, objective: Tensor, rec_objective: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], list[Tensor] | None]:
+        """Gradients of ``objective`` w.r.t. the model parameters (keyed by name, zeros where unused, as
+        ``Algorithm._grad_dict``) and of ``rec_objective`` w.r.t. the recognition parameters, in one backward pass.
+
+        With detached particles ``objective`` depends on theta only and ``rec_objective`` on phi only, so the
+        gradient of their sum w.r.t. (theta, phi) is the pair of gradients.
+        """
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        rec = [] if rec_objective is None else self._trained_recognition_parameters()
+        outputs = [objective] if rec_objective is None else [objective, rec_objective]
+        grads = torch.autograd.grad(outputs, [p for _, p in named] + rec, allow_unused=True)
+        theta_grads = grads[: len(named)]
+        theta = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, theta_grads, strict=True)}
+        if rec_objective is None:
+            return theta, None
+        phi = [torch.zeros_like(p) if g is None else g for p, g in zip(rec, grads[len(named) :], strict=True)]
+        return theta, phi
+
+    def _descend(self, ascent: list[Tensor]) -> None:
+        """Add ``-ascent`` to ``.grad`` of the recognition parameters (the Trainer's Adam then descends)."""
+        for p, g in zip(self._trained_recognition_parameters(), ascent, strict=True):
+            p.grad = -g if p.grad is None else p.grad - g
 
     def dream(self, n: int) -> tuple[list[Tensor], Tensor]:
         """``n`` samples (z, x) from the generative model (no gradient): ``([z_L, ..., z_1], x)``."""

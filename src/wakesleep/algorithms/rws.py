@@ -78,7 +78,7 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
         self.q_update = q_update
         self.sleep_samples = None if sleep_samples is None else self._check_k(sleep_samples, "sleep_samples")
         self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: tuple[Tensor, list[Tensor] | None, Tensor] | None = None
 
     # --- wake -----------------------------------------------------------------------------------------
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -94,41 +94,62 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
         return (w * log_p).sum(0).mean(), log_q, log_w
 
     def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
-        """Estimate of grad_theta (1/B) sum_b log p(x_b): the self-normalised importance-weighted gradient."""
+        """Estimate of grad_theta (1/B) sum_b log p(x_b): the self-normalised importance-weighted gradient.
+
+        The wake-phase q update uses the same particles and weights; its gradient is taken in the same backward
+        pass and kept for :meth:`step_recognition` on the same ``x``.
+        """
         with torch.enable_grad():
             objective, log_q, log_w = self.surrogate(x)
-            grads = self._grad_dict(objective)
-        self._cache = (x, log_q, log_w)
+            wake_q = self._wake_q_objective(log_q, log_w) if self.q_update in ("wake", "both") else None
+            grads, q_grads = self._joint_gradients(objective, wake_q)
+        self._cache = (x, q_grads, log_w)
         return grads
 
     # --- recognition ----------------------------------------------------------------------------------
+    @staticmethod
+    def _wake_q_objective(log_q: Tensor, log_w: Tensor) -> Tensor:
+        """``(1/B) sum_b sum_k w~_kb log q(z_kb | x_b)``: its grad_phi is the wake-phase q update."""
+        return (torch.softmax(log_w, dim=0) * log_q).sum(0).mean()
+
+    def _fresh_wake_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(wake-phase objective, log_w)`` on new particles (when ``x`` is not the wake phase's minibatch)."""
+        with torch.enable_grad():
+            _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
+        log_w = log_p.detach() - log_q.detach()
+        return self._wake_q_objective(log_q, log_w), log_w
+
     def recognition_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The loss whose gradient w.r.t. the proposal parameters is minus the chosen q-update direction."""
+        """The loss whose gradient w.r.t. the proposal parameters is minus the chosen q-update direction
+        (on new particles; :meth:`step_recognition` reuses those of the wake phase instead)."""
         info: dict[str, float] = {}
         loss = torch.zeros((), dtype=self.model.dtype, device=self.model.device)
         if self.q_update in ("wake", "both"):
-            cached = self._cache
-            if cached is not None and cached[0] is x:
-                _, log_q, log_w = cached
-            else:
-                with torch.enable_grad():
-                    _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
-                log_w = log_p.detach() - log_q.detach()
-            w = torch.softmax(log_w, dim=0)
-            loss = loss - (w * log_q).sum(0).mean()
+            wake_q, log_w = self._fresh_wake_q(x)
+            loss = loss - wake_q
             info.update(iw_diagnostics(log_w))
         if self.q_update in ("sleep", "both"):
             n = self.sleep_samples or x.shape[0]
             sleep_loss = self._sleep_loss(n)
             loss = loss + sleep_loss
             info["sleep_nll"] = float(sleep_loss.detach())
-        self._cache = None
         return loss, info
 
     def step_recognition(self, x: Tensor) -> dict[str, float]:
         """Fill ``.grad`` of the proposal parameters with the q-update loss gradient (the Trainer steps Adam)."""
+        cached, self._cache = self._cache, None
+        info: dict[str, float] = {}
         with torch.enable_grad():
-            loss, info = self.recognition_loss(x)
-            if loss.requires_grad:
-                loss.backward()
+            if self.q_update in ("wake", "both"):
+                if cached is not None and cached[0] is x:  # the wake phase's particles and its gradient
+                    _, q_grads, log_w = cached
+                else:
+                    wake_q, log_w = self._fresh_wake_q(x)
+                    q_grads = list(torch.autograd.grad(wake_q, self._trained_recognition_parameters()))
+                self._descend(q_grads)
+                info.update(iw_diagnostics(log_w))
+            if self.q_update in ("sleep", "both"):
+                sleep_loss = self._sleep_loss(self.sleep_samples or x.shape[0])
+                sleep_loss.backward()
+                info["sleep_nll"] = float(sleep_loss.detach())
         return info

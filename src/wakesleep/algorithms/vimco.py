@@ -84,7 +84,7 @@ class VIMCO(ProposalAlgorithm, Algorithm):
         super().__init__(model)
         self.k = self._check_k(k, minimum=2)
         self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: tuple[Tensor, list[Tensor], Tensor] | None = None
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, log_w)``: grad_theta of the first is the wake gradient (batch mean)."""
@@ -95,11 +95,15 @@ class VIMCO(ProposalAlgorithm, Algorithm):
         return (w * log_p).sum(0).mean(), log_q, log_w
 
     def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
-        """Estimate of grad_theta L_K (batch mean): ``sum_k w~_k grad_theta log p(x, z_k)``."""
+        """Estimate of grad_theta L_K (batch mean): ``sum_k w~_k grad_theta log p(x, z_k)``.
+
+        The recognition gradient of the same particles is taken in the same backward pass and kept for
+        :meth:`step_recognition` on the same ``x``.
+        """
         with torch.enable_grad():
             objective, log_q, log_w = self.surrogate(x)
-            grads = self._grad_dict(objective)
-        self._cache = (x, log_q, log_w)
+            grads, q_grads = self._joint_gradients(objective, self.recognition_objective(log_q, log_w))
+        self._cache = (x, q_grads, log_w)
         return grads
 
     def recognition_objective(self, log_q: Tensor, log_w: Tensor) -> Tensor:
@@ -109,14 +113,14 @@ class VIMCO(ProposalAlgorithm, Algorithm):
 
     def step_recognition(self, x: Tensor) -> dict[str, float]:
         """Fill ``.grad`` of the proposal parameters with ``-`` the VIMCO gradient (the Trainer steps Adam)."""
-        with torch.enable_grad():
-            cached = self._cache
-            if cached is not None and cached[0] is x:
-                _, log_q, log_w = cached
-            else:
+        cached, self._cache = self._cache, None
+        if cached is not None and cached[0] is x:  # the wake phase's particles and its gradient
+            _, q_grads, log_w = cached
+        else:
+            with torch.enable_grad():
                 _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
                 log_w = log_p.detach() - log_q.detach()
-            self._cache = None
-            loss = -self.recognition_objective(log_q, log_w)
-            loss.backward()
+                objective = self.recognition_objective(log_q, log_w)
+                q_grads = list(torch.autograd.grad(objective, self._trained_recognition_parameters()))
+        self._descend(q_grads)
         return iw_diagnostics(log_w)

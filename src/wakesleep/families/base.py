@@ -85,5 +85,13 @@ class ExponentialFamily:
         """Per-unit log density ``(eta * S(x)).sum(-1) + log h(x) - A(eta)``, shape ``[..., D]``."""
         return (eta * self.sufficient_statistics(x)).sum(-1) + self.log_base_measure(x) - self.log_normalizer(eta)
 
+    def log_prob_sum(self, x: Tensor, eta: Tensor) -> Tensor:
+        """``log_prob(x, eta).sum(-1)``: the log density summed over units, shape = broadcast batch shape.
+
+        Same value and gradients as the sum of :meth:`log_prob`; families may override it with a fused kernel
+        that does not materialise the per-unit terms (a hot path of the sampling-based algorithms).
+        """
+        return self.log_prob(x, eta).sum(-1)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -98,6 +98,68 @@ class Laplace(ExponentialFamily):
         return (-1.0 / param).unsqueeze(-1)
 
 
+class _BernoulliLogProbSum(torch.autograd.Function):
+    """sum_d [x_d l_d - softplus(l_d)] over the last axis, with the hand-written gradient ``x - sigmoid(l)``.
+
+    Forward: one softplus pass and one in-place multiply-add; when a backward will follow, sigmoid(l) is then
+    written into the softplus buffer, and the backward turns it into ``(x - sigmoid(l)) g`` in place. So one
+    ``[..., D]`` buffer serves the whole layer, against five or six freshly allocated ones for the composite
+    autograd expression (fresh large buffers are what costs most on a busy machine). The backward is made of
+    differentiable ops, so double backward (``create_graph=True``) works, and it recomputes sigmoid(l) when the
+    buffer is gone (a second backward through a retained graph) or cannot be used in place (vmapped gradients).
+    """
+
+    # (the ctx-in-forward style: ``apply`` of the setup_context style binds arguments with ``inspect`` on every
+    # call, which costs more than the arithmetic at these sizes)
+    @staticmethod
+    def forward(ctx, x: Tensor, logits: Tensor, will_backward: bool) -> Tensor:
+        ctx.save_for_backward(x, logits)
+        full = _covers(logits.shape, x.shape)  # logits have the result's shape (not broadcast)
+        sp = F.softplus(logits)
+        if full:
+            out = sp.addcmul_(x, logits, value=-1).sum(-1).neg_()  # -(sum softplus(l) - x l), in place
+        else:
+            out = (x * logits).sum(-1) - sp.sum(-1)  # logits broadcast against x (e.g. shared by K particles)
+        # sigmoid(l) for the backward, in the softplus buffer (kept on ctx, not saved: it is consumed in place)
+        ctx.sigmoid = torch.sigmoid(logits, out=sp) if full and will_backward and ctx.needs_input_grad[1] else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, logits = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        grad_x = (g * logits).sum_to_size(x.shape) if ctx.needs_input_grad[0] else None
+        grad_l = None
+        if ctx.needs_input_grad[1]:
+            s, ctx.sigmoid = ctx.sigmoid, None
+            if s is not None and not torch.is_grad_enabled() and not _is_batched(grad):
+                grad_l = s.sub_(x).mul_(-g)  # (x - sigmoid(l)) g in the forward's buffer (-g is [..., 1])
+            else:  # out of place: recorded for double backward, vmapped (is_grads_batched), or logits broadcast
+                grad_l = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
+        return grad_x, grad_l, None
+
+
+def _covers(a: torch.Size, b: torch.Size) -> bool:
+    """Whether shape ``a`` is the broadcast of shapes ``a`` and ``b`` (a cheap ``torch.broadcast_shapes`` test)."""
+    if a == b:
+        return True
+    n = len(b)
+    return len(a) >= n and all(db == 1 or db == da for da, db in zip(a[len(a) - n :], b, strict=True))
+
+
+def _is_batched(t: Tensor) -> bool:
+    """Whether ``t`` is a vmap batched tensor (e.g. ``autograd.grad(..., is_grads_batched=True)``), which cannot
+    multiply an unbatched buffer in place; True when this PyTorch cannot tell."""
+    ft = getattr(torch._C, "_functorch", None)
+    checks = [getattr(ft, name, None) for name in ("is_batchedtensor", "is_legacy_batchedtensor")]
+    return any(c is None or c(t) for c in checks)
+
+
+def bernoulli_log_prob_sum(x: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(x | sigmoid(logits)) summed over the last axis; ``x`` and ``logits`` broadcast."""
+    return _BernoulliLogProbSum.apply(x, logits, torch.is_grad_enabled())
+
+
 class Bernoulli(ExponentialFamily):
     """Bernoulli with S(x) = x, eta = logit p, A = softplus(eta)."""
 
@@ -119,9 +181,13 @@ class Bernoulli(ExponentialFamily):
         e = eta.squeeze(-1)
         return x * e - F.softplus(e)
 
+    def log_prob_sum(self, x: Tensor, eta: Tensor) -> Tensor:
+        return bernoulli_log_prob_sum(x, eta.squeeze(-1))
+
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        p = torch.sigmoid(eta[..., 0])
-        return (torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator) < p).to(p.dtype)
+        p = torch.sigmoid(eta[..., 0].detach())  # (detached: samples carry no gradient, as before)
+        # u < p written into u's buffer as 0./1. (no boolean tensor and no dtype conversion)
+        return torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator).lt_(p)
 
     def to_distribution(self, eta: Tensor) -> D.Bernoulli:
         return D.Bernoulli(logits=eta[..., 0])

@@ -7,9 +7,12 @@ log p(z_l | z_{l+1}) = g_l(z_{l+1}; theta_l)^T S_l(z_l) + log h(z_l) - A_l(g_l(z
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wakesleep.families import ExponentialFamily, MixtureOfGaussians
+from wakesleep.models._linear import linear
+from wakesleep.models.links import LinearLink
 
 
 class ExpFamLayer(nn.Module):
@@ -55,7 +58,13 @@ class ExpFamLayer(nn.Module):
 
     def log_prob(self, value: Tensor, parent: Tensor | None = None) -> Tensor:
         """log p(value | parent) summed over units."""
-        return self.family.log_prob(value, self.natural_params(parent)).sum(-1)
+        link = self.link
+        if type(link) is LinearLink and parent is not None:  # the same W z + b, by oneDNN for float32 (_linear)
+            param = linear(parent, link.weight, link.bias)
+            eta = self.family.natural_from_param(F.softplus(param) if link.softplus else param, self.extras())
+        else:
+            eta = self.natural_params(parent)
+        return self.family.log_prob_sum(value, eta)
 
     def sample(self, n: int, parent: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         eta = self.natural_params(parent)
