@@ -103,6 +103,18 @@ def test_linear_float64_falls_back_to_f_linear():
     torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_matches_mm(monkeypatch, transposed):
+    monkeypatch.setattr(_linear, "MIN_WORK", 0)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(37, 23, generator=g)
+    a = a.T.contiguous().T if transposed else a  # a transposed view, as h.T in the Gram matrices
+    b = torch.randn(23, 11, generator=g)
+    torch.testing.assert_close(_linear.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    a64, b64 = a.double(), b.double()
+    torch.testing.assert_close(_linear.matmul(a64, b64), a64 @ b64, rtol=0, atol=0)  # float64: torch's own mm
+
+
 def test_onednn_is_used_for_float32_when_available(monkeypatch):
     x = torch.randn(4, 3, requires_grad=True)
     name = type(linear(x, torch.randn(2, 3)).grad_fn).__name__

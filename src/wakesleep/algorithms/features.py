@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from wakesleep.models._linear import linear
+
 ENCODINGS = ("sigmoid", "tanh", "linear")
 EXTRA_STATS = ("none", "linear", "quadratic")
 
@@ -90,7 +92,7 @@ class EncodingFunctions(nn.Module):
         if self.kind == "linear":
             parts.append(zh)
         else:
-            pre = zh @ self.weight.T + self.bias
+            pre = linear(zh, self.weight, self.bias)
             parts.append(torch.sigmoid(pre) if self.kind == "sigmoid" else torch.tanh(pre))
         if self.extra_stats != "none":
             parts.append(zh)
@@ -120,7 +122,7 @@ class RandomReLUFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xh = self.standardize(x)
-        parts = [torch.relu(xh @ self.weight.T + self.bias)]
+        parts = [torch.relu(linear(xh, self.weight, self.bias))]
         if self.mode != "none":
             parts.append(xh)
         if self.mode == "quadratic":

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear", "onednn_enabled"]
+__all__ = ["linear", "matmul", "onednn_enabled"]
 
 _STATE: dict[str, bool] = {}
 # below this many multiply-adds (rows * in * out) a oneDNN call (~15 us of fixed cost) is slower than F.linear
@@ -92,3 +92,20 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     ):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for 2-D tensors, by oneDNN for large float32 CPU products (no autograd: sleep-phase statistics)."""
+    if (
+        a.dtype == torch.float32
+        and b.dtype == torch.float32
+        and a.device.type == "cpu"
+        and b.device.type == "cpu"
+        and a.ndim == 2
+        and b.ndim == 2
+        and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+        and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_WORK
+        and onednn_enabled()
+    ):
+        return _mm(a, b.t())
+    return a @ b
