@@ -84,8 +84,26 @@ def test_sbn_tiny(tmp_path):
     assert ds["algorithms"]["vimco_k50"]["nll"]["proposal"] == "own recognition model"
     assert all(r["nll"]["nll"] > 0 for r in ds["algorithms"].values())
     assert 0.0 <= ds["relative_tests"]["vimco_k50"]["p_value"] <= 1.0
+    assert ds["independent_pixels"]["nll"] > 0 and "independent pixels" in (out / "report.md").read_text()
     for name in ("results.json", "report.md", "fashion_mnist_samples.png"):
         assert (out / name).is_file(), name
+
+
+def test_independent_pixel_reference():
+    """Exact NLL of the marginal model; its MMD^2 is near 0 on independent data and large on correlated data."""
+    from wakesleep.experiments.sbn import independent_pixels
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(30, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    train = torch.bernoulli(p.expand(4000, -1), generator=g)
+    test = torch.bernoulli(p.expand(1000, -1), generator=g)
+    ref = independent_pixels(train, test, 1000, 1000, bandwidth=3.0)
+    q = train.mean(0)
+    exact = -(test * q.log() + (1 - test) * (1 - q).log()).sum(1).mean()
+    assert abs(ref["nll"] - float(exact)) < 1e-9
+    assert abs(ref["mmd2"]) < 5e-3
+    tied = torch.bernoulli(torch.full((5000, 1), 0.5, dtype=torch.float64), generator=g).expand(-1, 30)
+    assert independent_pixels(tied[:4000], tied[4000:], 1000, 1000, bandwidth=3.0)["mmd2"] > 0.1
 
 
 def test_train_options_apply_to_one_entry_only():

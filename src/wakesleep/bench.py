@@ -248,7 +248,12 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if model.device.type == "cuda" else None
 
     n_mmd = min(args.mmd_samples, test.shape[0])
-    final_mmd = mmd_to(test[:n_mmd], draw_samples(model, n_mmd, seed=40_000), bw)
+    final_samples = draw_samples(model, n_mmd, seed=40_000)
+    final_mmd = mmd_to(test[:n_mmd], final_samples, bw)
+    if args.out:
+        from wakesleep.eval.plots import plot_image_grid
+
+        plot_image_grid(final_samples[:64], Path(args.out) / f"{label}_samples.png", (28, 28), n=64, title=label)
     n_fit = min(n_train, 10_000)
     nll = nll_estimate(
         model, algo, dataset.draw_train()[:n_fit], test[: args.nll_points], args.nll_k, args.proposal_steps
@@ -263,6 +268,7 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
         "label": label,
         "algorithm": cfg["algorithm"]["name"],
         "options": cfg["algorithm"],
+        "sleep_every": int(t["sleep_every"]),
         "epochs": args.epochs,
         "iterations": trainer.n_iter_,
         "iterations_per_epoch": per_epoch,
@@ -300,6 +306,19 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 # the whole benchmark
 # --------------------------------------------------------------------------------------------------------
+def _independent_pixels(args: argparse.Namespace, row: dict[str, Any]) -> dict[str, float] | None:
+    """MMD^2 and exact NLL of independent pixels with the training marginals, with the models' kernel."""
+    if not row:
+        return None
+    from wakesleep.data import load_dataset
+    from wakesleep.experiments.sbn import independent_pixels
+
+    cfg = _config(args)
+    dataset = load_dataset(dict(cfg["data"]), 784, dtype=torch.float64)
+    test = dataset.test.double().cpu()
+    return independent_pixels(dataset.draw_train().cpu(), test, row["mmd_samples"], args.nll_points, row["bandwidth"])
+
+
 def _summary(rows: dict[str, dict[str, Any]], candidate: str = "ddc_hm", reference: str = "vimco_k50") -> dict:
     out: dict[str, Any] = {"candidate": candidate, "reference": reference}
     c, r = rows.get(candidate), rows.get(reference)
@@ -356,8 +375,9 @@ def _markdown(result: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {label} | failed: {r['error']} | | | | | | | | |")
             continue
+        name = label + (f" (sleep every {r['sleep_every']})" if r.get("sleep_every", 1) > 1 else "")
         lines.append(
-            f"| {label} | {r['seconds_per_epoch']:.1f} | {r['cpu_seconds_per_epoch']:.1f} | "
+            f"| {name} | {r['seconds_per_epoch']:.1f} | {r['cpu_seconds_per_epoch']:.1f} | "
             f"{r['gflop_per_iteration']:.3g} | {r['achieved_gflops']:.3g} | "
             f"{100 * r['fraction_of_matmul_rate']:.1f} % of {r['matmul_gflops']:.0f} | "
             + (
@@ -367,6 +387,12 @@ def _markdown(result: dict[str, Any]) -> str:
             )
             + f"{r['peak_rss_mb']:.0f} | "
             f"{r['final_mmd2']:.3g} | {r['nll']['nll']:.2f} ({r['nll']['k']}) |"
+        )
+    ind = result.get("independent_pixels")
+    if ind:
+        lines.append(
+            f"| independent pixels (training marginals; reference) | | | | | | | | {ind['mmd2']:.3g} | "
+            f"{ind['nll']:.2f} (exact) |"
         )
     s = result["summary"]
     if "epoch_speedup" in s:
@@ -474,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
         )
     first = next((r for r in rows.values() if "error" not in r), {})
     result = {
+        "independent_pixels": _independent_pixels(args, first),
         "benchmark": "sbn",
         "epochs": args.epochs,
         "n_train": first.get("n_train"),
