@@ -175,7 +175,7 @@ def test_bench_flops_and_summary():
 
 
 @needs_fashion
-def test_bench_run_one_in_process():
+def test_bench_run_one_in_process(tmp_path):
     from wakesleep.bench import add_arguments, run_one
 
     p = argparse.ArgumentParser()
@@ -184,7 +184,7 @@ def test_bench_run_one_in_process():
         [
             "sbn",
             "--out",
-            "unused",
+            str(tmp_path),
             "--n",
             "40",
             "--threads",
@@ -219,6 +219,7 @@ def test_bench_run_one_in_process():
     assert 0 < r["fraction_of_matmul_rate"] and len(r["curve"]) >= 2 and r["nll"]["k"] == 3
     assert r["curve"][0]["step"] == 0 and r["curve"][-1]["train_seconds"] >= r["curve"][0]["train_seconds"]
     assert torch.isfinite(torch.tensor(r["final_mmd2"]))
+    assert (tmp_path / "ddc_hm_samples.png").is_file() and r["sleep_every"] == 10  # the shipped config's
 
 
 def test_bench_cli_rejects_unknown_algorithm(tmp_path, capsys):
