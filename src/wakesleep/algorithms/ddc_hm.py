@@ -25,6 +25,7 @@ T(z_l) using the sleep pair (z_l, z_{l+1}), which is a draw from p(z_{l+1} | z_l
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,21 @@ from wakesleep.algorithms.features import EncodingFunctions
 from wakesleep.algorithms.recognition import LinearDDCRecognition, MLPDDCRecognition
 from wakesleep.algorithms.ridge import cholesky_factor, with_intercept
 from wakesleep.errors import WakesleepError
+from wakesleep.models._linear import matmul
+
+
+class _Clock:
+    """Seconds since the last lap (synchronising a CUDA device first, so GPU work is counted where it runs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        t, self.t = self.t, time.perf_counter()
+        return self.t - t
 
 
 class DDCHelmholtzMachine(Algorithm):
@@ -62,12 +78,18 @@ class DDCHelmholtzMachine(Algorithm):
         the ReLU layer; ``mlp``: a trained multilayer perceptron.
     recognition_ridge : float or "auto"
         Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
-    recognition_memory : float or "auto"
+    recognition_memory : float, "auto", "samples" or "adaptive"
         Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
-        ``auto``: ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the statistics always
-        summarise about 200 sleep samples per read-out weight (20 was not enough in our measurements). With
-        few sleep samples per phase (the paper's 200 against about 100 read-out inputs) a fit from one phase
-        alone overfits, and training then diverges at larger learning rates (docs/RESULTS.md).
+        ``auto`` (= ``samples``): ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the
+        statistics always summarise about 200 sleep samples per read-out weight (20 was not enough in our
+        measurements). With few sleep samples per phase (the paper's 200 against about 100 read-out inputs)
+        a fit from one phase alone overfits, and training then diverges at larger learning rates
+        (docs/RESULTS.md). ``adaptive``: one set of statistics per candidate decay (0, 0.5, 0.9, 0.97, 0.99,
+        0.997 and the ``samples`` rule); at the third sleep phase and then every ``recognition_ridge_every``
+        phases each candidate's fit predicts the new phase's sleep targets before they are added, and the
+        decay with the smallest (smoothed) error is used; the choice is logged as ``recognition_memory``.
+        Better than ``auto`` on the synthetic model, no better on image patches, hence not the default
+        (docs/ddc_hm.md).
     recognition_input : {"auto", "none", "linear", "quadratic"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
@@ -170,16 +192,25 @@ class DDCHelmholtzMachine(Algorithm):
                     recognition_input
                 ]
             )
-            if recognition_memory == "auto":
-                memory = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)
+            rule = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)  # ~200 samples per weight
+            memory: float | tuple[float, ...]
+            if recognition_memory == "adaptive":
+                from wakesleep.algorithms.ridge import MEMORY_GRID
+
+                memory = tuple(sorted(set(MEMORY_GRID) | {rule}))
+            elif recognition_memory in ("auto", "samples"):
+                memory = rule
             else:
                 try:
+                    if isinstance(recognition_memory, bool):
+                        raise TypeError
                     memory = float(recognition_memory)
                 except (TypeError, ValueError):
                     memory = -1.0
                 if not 0.0 <= memory < 1.0:
                     raise WakesleepError(
-                        f"algorithm.recognition_memory: must be 'auto' or in [0, 1), got {recognition_memory!r}"
+                        "algorithm.recognition_memory: must be 'auto', 'adaptive', 'samples' or a number in [0, 1),"
+                        f" got {recognition_memory!r}"
                     )
             self.recognizer = LinearDDCRecognition(
                 model.obs_dim,
@@ -188,6 +219,7 @@ class DDCHelmholtzMachine(Algorithm):
                 structure="hierarchical" if recognition == "ddc" else "direct",
                 ridge=recognition_ridge,
                 memory=memory,
+                memory_start=rule,
                 ridge_every=recognition_ridge_every,
                 free_inputs=bool(free_stats),
                 include_input=recognition_input,
@@ -258,7 +290,14 @@ class DDCHelmholtzMachine(Algorithm):
         samples : list of Tensor, optional
             Ancestral samples ``[z_L, ..., z_1, x]`` (each ``[N, D_l]``) to use instead of drawing N new ones,
             e.g. to replay a fixed set in a test or to share one draw between algorithms.
+
+        Returns
+        -------
+        dict
+            The recognition fit's diagnostics (R^2 per layer, chosen ridge, ...) and the seconds spent in each
+            part: ``seconds_sample``, ``seconds_encode``, ``seconds_recognition``, ``seconds_gradient_systems``.
         """
+        clock = _Clock(self.model.device)
         self._to_model()
         if samples is None:
             samples, etas = self._draw_sleep_samples()
@@ -269,6 +308,7 @@ class DDCHelmholtzMachine(Algorithm):
                 )
             samples = [s.to(device=self.model.device, dtype=self.model.dtype) for s in samples]
             etas = [None] * len(samples)
+        seconds = {"seconds_sample": clock.lap()}
         with torch.no_grad():
             layers = list(self.model.layers.values())
             n_latent = len(layers) - 1
@@ -277,7 +317,9 @@ class DDCHelmholtzMachine(Algorithm):
                     self.encoders[i].standardize.fit(layers[i].embed(samples[i]), self._reduce)
             feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
             targets = [f[:, :-1] for f in feats][::-1]
+        seconds["seconds_encode"] = clock.lap()
         info = self.recognizer.fit(samples[-1], targets)
+        seconds["seconds_recognition"] = clock.lap()
         with torch.no_grad():
             n = float(self._sum(feats[0].new_tensor([samples[0].shape[0]])))
             self._samples = samples
@@ -288,9 +330,10 @@ class DDCHelmholtzMachine(Algorithm):
             self._inv = []
             for f, e in zip(feats, self.encoders, strict=True):
                 free = 1 + (e.n_stats if self.free_stats else 0)
-                chol = cholesky_factor(self._sum(f.T @ f) / n, self.grad_ridge, free)
+                chol = cholesky_factor(self._sum(matmul(f.T, f)) / n, self.grad_ridge, free)
                 self._inv.append(torch.cholesky_inverse(chol) / n)
-        return info
+        seconds["seconds_gradient_systems"] = clock.lap()
+        return {**info, **seconds}
 
     # --- recognition and posterior expectations -------------------------------------------------------
     def recognise(self, x: Tensor) -> list[Tensor]:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from wakesleep.algorithms.features import RandomReLUFeatures, Standardizer
-from wakesleep.algorithms.ridge import RunningMoments, ridge_solve, select_ridge, with_intercept
+from wakesleep.algorithms.ridge import (
+    RIDGE_GRID,
+    PhaseSums,
+    RunningMoments,
+    prediction_error,
+    ridge_solve,
+    select_ridge,
+    unexplained,
+    with_intercept,
+)
 
 
 class LinearDDCRecognition(nn.Module):
@@ -25,8 +36,23 @@ class LinearDDCRecognition(nn.Module):
         M, size of the fixed random ReLU layer.
     ridge : float or "auto"
         Relative ridge strength; ``"auto"`` picks it on held-out sleep samples at each sleep phase.
-    memory : float
+    memory : float or sequence of float
         Decay of the running regression statistics across sleep phases (0: only the latest sleep samples).
+        A sequence gives candidate decays chosen *prequentially* (adaptive memory): one set of decayed
+        statistics is kept per candidate, and before a phase's statistics are added, each candidate's fit
+        predicts the phase's (still unseen) sleep targets; the candidate with the smallest prediction error,
+        smoothed over evaluations by ``memory_smoothing``, is used. Evaluated at the third fit and then every
+        ``ridge_every`` fits; until then ``memory_start`` is used.
+    memory_start : float or None
+        With candidate decays: start from the candidate nearest to it until the first evaluation (default:
+        the largest).
+    memory_smoothing : float
+        Weight of the previous smoothed prediction errors at each evaluation (0: the latest errors only).
+    prequential_ridge : bool
+        With candidate decays and ``ridge="auto"``: at each evaluation also choose each read-out's ridge
+        prequentially for the chosen decay (the fit from past statistics that best predicts the new phase),
+        instead of on a held-out fifth of the current phase. Off by default: it made DDC-HM worse on the
+        natural-image patches (docs/RESULTS.md).
     """
 
     def __init__(
@@ -36,18 +62,31 @@ class LinearDDCRecognition(nn.Module):
         hidden: int,
         structure: str = "hierarchical",
         ridge: float | str = "auto",
-        memory: float = 0.0,
+        memory: float | Sequence[float] = 0.0,
         ridge_every: int = 10,
         free_inputs: bool = True,
         include_input: bool | str = True,
         generator: torch.Generator | None = None,
+        memory_start: float | None = None,
+        memory_smoothing: float = 0.5,
+        prequential_ridge: bool = False,
     ) -> None:
         super().__init__()
         if structure not in ("hierarchical", "direct"):
             raise ValueError(f"structure must be 'hierarchical' or 'direct', got {structure!r}")
         self.features = RandomReLUFeatures(in_dim, hidden, include_input=include_input, generator=generator)
         self.out_dims, self.structure, self.ridge = list(out_dims), structure, ridge
-        self.stats = RunningMoments(memory)
+        self.adaptive = not isinstance(memory, (int, float))
+        decays = sorted({float(m) for m in memory}) if self.adaptive else [float(memory)]
+        if not decays or not all(0.0 <= d < 1.0 for d in decays):
+            raise ValueError(f"memory: decays must lie in [0, 1), got {memory!r}")
+        start = len(decays) - 1
+        if memory_start is not None:  # the candidate nearest to it
+            start = min(range(len(decays)), key=lambda j: abs(decays[j] - float(memory_start)))
+        self.stats = RunningMoments(decays, index=start)
+        self.memory_smoothing = float(memory_smoothing)
+        self.prequential_ridge = bool(prequential_ridge)
+        self.memory_score: Tensor | None = None  # smoothed prequential errors, one per candidate decay
         self.ridge_every = max(int(ridge_every), 1)
         self.free_inputs = bool(free_inputs)
         self.n_fits = 0
@@ -60,14 +99,31 @@ class LinearDDCRecognition(nn.Module):
         if not self.features.standardize.fitted:
             self.features.standardize.fit(x, self.reduce)
         h = with_intercept(self.features(x))
-        self.stats.update(h, targets)
+        sums = self.stats.phase_sums(h, targets)
+        info = {}
+        k = self.n_fits
+        if self.adaptive and self.chosen_ridge and k >= 2 and (k - 2) % self.ridge_every == 0:
+            # prequential choice of the memory: every candidate's fit from the past phases predicts this phase
+            errs = torch.tensor([self._candidate_error(j, sums) for j in range(len(self.stats.decays))])
+            errs = torch.where(torch.isfinite(errs), errs, torch.full_like(errs, float("inf")))
+            if self.memory_score is None:
+                self.memory_score = errs
+            else:
+                self.memory_score = self.memory_smoothing * self.memory_score + (1 - self.memory_smoothing) * errs
+            self.stats.index = int(torch.argmin(self.memory_score))
+            info["recognition_memory_error"] = float(errs[self.stats.index])
+            if self.ridge == "auto" and self.prequential_ridge:  # and the ridge for that memory, the same way
+                self.chosen_ridge = self._prequential_ridges(self.stats.index, sums)
+        self.stats.add(sums)
+        info["recognition_memory"] = self.stats.decay
         gram, crosses = self.stats.moments()
         # "auto": choose the ridge on held-out sleep samples at the first fit and every `ridge_every` fits after
-        select = self.ridge == "auto" and (self.n_fits % self.ridge_every == 0 or not self.chosen_ridge)
+        # (with prequential_ridge only at the first fit: later it is chosen with the memory)
+        held_out = not (self.adaptive and self.prequential_ridge)
+        select = self.ridge == "auto" and (not self.chosen_ridge or (held_out and k % self.ridge_every == 0))
         previous = list(self.chosen_ridge)
         self.n_fits += 1
         self.maps, self.chosen_ridge = [], []
-        info = {}
 
         def choose(level: int, inputs: Tensor, target: Tensor, n_free: int) -> float:
             if self.ridge != "auto":
@@ -87,20 +143,72 @@ class LinearDDCRecognition(nn.Module):
             return info
         # hierarchical (eq. 8): the inputs of level l are [r_{l-1}, 1] = h A_l, so their moments follow from
         # the moments of h exactly, which keeps running statistics consistent when earlier maps change.
-        a = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)
+        a: Tensor | None = None  # None: the identity (level 1 reads h itself)
         u = h
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-            g_u, c_u = a.T @ gram @ a, a.T @ c
+            g_u, c_u = (gram, c) if a is None else (a.T @ gram @ a, a.T @ c)
             lam = choose(i, u, t, free)
             phi = ridge_solve(g_u, c_u, lam, free)
             self.maps.append(phi)
             self.chosen_ridge.append(lam)
             pred = u @ phi
             info[f"recognition_r2_{i + 1}"] = _r2(pred, t)
-            a = a @ with_intercept_map(phi, h.shape[1])
+            a = with_intercept_map(phi if a is None else a @ phi, h.shape[1])
             u = with_intercept(pred)
             free = 1
         return info
+
+    def _coefficients(self, gram: Tensor, crosses: list[Tensor], ridges: list[float]) -> list[Tensor]:
+        """B_l with r_l = h B_l for read-outs fitted from the moments of h (``gram``, ``crosses``) with fixed
+        ridges: the whole chain of eq. 8 as a linear map of h."""
+        free = 1 + (self.features.n_exact if self.free_inputs else 0)
+        if self.structure == "direct":
+            return [ridge_solve(gram, c, lam, free) for c, lam in zip(crosses, ridges, strict=True)]
+        coefs: list[Tensor] = []
+        a: Tensor | None = None
+        for c, lam in zip(crosses, ridges, strict=True):
+            g_u, c_u = (gram, c) if a is None else (a.T @ gram @ a, a.T @ c)
+            phi = ridge_solve(g_u, c_u, lam, free)
+            coefs.append(phi if a is None else a @ phi)
+            a = with_intercept_map(coefs[-1], gram.shape[0])
+            free = 1
+        return coefs
+
+    def _prequential_ridges(self, j: int, sums: PhaseSums) -> list[float]:
+        """Per read-out (bottom-up, each given the ones below), the ridge from ``RIDGE_GRID`` whose fit from the
+        statistics of candidate decay ``j`` best predicts the new phase (``sums``, not yet added)."""
+        gram, crosses = self.stats.moments(j)
+        free = 1 + (self.features.n_exact if self.free_inputs else 0)
+        ridges: list[float] = []
+        a: Tensor | None = None
+        for level, c in enumerate(crosses):
+            g_u, c_u = (gram, c) if a is None else (a.T @ gram @ a, a.T @ c)
+            best: tuple[float, float, Tensor | None] = (float("inf"), self.chosen_ridge[level], None)
+            for lam in RIDGE_GRID:
+                try:
+                    phi = ridge_solve(g_u, c_u, lam, free)
+                except (RuntimeError, FloatingPointError):
+                    continue
+                coef = phi if a is None else a @ phi
+                err = unexplained(sums, level, coef)
+                if err < best[0]:
+                    best = (err, lam, coef)
+            ridges.append(best[1])
+            if self.structure == "hierarchical":
+                if best[2] is None:
+                    return ridges + self.chosen_ridge[level + 1 :]
+                a = with_intercept_map(best[2], gram.shape[0])
+                free = 1
+        return ridges
+
+    def _candidate_error(self, j: int, sums: PhaseSums) -> float:
+        """Prediction error on a new phase (``sums``, not yet added) of the fit from candidate decay ``j``."""
+        gram, crosses = self.stats.moments(j)
+        try:
+            coefs = self._coefficients(gram, crosses, self.chosen_ridge)
+        except (RuntimeError, FloatingPointError):
+            return float("inf")
+        return prediction_error(sums, coefs)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """r_l(x) bottom-up, each ``[B, K_l]``."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -84,35 +85,94 @@ def select_ridge(
     return grid[int(torch.argmin(errs))]
 
 
+MEMORY_GRID = (0.0, 0.5, 0.9, 0.97, 0.99, 0.997)
+
+
+class PhaseSums(NamedTuple):
+    """One sleep phase's sums (summed over data-parallel ranks): ``H^T H``, ``H^T Y_k``, the number of rows,
+    and ``sum Y_k^2`` per target block."""
+
+    gram: Tensor
+    cross: list[Tensor]
+    n: float
+    sq: list[float]
+
+
 class RunningMoments:
     """Exponentially decayed sums ``G = sum h h^T``, ``C_k = sum h y_k^T`` over sleep phases.
 
-    With ``decay = 0`` only the latest phase counts; with ``decay -> 1`` all past phases do. ``reduce``
-    (e.g. an all-reduce over data-parallel ranks) is applied to each phase's sums, so every rank holds the
+    With ``decay = 0`` only the latest phase counts; with ``decay -> 1`` all past phases do. ``decay`` may be
+    a sequence of candidate decays: one set of sums is kept per candidate (each phase's sums are computed
+    once and added to all of them) and :meth:`moments` returns those of ``decays[index]``. ``reduce`` (e.g.
+    an all-reduce over data-parallel ranks) is applied to each phase's sums, so every rank holds the
     statistics of the union of all ranks' sleep samples.
     """
 
-    def __init__(self, decay: float = 0.0, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
-        self.decay = float(decay)
+    def __init__(
+        self, decay: float | Sequence[float] = 0.0, reduce: Callable[[Tensor], Tensor] | None = None, index: int = 0
+    ) -> None:
+        self.decays = (float(decay),) if isinstance(decay, (int, float)) else tuple(float(d) for d in decay)
+        if not self.decays:
+            raise ValueError("RunningMoments: need at least one decay")
+        self.index = int(index)
         self.reduce = reduce
-        self.n = 0.0
-        self.gram: Tensor | None = None
-        self.cross: list[Tensor] = []
+        self.phases = 0
+        self.n = [0.0] * len(self.decays)
+        self.gram: list[Tensor | None] = [None] * len(self.decays)
+        self.cross: list[list[Tensor]] = [[] for _ in self.decays]
+
+    @property
+    def decay(self) -> float:
+        return self.decays[self.index]
+
+    def phase_sums(self, h: Tensor, ys: list[Tensor]) -> PhaseSums:
+        """The sums of one phase, reduced over ranks (one all-reduce for the counts and squared norms)."""
+        g, cs = h.T @ h, [h.T @ y for y in ys]
+        scalars = torch.stack([h.new_tensor(float(h.shape[0]))] + [(y * y).sum() for y in ys])
+        if self.reduce is not None:
+            g, cs, scalars = self.reduce(g), [self.reduce(c) for c in cs], self.reduce(scalars)
+        values = scalars.tolist()
+        return PhaseSums(g, cs, values[0], values[1:])
+
+    def add(self, sums: PhaseSums) -> None:
+        """Decay every candidate's sums and add the phase's."""
+        for j, d in enumerate(self.decays):
+            gram = self.gram[j]
+            if d == 0.0:  # never updated in place, so it may share the phase's tensors
+                self.gram[j], self.cross[j], self.n[j] = sums.gram, list(sums.cross), sums.n
+            elif gram is None:
+                self.gram[j], self.cross[j], self.n[j] = sums.gram.clone(), [c.clone() for c in sums.cross], sums.n
+            else:  # in place: d * old + new
+                gram.mul_(d).add_(sums.gram)
+                for c, ci in zip(self.cross[j], sums.cross, strict=True):
+                    c.mul_(d).add_(ci)
+                self.n[j] = d * self.n[j] + sums.n
+        self.phases += 1
 
     def update(self, h: Tensor, ys: list[Tensor]) -> None:
-        g, cs = h.T @ h, [h.T @ y for y in ys]
-        n = float(h.shape[0])
-        if self.reduce is not None:
-            g, cs = self.reduce(g), [self.reduce(c) for c in cs]
-            n = float(self.reduce(torch.tensor([n], dtype=h.dtype, device=h.device)))
-        if self.gram is None or self.decay == 0.0:
-            self.gram, self.cross, self.n = g, cs, n
-        else:
-            d = self.decay
-            self.gram = d * self.gram + g
-            self.cross = [d * c + ci for c, ci in zip(self.cross, cs, strict=True)]
-            self.n = d * self.n + n
+        self.add(self.phase_sums(h, ys))
 
-    def moments(self) -> tuple[Tensor, list[Tensor]]:
-        assert self.gram is not None
-        return self.gram / self.n, [c / self.n for c in self.cross]
+    def moments(self, index: int | None = None) -> tuple[Tensor, list[Tensor]]:
+        """``(G / n, [C_k / n])`` for candidate ``index`` (default: the chosen one)."""
+        j = self.index if index is None else index
+        gram = self.gram[j]
+        assert gram is not None
+        return gram / self.n[j], [c / self.n[j] for c in self.cross[j]]
+
+
+def unexplained(sums: PhaseSums, k: int, coef: Tensor) -> float:
+    """Fraction of the variance of target block ``k`` left unexplained when it is predicted by ``h @ coef`` on
+    the rows summarised by ``sums`` (the last column of h is the constant one).
+
+    Computed from the sums alone, ``|Y - H B|^2 = sum Y^2 - 2 <B, H^T Y> + <B, H^T H B>``, so under data
+    parallelism it is the error over the union of all ranks' rows without moving any rows.
+    """
+    c, sq = sums.cross[k], sums.sq[k]
+    sse = sq - 2 * float((coef * c).sum()) + float((coef * (sums.gram @ coef)).sum())
+    ss = sq - float((c[-1] ** 2).sum()) / sums.n  # the intercept row of H^T Y is the column sums of Y
+    return max(sse, 0.0) / max(ss, 1e-300)
+
+
+def prediction_error(sums: PhaseSums, coefs: list[Tensor]) -> float:
+    """Mean over target blocks of :func:`unexplained`."""
+    return sum(unexplained(sums, k, b) for k, b in enumerate(coefs)) / len(coefs)
