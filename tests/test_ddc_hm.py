@@ -140,6 +140,48 @@ def test_wake_gradient_does_not_touch_model_grads_and_needs_sleep():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("beta", ["analytic", "sample"])
+def test_closed_form_cotangents_equal_autodiff_of_the_log_normaliser(beta):
+    """wake_gradient's cotangents G = a S - a' mu(eta) equal autodiff of eq. 36 written with A(eta) (float64,
+    the paper's model: mixture top, Laplace middle, Gaussian observations)."""
+    cfg = {
+        "layers": [
+            {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},
+            {"name": "z1", "family": "laplace", "dim": 2, "link": "softplus_linear", "bias": False},
+            {"name": "x", "family": "gaussian", "dim": 2, "link": "linear"},
+        ],
+        "dtype": "float64",
+    }
+    model = wakesleep.build_model(cfg)
+    x = model.sample(16)[-1]
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=20, beta=beta)
+    algo.sleep()
+    est = algo.wake_gradient(x)
+    layers, z = list(model.layers.values()), algo._samples
+    rs = algo.recognise(x)
+    a = [algo._weights(i, rs[i].mean(0)) for i in range(2)]
+    with torch.enable_grad():
+        total = (a[0] * layers[0].log_prob(z[0])).sum()
+        fam, eta = layers[1].family, layers[1].natural_params(layers[0].embed(z[0]))
+        s1 = fam.sufficient_statistics(z[1])
+        if beta == "analytic":
+            total = total + (a[1][:, None, None] * eta * s1).sum() - (a[0][:, None] * fam.log_normalizer(eta)).sum()
+        else:
+            total = total + ((a[1] - a[0])[:, None, None] * eta * s1).sum()
+        fam, eta = layers[2].family, layers[2].natural_params(layers[1].embed(z[1]))
+        w = algo._weights(1, rs[1])  # [n, B]: per-data-point weights, S_0(x_b) weighted explicitly
+        sx = fam.sufficient_statistics(x)
+        total = total + torch.einsum("nb,bds,nds->", w, sx, eta) / x.shape[0]
+        if beta == "analytic":
+            total = total - (a[1][:, None] * fam.log_normalizer(eta)).sum()
+        else:
+            total = total - (a[1][:, None, None] * eta * fam.sufficient_statistics(z[2])).sum()
+        names = [k for k, p in model.named_parameters() if p.requires_grad]
+        ref = torch.autograd.grad(total, [dict(model.named_parameters())[k] for k in names])
+    for k, g in zip(names, ref, strict=True):
+        torch.testing.assert_close(est[k], g, rtol=1e-9, atol=1e-11)
+
+
 def _close(a, b):
     return all(torch.allclose(a[k], b[k], rtol=1e-10, atol=1e-12) for k in a)
 

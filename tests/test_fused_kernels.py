@@ -111,8 +111,21 @@ def test_matmul_matches_mm(monkeypatch, transposed):
     a = a.T.contiguous().T if transposed else a  # a transposed view, as h.T in the Gram matrices
     b = torch.randn(23, 11, generator=g)
     torch.testing.assert_close(_linear.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    gappy = torch.randn(11, 40, generator=g).T[:23]  # column-major with a gap, as a slice of a Cholesky solve
+    torch.testing.assert_close(_linear.matmul(a, gappy), a @ gappy, rtol=1e-5, atol=1e-5)
     a64, b64 = a.double(), b.double()
     torch.testing.assert_close(_linear.matmul(a64, b64), a64 @ b64, rtol=0, atol=0)  # float64: torch's own mm
+
+
+def test_flop_counter_counts_onednn_products(monkeypatch):
+    from wakesleep.bench import MatmulFlops
+
+    monkeypatch.setattr(_linear, "MIN_WORK", 0)
+    a, b, w = torch.randn(7, 5), torch.randn(5, 3), torch.randn(4, 5)
+    with MatmulFlops() as fc:
+        _linear.matmul(a, b)
+        linear(a, w)
+    assert fc.total == 2 * 7 * 5 * 3 + 2 * 7 * 5 * 4
 
 
 def test_onednn_is_used_for_float32_when_available(monkeypatch):

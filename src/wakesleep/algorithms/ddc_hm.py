@@ -368,8 +368,18 @@ class DDCHelmholtzMachine(Algorithm):
             raise RuntimeError("ddc_hm: call sleep() before the wake phase")
 
     # --- wake -----------------------------------------------------------------------------------------
-    def surrogate(self, x: Tensor) -> Tensor:
-        """Scalar whose gradient w.r.t. theta is the DDC-HM wake gradient (eq. 36) averaged over ``x``."""
+    def _wake_terms(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The wake gradient (eq. 36) as ``(top, [(eta_l, G_l), ...])``: grad_theta of the scalar ``top`` plus the
+        vector-Jacobian products ``G_l . d eta_l / d theta`` of the natural parameters eta_l(z_{l+1}) at the sleep
+        samples. Each cotangent G_l = d(eq. 36)/d eta_l is written in closed form from the family's mean
+        parameters mu = grad A(eta), so the log-normaliser is never evaluated and differentiated elementwise:
+
+        * middle layers: G_l = a_l S(z_l) - a_{l+1} mu(eta_l)   (``beta="sample"``: (a_l - a_{l+1}) S(z_l));
+        * observation layer: G_0 = m - a_1 mu(eta_0), with m_s = sum_b w_b(s) S_0(x_b) / B
+          (``beta="sample"``: m - a_1 S(x_s));
+
+        where a_l = w(mean_b r_l(x_b)) are the regression weights of the sleep samples (module docstring).
+        """
         self._require_sleep()
         if x.ndim != 2 or x.shape[1] != self.model.obs_dim:
             raise WakesleepError(f"ddc_hm: x must be [batch, {self.model.obs_dim}], got {tuple(x.shape)}")
@@ -388,35 +398,44 @@ class DDCHelmholtzMachine(Algorithm):
                 return cached
             return layers[i].natural_params(layers[i - 1].embed(z[i - 1]))
 
-        total = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
-        for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
-            fam = layers[i].family
-            eta = natural_params(i)
-            s = fam.sufficient_statistics(z[i])
-            if self.beta == "analytic":
-                total = (
-                    total + (a[i][:, None, None] * eta * s).sum() - (a[i - 1][:, None] * fam.log_normalizer(eta)).sum()
-                )
+        top = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
+        etas = [natural_params(i) for i in range(1, n_latent + 1)]
+        pairs = []
+        with torch.no_grad():
+            for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
+                fam = layers[i].family
+                eta = etas[i - 1]
+                s = fam.sufficient_statistics(z[i])
+                if self.beta == "analytic":
+                    g = a[i][:, None, None] * s - a[i - 1][:, None, None] * fam.mean_parameters(eta.detach())
+                else:
+                    g = (a[i] - a[i - 1])[:, None, None] * s
+                pairs.append((eta, g))
+            # observation layer: S_0(x)^T alpha_0 r_1(x) - beta_1 r_1(x), eq. 36
+            fam = layers[-1].family
+            eta = etas[-1]  # [n, Dx, S]
+            sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
+            feats, inv, r = self._feats[-1], self._inv[-1], rs[-1]
+            n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
+            # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
+            if self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
+                m = matmul(feats @ (inv @ r.T), sx) / b_total
             else:
-                total = total + ((a[i] - a[i - 1])[:, None, None] * eta * s).sum()
-        # observation layer: S_0(x)^T alpha_0 r_1(x) - beta_1 r_1(x), eq. 36
-        fam = layers[-1].family
-        eta = natural_params(n_latent)  # [n, Dx, S]
-        sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
-        feats, inv, r = self._feats[-1], self._inv[-1], rs[-1]
-        n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
-        # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
-        if self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
-            m = (feats @ (inv @ r.T)) @ sx / b_total
-        else:
-            m = feats @ (inv @ (self._sum(r.T @ sx) / b_total))
-        total = total + (m * eta.reshape(eta.shape[0], -1)).sum()
-        if self.beta == "analytic":
-            total = total - (a[-1][:, None] * fam.log_normalizer(eta)).sum()
-        else:
-            s_sleep = fam.sufficient_statistics(z[-1])
-            total = total - (a[-1][:, None, None] * eta * s_sleep).sum()
-        return total
+                m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
+            m = m.reshape(eta.shape)
+            if self.beta == "analytic":
+                g = m.sub_(a[-1][:, None, None] * fam.mean_parameters(eta.detach()))
+            else:
+                g = m.sub_(a[-1][:, None, None] * fam.sufficient_statistics(z[-1]))
+            pairs.append((eta, g))
+        return top, pairs
+
+    def surrogate(self, x: Tensor) -> Tensor:
+        """Scalar whose gradient w.r.t. theta is the DDC-HM wake gradient (eq. 36) averaged over ``x``
+        (``top + sum_l G_l . eta_l`` with the cotangents G_l held fixed; :meth:`wake_gradient` applies the same
+        vector-Jacobian products without forming it)."""
+        top, pairs = self._wake_terms(x)
+        return top + sum((g * eta).sum() for eta, g in pairs)
 
     def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
         """Estimate of grad_theta (1/B) sum_b log p_theta(x_b) (eq. 36), keyed by parameter name.
@@ -425,7 +444,19 @@ class DDCHelmholtzMachine(Algorithm):
         the same (global) gradient is returned on every rank.
         """
         with torch.enable_grad():
-            grads = self._grad_dict(self.surrogate(x), retain_graph=True)  # the sleep-phase graph is reused
+            top, pairs = self._wake_terms(x)
+            outputs = [top] + [eta for eta, _ in pairs]
+            cotangents = [torch.ones_like(top)] + [g for _, g in pairs]
+            keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+            names, params = zip(*[(k, p) for k, p in self.model.named_parameters() if p.requires_grad], strict=True)
+            found = torch.autograd.grad(
+                [outputs[i] for i in keep],
+                params,
+                grad_outputs=[cotangents[i] for i in keep],
+                allow_unused=True,
+                retain_graph=True,  # the sleep phase's graph of eta is reused by later wake phases
+            )
+        grads = {k: torch.zeros_like(p) if g is None else g for k, p, g in zip(names, params, found, strict=True)}
         if self._reduce is not None:
             grads = {k: self._reduce(v) for k, v in grads.items()}
         return grads

@@ -18,6 +18,9 @@ from wakesleep.algorithms.ridge import (
     unexplained,
     with_intercept,
 )
+from wakesleep.models._linear import matmul
+
+_R2_ROWS = 512  # sleep samples in the R^2 diagnostic of each read-out
 
 
 class LinearDDCRecognition(nn.Module):
@@ -139,21 +142,24 @@ class LinearDDCRecognition(nn.Module):
                 lam = choose(i, h, t, free)
                 self.maps.append(ridge_solve(gram, c, lam, free))
                 self.chosen_ridge.append(lam)
-                info[f"recognition_r2_{i + 1}"] = _r2(h[:512] @ self.maps[-1], t[:512])
+                info[f"recognition_r2_{i + 1}"] = _r2(h[:_R2_ROWS] @ self.maps[-1], t[:_R2_ROWS])
             return info
         # hierarchical (eq. 8): the inputs of level l are [r_{l-1}, 1] = h A_l, so their moments follow from
         # the moments of h exactly, which keeps running statistics consistent when earlier maps change.
         a: Tensor | None = None  # None: the identity (level 1 reads h itself)
-        u = h
+        # the inputs u of each level are needed at every sleep sample only to choose a ridge on held-out samples;
+        # otherwise only the rows of the R^2 diagnostic are propagated
+        rows = h.shape[0] if select else min(h.shape[0], _R2_ROWS)
+        u = h[:rows]
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-            g_u, c_u = (gram, c) if a is None else (a.T @ gram @ a, a.T @ c)
-            lam = choose(i, u, t, free)
+            g_u, c_u = (gram, c) if a is None else (matmul(matmul(a.T, gram), a), matmul(a.T, c))
+            lam = choose(i, u, t[:rows], free)
             phi = ridge_solve(g_u, c_u, lam, free)
             self.maps.append(phi)
             self.chosen_ridge.append(lam)
-            pred = u @ phi
-            info[f"recognition_r2_{i + 1}"] = _r2(pred, t)
-            a = with_intercept_map(phi if a is None else a @ phi, h.shape[1])
+            pred = matmul(u, phi)
+            info[f"recognition_r2_{i + 1}"] = _r2(pred, t[:rows])
+            a = with_intercept_map(phi if a is None else matmul(a, phi), h.shape[1])
             u = with_intercept(pred)
             free = 1
         return info
@@ -228,7 +234,7 @@ def with_intercept_map(phi: Tensor, n_in: int) -> Tensor:
     return torch.cat([phi, e], dim=1)
 
 
-def _r2(pred: Tensor, target: Tensor, max_rows: int = 512) -> float:
+def _r2(pred: Tensor, target: Tensor, max_rows: int = _R2_ROWS) -> float:
     """Coefficient of determination (on the first ``max_rows`` rows: a diagnostic, not a fit criterion)."""
     pred, target = pred[:max_rows], target[:max_rows]
     var = target.var(0).sum()

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from wakesleep.models._linear import matmul
+
 RIDGE_GRID = tuple(10.0**k for k in range(-8, 2))
 
 
@@ -72,14 +74,14 @@ def select_ridge(
     n = h.shape[0]
     n_val = max(int(n * val_fraction), 1)
     ht, yt, hv, yv = h[: n - n_val], y[: n - n_val], h[n - n_val :], y[n - n_val :]
-    gram, cross = ht.T @ ht / ht.shape[0], ht.T @ yt / ht.shape[0]
+    gram, cross = matmul(ht.T, ht) / ht.shape[0], matmul(ht.T, yt) / ht.shape[0]
     errs = torch.full((len(grid),), float("inf"), dtype=h.dtype, device=h.device)
     for i, lam in enumerate(grid):
         try:
             coef = ridge_solve(gram, cross, lam, n_free)
         except RuntimeError:
             continue
-        errs[i] = ((hv @ coef - yv) ** 2).mean()
+        errs[i] = ((matmul(hv, coef) - yv) ** 2).mean()
     if reduce is not None:  # data-parallel: every rank chooses from the summed validation errors
         errs = reduce(errs)
     return grid[int(torch.argmin(errs))]
@@ -127,7 +129,7 @@ class RunningMoments:
 
     def phase_sums(self, h: Tensor, ys: list[Tensor]) -> PhaseSums:
         """The sums of one phase, reduced over ranks (one all-reduce for the counts and squared norms)."""
-        g, cs = h.T @ h, [h.T @ y for y in ys]
+        g, cs = matmul(h.T, h), [matmul(h.T, y) for y in ys]
         scalars = torch.stack([h.new_tensor(float(h.shape[0]))] + [(y * y).sum() for y in ys])
         if self.reduce is not None:
             g, cs, scalars = self.reduce(g), [self.reduce(c) for c in cs], self.reduce(scalars)
