@@ -93,7 +93,8 @@ class DDCHelmholtzMachine(Algorithm):
     recognition_input : {"auto", "none", "linear", "quadratic"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
-        D_x <= 100, else ``none`` (the read-out's cost grows with the square of its input size).
+        D_x <= 1024, else ``none`` (the read-out's cost grows with the square of its input size). Without x the
+        784-pixel SBN learns little beyond its pixel marginals (docs/RESULTS.md, "DDC-HM on the SBN").
     recognition_ridge_every : int
         With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
         selection costs a factorisation per grid point).
@@ -150,7 +151,7 @@ class DDCHelmholtzMachine(Algorithm):
         self.encoding, self.feature_scale, self.extra_stats = encoding, float(feature_scale), extra_stats
         self.recognition, self.recognition_ridge = recognition, recognition_ridge
         if recognition_input == "auto":
-            recognition_input = "linear" if model.obs_dim <= 100 else "none"
+            recognition_input = "linear" if model.obs_dim <= 1024 else "none"
         if recognition_input not in ("none", "linear", "quadratic"):
             raise WakesleepError(
                 f"algorithm.recognition_input: must be none, linear or quadratic, got {recognition_input!r}"
@@ -419,14 +420,14 @@ class DDCHelmholtzMachine(Algorithm):
             n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
             # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
             if self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
-                m = matmul(feats @ (inv @ r.T), sx) / b_total
+                m = matmul(feats @ (inv @ r.T) / b_total, sx)
             else:
                 m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
             m = m.reshape(eta.shape)
-            if self.beta == "analytic":
-                g = m.sub_(a[-1][:, None, None] * fam.mean_parameters(eta.detach()))
-            else:
-                g = m.sub_(a[-1][:, None, None] * fam.sufficient_statistics(z[-1]))
+            subtrahend = (
+                fam.mean_parameters(eta.detach()) if self.beta == "analytic" else fam.sufficient_statistics(z[-1])
+            )
+            g = m.addcmul_(a[-1][:, None, None], subtrahend, value=-1.0)  # m - a mu, in place (a large tensor)
             pairs.append((eta, g))
         return top, pairs
 
