@@ -29,8 +29,8 @@ SBN = [
     {"name": "z1", "family": "bernoulli", "dim": 3, "link": "linear"},
     {"name": "x", "family": "bernoulli", "dim": 4, "link": "linear"},
 ]
-# DDC-HM resumes exactly when its state across sleep phases is all in its state_dict: no recognition memory
-# and a fixed (or every-phase) ridge; see the Trainer.fit docstring and docs/DESIGN.md
+# DDC-HM's state across sleep phases (running recognition statistics, chosen ridges, adaptive-memory scores) is
+# in its state_dict, so it resumes exactly whenever the checkpoint is at a sleep phase (Trainer.fit docstring)
 DDC = {
     "sleep_samples": 40,
     "features": 8,
@@ -93,7 +93,20 @@ def run_split(tmp_path: Path, name: str, options: dict, stop: int, make_data=dat
         ("rws", {"k": 3}, 6, 1),
         ("rws", {"k": 3}, 4, 1),
         ("vae", {}, 4, 1),
-        ("al_ws", {"sleep_samples": 40}, 4, 1),  # its generator (bandwidth search, random components) is state
+        ("al_ws", {"sleep_samples": 40}, 4, 1),
+        # DDC-HM's defaults: running recognition statistics (memory "auto") and a ridge re-chosen every 2 phases
+        (
+            "ddc_hm",
+            {**DDC, "recognition_memory": "auto", "recognition_ridge": "auto", "recognition_ridge_every": 2},
+            6,
+            1,
+        ),
+        (
+            "ddc_hm",
+            {**DDC, "recognition_memory": "adaptive", "recognition_ridge_every": 2},
+            7,
+            1,
+        ),  # its generator (bandwidth search, random components) is state
     ],
 )
 def test_resumed_run_equals_uninterrupted_run(tmp_path, name, options, stop, sleep_every):

@@ -336,7 +336,11 @@ class Trainer:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def _check_finite(self, step: int) -> None:
-        for name, p in self.model.named_parameters():
+        named = list(self.model.named_parameters())
+        norms = torch._foreach_norm([p.detach() for _, p in named]) if named else []
+        if all(math.isfinite(float(v)) for v in norms):
+            return
+        for name, p in named:
             if not torch.isfinite(p).all():
                 raise TrainingDiverged(
                     f"training diverged at step {step}: parameter {name!r} became NaN or inf (try a smaller train.lr)"
@@ -559,19 +563,23 @@ class Trainer:
         unknown = set(grads) - set(dict(self.model.named_parameters()))
         if unknown:
             raise RuntimeError(f"wake_gradient returned unknown parameter names: {sorted(unknown)}")
-        sq = 0.0
-        for name, p in params.items():
-            g = grads.get(name)
+        named = [(name, p, grads.get(name)) for name, p in params.items()]
+        for _, p, g in named:
             if g is None:
                 p.grad = None
-                continue
-            if not torch.isfinite(g).all():
-                raise TrainingDiverged(
-                    f"training diverged at step {step}: the wake gradient of {name!r} is NaN or inf "
-                    "(try a smaller train.lr or more algorithm.sleep_samples)"
-                )
-            p.grad = (-g).to(dtype=p.dtype, device=p.device).reshape(p.shape).clone()
-            sq += float((g.detach().double() ** 2).sum())
+        given = [(name, p, g.detach()) for name, p, g in named if g is not None]
+        norms = torch._foreach_norm([g for _, _, g in given]) if given else []  # one pass per gradient
+        sq = sum(float(v) ** 2 for v in norms)
+        if not math.isfinite(sq):  # NaN or inf somewhere (or a norm overflowing float32: also a divergence)
+            bad = next(
+                (name for (name, _, _), v in zip(given, norms, strict=True) if not math.isfinite(float(v))), None
+            )
+            raise TrainingDiverged(
+                f"training diverged at step {step}: the wake gradient of {bad!r} is NaN or inf "
+                "(try a smaller train.lr or more algorithm.sleep_samples)"
+            )
+        for _, p, g in given:
+            p.grad = g.neg().to(dtype=p.dtype, device=p.device).reshape(p.shape)  # neg() is a fresh tensor
         self._last_grad_norm = math.sqrt(sq)
         if self.optimizer_ is not None:
             self.optimizer_.step()

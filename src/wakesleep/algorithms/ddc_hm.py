@@ -472,6 +472,9 @@ class DDCHelmholtzMachine(Algorithm):
             state[f"recognizer.{k}"] = v
         for i, phi in enumerate(getattr(self.recognizer, "maps", [])):
             state[f"recognizer.maps.{i}"] = phi
+        if hasattr(self.recognizer, "fit_state"):  # running statistics, chosen ridges: a resume continues exactly
+            for k, v in self.recognizer.fit_state().items():
+                state[f"recognizer_fit.{k}"] = v
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -483,6 +486,9 @@ class DDCHelmholtzMachine(Algorithm):
             for k, v in state.items()
             if k.startswith("recognizer.") and not k.startswith("recognizer.maps.")
         }
+        if hasattr(self.recognizer, "load_fit_state"):
+            prefix = "recognizer_fit."
+            self.recognizer.load_fit_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         self.recognizer.load_state_dict(rec)
         maps = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in state.items() if k.startswith("recognizer.maps."))
         if maps and hasattr(self.recognizer, "maps"):

@@ -131,8 +131,9 @@ class LinearDDCRecognition(nn.Module):
         def choose(level: int, inputs: Tensor, target: Tensor, n_free: int) -> float:
             if self.ridge != "auto":
                 return float(self.ridge)
-            if select:
-                return select_ridge(inputs, target, n_free=n_free, reduce=self.reduce)
+            if select:  # the whole grid the first time; later the previous choice and its two neighbours
+                grid = RIDGE_GRID if level >= len(previous) else neighbours(RIDGE_GRID, previous[level])
+                return select_ridge(inputs, target, grid=grid, n_free=n_free, reduce=self.reduce)
             return previous[level]
 
         # the exact input statistics x (and x x^T) are not shrunk unless free_inputs is False
@@ -216,6 +217,26 @@ class LinearDDCRecognition(nn.Module):
             return float("inf")
         return prediction_error(sums, coefs)
 
+    def fit_state(self) -> dict[str, Tensor]:
+        """What the fit carries from phase to phase besides the maps (checkpoints): the running statistics, the
+        number of fits, the chosen ridges and the adaptive memory's scores, as tensors (empty before a fit)."""
+        if self.n_fits == 0:
+            return {}
+        out = {f"stats.{k}": v for k, v in self.stats.state_tensors().items()}
+        out["n_fits"] = torch.tensor(self.n_fits)
+        out["chosen_ridge"] = torch.tensor(self.chosen_ridge, dtype=torch.float64)
+        if self.memory_score is not None:
+            out["memory_score"] = self.memory_score.clone()
+        return out
+
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
+        if "n_fits" not in state:
+            return
+        self.stats.load_state_tensors({k[len("stats.") :]: v for k, v in state.items() if k.startswith("stats.")})
+        self.n_fits = int(state["n_fits"])
+        self.chosen_ridge = [float(v) for v in state["chosen_ridge"].tolist()]
+        self.memory_score = state["memory_score"].clone() if "memory_score" in state else None
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """r_l(x) bottom-up, each ``[B, K_l]``."""
         h = with_intercept(self.features(x))
@@ -225,6 +246,12 @@ class LinearDDCRecognition(nn.Module):
             out.append(r)
             u = with_intercept(r)
         return out
+
+
+def neighbours(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
+    """``value``'s grid point and the points on either side of it (a re-selection costs 3 factorisations, not 10)."""
+    i = min(range(len(grid)), key=lambda j: abs(grid[j] - value))
+    return grid[max(i - 1, 0) : i + 2]
 
 
 def with_intercept_map(phi: Tensor, n_in: int) -> Tensor:

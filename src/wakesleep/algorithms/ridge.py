@@ -154,6 +154,32 @@ class RunningMoments:
     def update(self, h: Tensor, ys: list[Tensor]) -> None:
         self.add(self.phase_sums(h, ys))
 
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The running sums as named tensors (for checkpoints)."""
+        out = {"index": torch.tensor(self.index), "phases": torch.tensor(self.phases)}
+        for j, gram in enumerate(self.gram):
+            if gram is None:
+                continue
+            out[f"{j}.gram"] = gram
+            out[f"{j}.n"] = torch.tensor(self.n[j], dtype=torch.float64)
+            for k, c in enumerate(self.cross[j]):
+                out[f"{j}.cross.{k}"] = c
+        return out
+
+    def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`state_tensors` (sums copied, so later in-place updates do not touch ``state``)."""
+        if "index" not in state:
+            return
+        self.index, self.phases = int(state["index"]), int(state["phases"])
+        for j in range(len(self.decays)):
+            if f"{j}.gram" not in state:
+                self.gram[j], self.cross[j], self.n[j] = None, [], 0.0
+                continue
+            self.gram[j] = state[f"{j}.gram"].clone()
+            self.n[j] = float(state[f"{j}.n"])
+            n_blocks = sum(1 for k in state if k.startswith(f"{j}.cross."))
+            self.cross[j] = [state[f"{j}.cross.{k}"].clone() for k in range(n_blocks)]
+
     def moments(self, index: int | None = None) -> tuple[Tensor, list[Tensor]]:
         """``(G / n, [C_k / n])`` for candidate ``index`` (default: the chosen one)."""
         j = self.index if index is None else index
