@@ -61,20 +61,11 @@ CONFIGS = {
 }
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
-
-
-def run_one(name: str, iters: int, dtype: str) -> dict:
+def run_one(name: str, iters: int, dtype: str, threads: int = 2) -> dict:
     import wakesleep
-    from wakesleep.bench import MatmulFlops, solver_flops
+    from wakesleep.bench import MatmulFlops, matmul_rate, solver_flops
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     spec = CONFIGS[name]
     model_cfg = (
         CONFIGS["SBN 784-200-200-200 (N=1000, K=200, M=300 + x, B=100)"]["model"]
@@ -109,7 +100,7 @@ def run_one(name: str, iters: int, dtype: str) -> dict:
         iteration(0)
     mm_flops = fc.total
     flops = mm_flops + solver_flops(algo)
-    rate = matmul_rate(torch.float64 if dtype == "float64" else torch.float32)
+    rate = matmul_rate(torch.float64 if dtype == "float64" else torch.float32)  # best of MKL and oneDNN
     sleeps.sort()
     wakes.sort()
     sec = sleeps[len(sleeps) // 2] + wakes[len(wakes) // 2]
@@ -131,23 +122,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.iters, args.dtype)))
+        print(json.dumps(run_one(args.one, args.iters, args.dtype, args.threads)))
         return
     rows = []
     for name in CONFIGS:
         out = subprocess.run(
-            [sys.executable, __file__, "--one", name, "--iters", str(args.iters), "--dtype", args.dtype],
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--iters",
+                str(args.iters),
+                "--dtype",
+                args.dtype,
+                "--threads",
+                str(args.threads),
+            ],
             capture_output=True,
             text=True,
             check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 torch threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads, "
         f"torch {torch.__version__}"
     )
     print(f"machine: {machine}")
