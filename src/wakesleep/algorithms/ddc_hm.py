@@ -34,7 +34,7 @@ from torch import Tensor
 from wakesleep.algorithms.base import Algorithm
 from wakesleep.algorithms.features import EncodingFunctions
 from wakesleep.algorithms.recognition import LinearDDCRecognition, MLPDDCRecognition
-from wakesleep.algorithms.ridge import cholesky_factor, with_intercept
+from wakesleep.algorithms.ridge import MEMORY_GRID, cholesky_factor, with_intercept
 from wakesleep.errors import WakesleepError
 from wakesleep.models._linear import matmul
 
@@ -196,8 +196,6 @@ class DDCHelmholtzMachine(Algorithm):
             rule = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)  # ~200 samples per weight
             memory: float | tuple[float, ...]
             if recognition_memory == "adaptive":
-                from wakesleep.algorithms.ridge import MEMORY_GRID
-
                 memory = tuple(sorted(set(MEMORY_GRID) | {rule}))
             elif recognition_memory in ("auto", "samples"):
                 memory = rule
