@@ -207,3 +207,12 @@ def test_prequential_ridge_option_chooses_from_the_grid():
         algo.sleep()
     assert all(lam in RIDGE_GRID for lam in algo.recognizer.chosen_ridge)
     assert all(torch.isfinite(m).all() for m in algo.recognizer.maps)
+
+
+def test_ridge_reselection_searches_the_neighbours_of_the_previous_choice():
+    from wakesleep.algorithms.recognition import neighbours
+    from wakesleep.algorithms.ridge import RIDGE_GRID
+
+    assert neighbours(RIDGE_GRID, 1e-3) == (1e-4, 1e-3, 1e-2)
+    assert neighbours(RIDGE_GRID, RIDGE_GRID[0]) == RIDGE_GRID[:2]  # at an end of the grid: two points
+    assert neighbours(RIDGE_GRID, 1e3) == RIDGE_GRID[-2:]
