@@ -132,14 +132,15 @@ def solver_flops(algo: Any) -> float:
     if getattr(algo, "name", None) != "ddc_hm" or getattr(algo, "_feats", None) is None:
         return 0.0
     total = 0.0
-    for f in algo._feats:  # gradient-regression Gram: factorise, then solve for P = T G^-1 (n right-hand sides)
+    for f in algo._feats:  # gradient-regression Gram: factorise and invert (K x K); later products are counted
         k = f.shape[1]
-        total += k**3 / 3 + 2 * k**3 / 3  # factorisation and inverse; the product T G^-1 is a counted matmul
+        total += k**3 / 3 + 2 * k**3 / 3
     rec = algo.recognizer
     if hasattr(rec, "features"):
         m = rec.features.n_out + 1
-        # "auto" re-chooses the ridge on a 10-point grid every `ridge_every` sleep phases: amortise it
-        grid = 10 / getattr(rec, "ridge_every", 1) if rec.ridge == "auto" else 0
+        # "auto" re-chooses the ridge every `ridge_every` sleep phases among the previous choice and its two
+        # neighbours on the grid (the whole 10-point grid only at the first phase): amortise it
+        grid = 3 / getattr(rec, "ridge_every", 1) if rec.ridge == "auto" else 0
         dims = [m] + [d + 1 for d in rec.out_dims[:-1]]
         for d, out in zip(dims, rec.out_dims, strict=True):
             total += (grid + 1) * (d**3 / 3 + 2 * d * d * out)
