@@ -90,6 +90,7 @@ def run_split(tmp_path: Path, name: str, options: dict, stop: int, make_data=dat
         ("ddc_hm", DDC, 4, 1),  # a checkpoint in the middle of an epoch
         ("ddc_hm", {**DDC, "recognition_ridge": "auto", "recognition_ridge_every": 1}, 6, 1),
         ("ddc_hm", DDC, 6, 2),  # sleep samples kept between sleep phases; the checkpoint is at a sleep phase
+        ("ddc_hm", {**DDC, "recognition_input": "message"}, 6, 1),  # the message's standardisation is state
         ("rws", {"k": 3}, 6, 1),
         ("rws", {"k": 3}, 4, 1),
         ("vae", {}, 4, 1),

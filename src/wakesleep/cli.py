@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {parser.unavailable}: not available in this version", file=sys.stderr)
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
+    from wakesleep.runtime import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed blocks instead of page-faulting fresh ones (wakesleep.runtime)
     try:
         return int(args.func(args) or 0)
     except WakesleepError as exc:

@@ -53,6 +53,19 @@ class _Clock:
         return self.t - t
 
 
+def _check_message_model(model: torch.nn.Module) -> None:
+    """``recognition_input: message`` needs eta(x | z_1) affine in W e(z_1) + b (see ``bottom_up_message``)."""
+    from wakesleep.models.links import LinearLink
+
+    obs = list(model.layers.values())[-1]
+    link = getattr(obs, "link", None)
+    if type(link) is not LinearLink or link.softplus or obs.family.name not in ("bernoulli", "gaussian"):
+        raise WakesleepError(
+            "algorithm.recognition_input: message needs an observation layer with link linear (no softplus) and "
+            f"family bernoulli or gaussian, got family {obs.family.name}"
+        )
+
+
 class DDCHelmholtzMachine(Algorithm):
     """DDC-HM: sleep-phase regressions on encoding functions, wake-phase free-energy gradient (eq. 36).
 
@@ -152,10 +165,13 @@ class DDCHelmholtzMachine(Algorithm):
         self.recognition, self.recognition_ridge = recognition, recognition_ridge
         if recognition_input == "auto":
             recognition_input = "linear" if model.obs_dim <= 1024 else "none"
-        if recognition_input not in ("none", "linear", "quadratic"):
+        if recognition_input not in ("none", "linear", "quadratic", "message"):
             raise WakesleepError(
-                f"algorithm.recognition_input: must be none, linear or quadratic, got {recognition_input!r}"
+                "algorithm.recognition_input: must be auto, none, linear, quadratic or message, got "
+                f"{recognition_input!r}"
             )
+        if recognition_input == "message":
+            _check_message_model(model)
         self.recognition_input = recognition_input
         self.recognition_ridge_every = int(recognition_ridge_every)
         self.free_stats = bool(free_stats)
@@ -189,9 +205,12 @@ class DDCHelmholtzMachine(Algorithm):
             n_inputs = (
                 self.recognition_hidden
                 + 1
-                + {"none": 0, "linear": model.obs_dim, "quadratic": model.obs_dim * (model.obs_dim + 3) // 2}[
-                    recognition_input
-                ]
+                + {
+                    "none": 0,
+                    "linear": model.obs_dim,
+                    "quadratic": model.obs_dim * (model.obs_dim + 3) // 2,
+                    "message": list(model.layers.values())[-2].embed_dim,
+                }[recognition_input]
             )
             rule = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)  # ~200 samples per weight
             memory: float | tuple[float, ...]
@@ -223,6 +242,8 @@ class DDCHelmholtzMachine(Algorithm):
                 free_inputs=bool(free_stats),
                 include_input=recognition_input,
                 generator=gen,
+                message=self.bottom_up_message if recognition_input == "message" else None,
+                message_dim=list(model.layers.values())[-2].embed_dim,
             )
         self._to_model()
         self._samples: list[Tensor] | None = None
@@ -230,6 +251,26 @@ class DDCHelmholtzMachine(Algorithm):
         self._etas_version: tuple = ()
         self._reduce: Callable[[Tensor], Tensor] | None = None
         self.global_gradients = True  # wake_gradient is already the global gradient under data parallelism
+
+    def bottom_up_message(self, x: Tensor) -> Tensor:
+        """The generative model's message from x to z_1, ``J^T S(x)``: ``[B, D_x] -> [B, D_1]``.
+
+        With a linear link, log p(x | z_1) = S(x) . eta(W e(z_1) + b) - A(eta) + const has x-dependence
+        S(x) . eta(W e(z_1) + b) = c(x) . W e(z_1) + const, with c = d(S(x) . eta(u))/du (affine eta(u):
+        c = x for Bernoulli, x / v for a Gaussian of variance v). So the exact posterior of
+        every latent layer depends on x only through c(x) W, a D_1-vector (``recognition_input: message``):
+        on the 784-pixel SBN 200 inputs instead of x's 784, with the same information. It moves with theta,
+        so the running regression statistics mix messages of recent thetas (as they mix sleep samples).
+        """
+        obs = list(self.model.layers.values())[-1]
+        with torch.no_grad():
+            u = torch.zeros(2, x.shape[1], dtype=self.model.dtype, device=self.model.device)
+            u[1] = 1.0
+            eta = obs.family.natural_from_param(u, obs.extras())  # [2, D_x, S], affine in u
+            s = obs.family.sufficient_statistics(x.to(dtype=self.model.dtype)).reshape(x.shape[0], *eta.shape[1:])
+            slope = eta[1] - eta[0]  # d eta / du, [D_x, S]
+            c = s[..., 0] if bool((slope == 1).all()) and s.shape[-1] == 1 else (s * slope).sum(-1)
+        return matmul(c, obs.link.weight.detach())
 
     # --- plumbing -------------------------------------------------------------------------------------
     def _to_model(self) -> None:
@@ -484,6 +525,7 @@ class DDCHelmholtzMachine(Algorithm):
             for k, v in state.items()
             if k.startswith("recognizer.") and not k.startswith("recognizer.maps.")
         }
+        rec.pop("features._iu", None)  # saved by earlier versions (now recomputed, not stored)
         if hasattr(self.recognizer, "load_fit_state"):
             prefix = "recognizer_fit."
             self.recognizer.load_fit_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
@@ -494,3 +536,5 @@ class DDCHelmholtzMachine(Algorithm):
         std = getattr(self.recognizer, "features", self.recognizer)
         if hasattr(std, "standardize"):
             std.standardize.fitted = True
+        if getattr(std, "message_standardize", None) is not None:
+            std.message_standardize.fitted = True

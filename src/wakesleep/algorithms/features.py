@@ -102,29 +102,54 @@ class EncodingFunctions(nn.Module):
 
 
 class RandomReLUFeatures(nn.Module):
-    """h(x) = [W x_hat + c]_+ with fixed W ~ N(0, 1 / D), c ~ N(0, 1) (paper eq. 8), optionally with x_hat appended."""
+    """h(x) = [W x_hat + c]_+ with fixed W ~ N(0, 1 / D), c ~ N(0, 1) (paper eq. 8), optionally with inputs appended.
+
+    ``include_input``: ``"none"`` (eq. 8), ``"linear"`` (x_hat), ``"quadratic"`` (x_hat and its pairwise
+    products) or ``"message"``: the standardised output of the callable ``message(x) -> [B, message_dim]``
+    (DDC-HM passes the generative model's bottom-up message, see ``DDCHelmholtzMachine``).
+    """
 
     def __init__(
-        self, in_dim: int, hidden: int, include_input: bool | str = True, generator: torch.Generator | None = None
+        self,
+        in_dim: int,
+        hidden: int,
+        include_input: bool | str = True,
+        generator: torch.Generator | None = None,
+        message: Callable[[Tensor], Tensor] | None = None,
+        message_dim: int = 0,
     ) -> None:
         super().__init__()
         self.standardize = Standardizer(in_dim)
         self.register_buffer("weight", torch.randn(hidden, in_dim, generator=generator) / in_dim**0.5)
         self.register_buffer("bias", torch.randn(hidden, generator=generator))
         mode = {True: "linear", False: "none"}.get(include_input, include_input)
-        if mode not in ("none", "linear", "quadratic"):
-            raise ValueError(f"recognition input must be none, linear or quadratic, got {include_input!r}")
+        if mode not in ("none", "linear", "quadratic", "message"):
+            raise ValueError(f"recognition input must be none, linear, quadratic or message, got {include_input!r}")
+        if mode == "message" and (message is None or message_dim <= 0):
+            raise ValueError("recognition input 'message' needs a message function and its dimension")
         self.mode = mode
-        iu = torch.triu_indices(in_dim, in_dim)
-        self.register_buffer("_iu", iu)
-        self.n_exact = {"none": 0, "linear": in_dim, "quadratic": in_dim + iu.shape[1]}[mode]
+        self.message = message
+        self.message_standardize = Standardizer(message_dim) if mode == "message" else None
+        # pair indices of the quadratic inputs (not saved: 5 MB at 784 pixels, and a function of in_dim)
+        iu = torch.triu_indices(in_dim, in_dim) if mode == "quadratic" else torch.zeros(2, 0, dtype=torch.long)
+        self.register_buffer("_iu", iu, persistent=False)
+        self.n_exact = {"none": 0, "linear": in_dim, "quadratic": in_dim + iu.shape[1], "message": message_dim}[mode]
         self.n_out = hidden + self.n_exact
+
+    def fit_standardization(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Set the standardisation of x (and of the message) from samples, once."""
+        if not self.standardize.fitted:
+            self.standardize.fit(x, reduce)
+        if self.message_standardize is not None and not self.message_standardize.fitted:
+            self.message_standardize.fit(self.message(x), reduce)
 
     def forward(self, x: Tensor) -> Tensor:
         xh = self.standardize(x)
         parts = [torch.relu(linear(xh, self.weight, self.bias))]
-        if self.mode != "none":
+        if self.mode in ("linear", "quadratic"):
             parts.append(xh)
         if self.mode == "quadratic":
             parts.append(xh[..., self._iu[0]] * xh[..., self._iu[1]])
+        if self.message_standardize is not None:
+            parts.append(self.message_standardize(self.message(x)))
         return torch.cat(parts, dim=-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,11 +73,15 @@ class LinearDDCRecognition(nn.Module):
         memory_start: float | None = None,
         memory_smoothing: float = 0.5,
         prequential_ridge: bool = False,
+        message: Callable[[Tensor], Tensor] | None = None,
+        message_dim: int = 0,
     ) -> None:
         super().__init__()
         if structure not in ("hierarchical", "direct"):
             raise ValueError(f"structure must be 'hierarchical' or 'direct', got {structure!r}")
-        self.features = RandomReLUFeatures(in_dim, hidden, include_input=include_input, generator=generator)
+        self.features = RandomReLUFeatures(
+            in_dim, hidden, include_input=include_input, generator=generator, message=message, message_dim=message_dim
+        )
         self.out_dims, self.structure, self.ridge = list(out_dims), structure, ridge
         self.adaptive = not isinstance(memory, (int, float))
         decays = sorted({float(m) for m in memory}) if self.adaptive else [float(memory)]
@@ -99,8 +103,7 @@ class LinearDDCRecognition(nn.Module):
 
     def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
         """Fit the read-outs to T(z_l) of sleep samples (eq. 7); ``targets`` bottom-up."""
-        if not self.features.standardize.fitted:
-            self.features.standardize.fit(x, self.reduce)
+        self.features.fit_standardization(x, self.reduce)
         h = with_intercept(self.features(x))
         sums = self.stats.phase_sums(h, targets)
         info = {}

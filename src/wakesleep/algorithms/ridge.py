@@ -18,32 +18,47 @@ def with_intercept(h: Tensor) -> Tensor:
     return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
 
+def penalty_scale(gram: Tensor, n_free: int = 1) -> Tensor:
+    """Mean of the penalised diagonal of ``gram`` (the ridge is relative to it)."""
+    n_pen = gram.shape[-1] - n_free
+    return gram.diagonal()[:n_pen].mean() if n_pen > 0 else gram.new_tensor(1.0)
+
+
 def penalty(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
     """Ridge penalty ``lam * mean(penalised diag(gram)) * diag(1, ..., 1, 0, ..., 0)``: relative to the feature
     scale, leaving the last ``n_free`` columns (the intercept, and any exact sufficient statistics) unpenalised."""
     d = gram.shape[-1]
-    n_pen = d - n_free
-    scale = gram.diagonal()[:n_pen].mean() if n_pen > 0 else gram.new_tensor(1.0)
     p = torch.zeros(d, dtype=gram.dtype, device=gram.device)
-    p[:n_pen] = 1.0
-    return torch.diag(p * lam * scale)
+    p[: d - n_free] = 1.0
+    return torch.diag(p * lam * penalty_scale(gram, n_free))
 
 
 def cholesky_factor(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
-    """Cholesky factor of ``gram + penalty``, adding jitter if needed."""
-    if not torch.isfinite(gram).all():
-        raise FloatingPointError(
-            "ridge: the Gram matrix has NaN or inf (sleep samples or features are not finite: has the model diverged?)"
-        )
-    a = gram + penalty(gram, lam, n_free)
+    """Cholesky factor of ``gram + penalty``, adding jitter to the diagonal if needed.
+
+    Works on one copy of ``gram`` (the penalty and any jitter go on its diagonal in place): at the recognition's
+    1085 inputs on the SBN, every further d x d temporary cost about as much as the factorisation's own
+    arithmetic.
+    """
+    d = gram.shape[-1]
+    a = gram.clone()
+    diag = a.diagonal()
+    diag[: d - n_free] += lam * penalty_scale(gram, n_free)
+    base = diag.abs().mean().clamp_min(torch.finfo(a.dtype).tiny)
     jitter = 0.0
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    base = a.diagonal().abs().mean().clamp_min(torch.finfo(a.dtype).tiny)
     for _ in range(8):
-        chol, info = torch.linalg.cholesky_ex(a + jitter * eye)
-        if int(info) == 0:
+        chol, info = torch.linalg.cholesky_ex(a)
+        # a NaN or inf anywhere in the (symmetric) Gram matrix reaches the factor's diagonal (or fails the factorisation)
+        if int(info) == 0 and bool(torch.isfinite(chol.diagonal().sum())):
             return chol
-        jitter = base * (1e-10 if jitter == 0.0 else 100 * jitter / base)
+        if not bool(torch.isfinite(gram.sum())):
+            raise FloatingPointError(
+                "ridge: the Gram matrix has NaN or inf (sleep samples or features are not finite: has the model "
+                "diverged?)"
+            )
+        step = base * (1e-10 if jitter == 0.0 else 100 * jitter / base) - jitter
+        diag += step
+        jitter += float(step)
     raise RuntimeError("ridge: Gram matrix is not positive definite even with jitter")
 
 
