@@ -48,7 +48,7 @@ def cholesky_factor(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
     jitter = 0.0
     for _ in range(8):
         chol, info = torch.linalg.cholesky_ex(a)
-        # a NaN or inf anywhere in the (symmetric) Gram matrix reaches the factor's diagonal (or fails the factorisation)
+        # a NaN or inf in the (symmetric) Gram matrix reaches the factor's diagonal or fails the factorisation
         if int(info) == 0 and bool(torch.isfinite(chol.diagonal().sum())):
             return chol
         if not bool(torch.isfinite(gram.sum())):
