@@ -370,8 +370,8 @@ class DDCHelmholtzMachine(Algorithm):
             self._inv = []
             for f, e in zip(feats, self.encoders, strict=True):
                 free = 1 + (e.n_stats if self.free_stats else 0)
-                chol = cholesky_factor(self._sum(matmul(f.T, f)) / n, self.grad_ridge, free)
-                self._inv.append(torch.cholesky_inverse(chol) / n)
+                chol = cholesky_factor(self._sum(matmul(f.T, f)).double() / n, self.grad_ridge, free)  # K x K
+                self._inv.append((torch.cholesky_inverse(chol) / n).to(f.dtype))
         seconds["seconds_gradient_systems"] = clock.lap()
         return {**info, **seconds}
 

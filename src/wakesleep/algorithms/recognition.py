@@ -141,12 +141,16 @@ class LinearDDCRecognition(nn.Module):
 
         # the exact input statistics x (and x x^T) are not shrunk unless free_inputs is False
         free = 1 + (self.features.n_exact if self.free_inputs else 0)
+        # the statistics, the solves and the maps between levels are in double precision (RunningMoments); the
+        # maps applied to features are stored in the features' dtype
+        acc = gram.dtype
         if self.structure == "direct":
             for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-                lam = choose(i, h, t, free)
-                self.maps.append(ridge_solve(gram, c, lam, free))
+                lam = choose(i, h.to(acc), t.to(acc), free)
+                phi = ridge_solve(gram, c, lam, free)
+                self.maps.append(phi.to(h.dtype))
                 self.chosen_ridge.append(lam)
-                info[f"recognition_r2_{i + 1}"] = _r2(h[:_R2_ROWS] @ self.maps[-1], t[:_R2_ROWS])
+                info[f"recognition_r2_{i + 1}"] = _r2(h[:_R2_ROWS].to(acc) @ phi, t[:_R2_ROWS].to(acc))
             return info
         # hierarchical (eq. 8): the inputs of level l are [r_{l-1}, 1] = h A_l, so their moments follow from
         # the moments of h exactly, which keeps running statistics consistent when earlier maps change.
@@ -154,15 +158,16 @@ class LinearDDCRecognition(nn.Module):
         # the inputs u of each level are needed at every sleep sample only to choose a ridge on held-out samples;
         # otherwise only the rows of the R^2 diagnostic are propagated
         rows = h.shape[0] if select else min(h.shape[0], _R2_ROWS)
-        u = h[:rows]
+        u = h[:rows].to(acc)
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
             g_u, c_u = (gram, c) if a is None else (matmul(matmul(a.T, gram), a), matmul(a.T, c))
-            lam = choose(i, u, t[:rows], free)
+            t_rows = t[:rows].to(acc)
+            lam = choose(i, u, t_rows, free)
             phi = ridge_solve(g_u, c_u, lam, free)
-            self.maps.append(phi)
+            self.maps.append(phi.to(h.dtype))
             self.chosen_ridge.append(lam)
             pred = matmul(u, phi)
-            info[f"recognition_r2_{i + 1}"] = _r2(pred, t[:rows])
+            info[f"recognition_r2_{i + 1}"] = _r2(pred, t_rows)
             a = with_intercept_map(phi if a is None else matmul(a, phi), h.shape[1])
             u = with_intercept(pred)
             free = 1

@@ -54,7 +54,7 @@ model:
   dtype: float32
 # recognition_input: linear appends x to the random ReLU layer of the recognition read-out: without it the DDC-HM
 # learns little beyond the pixel marginals here (docs/RESULTS.md, "DDC-HM on the SBN")
-algorithm: {name: ddc_hm, sleep_samples: 1000, features: 200, recognition_hidden: 300, recognition_input: linear}
+algorithm: {name: ddc_hm, sleep_samples: 1000, features: 200, recognition_hidden: 300, recognition_input: message}
 train: {epochs: 100, batch_size: 100, lr: 1.0e-3, recognition_lr: 1.0e-3, seed: 0, device: cpu, log_every: 600,
         samples: 1000}
 data: {source: fashion_mnist, binarize: fixed-seed0}
