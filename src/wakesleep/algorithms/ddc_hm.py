@@ -53,13 +53,26 @@ class _Clock:
         return self.t - t
 
 
-def _check_message_model(model: torch.nn.Module) -> None:
-    """``recognition_input: message`` needs eta(x | z_1) affine in W e(z_1) + b (see ``bottom_up_message``)."""
+def _message_supported(model: torch.nn.Module) -> bool:
+    """Whether eta(x | z_1) is affine in W e(z_1) + b (``recognition_input: message``, see ``bottom_up_message``)."""
     from wakesleep.models.links import LinearLink
 
     obs = list(model.layers.values())[-1]
     link = getattr(obs, "link", None)
-    if type(link) is not LinearLink or link.softplus or obs.family.name not in ("bernoulli", "gaussian"):
+    return type(link) is LinearLink and not link.softplus and obs.family.name in ("bernoulli", "gaussian")
+
+
+def _auto_recognition_input(model: torch.nn.Module) -> str:
+    """``message`` when the model allows it and it is smaller than x; else ``linear`` up to D_x = 1024; else
+    ``none``."""
+    if _message_supported(model) and list(model.layers.values())[-2].embed_dim < model.obs_dim:
+        return "message"
+    return "linear" if model.obs_dim <= 1024 else "none"
+
+
+def _check_message_model(model: torch.nn.Module) -> None:
+    obs = list(model.layers.values())[-1]
+    if not _message_supported(model):
         raise WakesleepError(
             "algorithm.recognition_input: message needs an observation layer with link linear (no softplus) and "
             f"family bernoulli or gaussian, got family {obs.family.name}"
@@ -103,11 +116,15 @@ class DDCHelmholtzMachine(Algorithm):
         decay with the smallest (smoothed) error is used; the choice is logged as ``recognition_memory``.
         Better than ``auto`` on the synthetic model, no better on image patches, hence not the default
         (docs/ddc_hm.md).
-    recognition_input : {"auto", "none", "linear", "quadratic"}
+    recognition_input : {"auto", "none", "linear", "quadratic", "message"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
-        the standardised x, or x and its pairwise products (for low-dimensional x). ``auto``: ``linear`` when
-        D_x <= 1024, else ``none`` (the read-out's cost grows with the square of its input size). Without x the
-        784-pixel SBN learns little beyond its pixel marginals (docs/RESULTS.md, "DDC-HM on the SBN").
+        the standardised x, x and its pairwise products (for low-dimensional x), or the generative model's
+        bottom-up message c(x) W to z_1 (:meth:`bottom_up_message`; observation layers with a linear link and
+        a Bernoulli or Gaussian family), through which alone the exact posterior depends on x. ``auto``:
+        ``message`` when the model allows it and D_1 < D_x, else ``linear`` when D_x <= 1024, else ``none``
+        (the read-out's cost grows with the square of its input size). Without x (``none``) the 784-pixel SBN
+        learns little beyond its pixel marginals; ``message`` learns it as well as ``linear`` at a third of the
+        recognition's cost and is better on the image patches (docs/RESULTS.md).
     recognition_ridge_every : int
         With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
         selection costs a factorisation per grid point).
@@ -164,7 +181,7 @@ class DDCHelmholtzMachine(Algorithm):
         self.encoding, self.feature_scale, self.extra_stats = encoding, float(feature_scale), extra_stats
         self.recognition, self.recognition_ridge = recognition, recognition_ridge
         if recognition_input == "auto":
-            recognition_input = "linear" if model.obs_dim <= 1024 else "none"
+            recognition_input = _auto_recognition_input(model)
         if recognition_input not in ("none", "linear", "quadratic", "message"):
             raise WakesleepError(
                 "algorithm.recognition_input: must be auto, none, linear, quadratic or message, got "

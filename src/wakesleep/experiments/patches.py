@@ -49,7 +49,7 @@ model:
     - {name: z2, family: mog, dim: 10, std: 0.1, learn: false}                   # means: +-prior_mean e_j
     - {name: z1, family: laplace, dim: 50, link: softplus_linear, bias: false}  # scale softplus(B z2)
     - {name: x,  family: gaussian, dim: 256, link: linear, bias: false}         # mean Lambda z1, variance Psi
-  dtype: float64         # a float32 quick run stopped: "Gram matrix is not positive definite" in the recognition fit
+  dtype: float32         # the recognition accumulates its regression statistics and solves in float64 regardless
 algorithm: {name: ddc_hm, sleep_samples: 1000, features: [100, 500], recognition_hidden: 500}
 train: {epochs: 20, batch_size: 100, lr: 1.0e-3, seed: 0, device: cpu, log_every: 500, samples: 1000}
 data: {source: patches, size: 16, n: 50000, n_test: 10000, seed: 0}
