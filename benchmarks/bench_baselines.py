@@ -208,6 +208,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=120.0, help="cap on the timed seconds per case of a group")
     ap.add_argument("--only", default=None, help="comma-separated case names to run (e.g. rws,pyro:rws)")
     args = ap.parse_args(argv)
+    from wakesleep.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the command line does (wakesleep.runtime); Pyro's cases run in the same process
     if args.threads:
         torch.set_num_threads(args.threads)
     iters, warmup = (3, 1) if args.quick else (args.iters, args.warmup)

@@ -64,7 +64,9 @@ CONFIGS = {
 def run_one(name: str, iters: int, dtype: str, threads: int = 2) -> dict:
     import wakesleep
     from wakesleep.bench import MatmulFlops, matmul_rate, solver_flops
+    from wakesleep.runtime import keep_freed_memory
 
+    keep_freed_memory()  # as the command line does (wakesleep.runtime)
     torch.set_num_threads(threads)
     spec = CONFIGS[name]
     model_cfg = (

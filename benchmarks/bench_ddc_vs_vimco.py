@@ -31,6 +31,7 @@ import torch
 
 import wakesleep
 from wakesleep.bench import MatmulFlops, matmul_rate, solver_flops
+from wakesleep.runtime import keep_freed_memory
 
 SBN = {
     "layers": [
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument(
         "--cases",
         nargs="+",
-        default=["200:none", "1000:none", "1000:linear"],
+        default=["200:none", "1000:none", "1000:linear", "1000:message"],
         help="DDC-HM cases N:recognition_input (sleep samples and what the recognition read-out sees of x)",
     )
     ap.add_argument("--sleep-every", type=int, nargs="+", default=[1, 10], help="sleep-phase periods to amortise")
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    keep_freed_memory()  # as the command line does (wakesleep.runtime)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = wakesleep.build_model(SBN).sample(20 * 100)[-1]
