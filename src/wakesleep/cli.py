@@ -4,7 +4,7 @@ Subcommands::
 
     wakesleep train --config FILE.yaml --out DIR [--set key=value ...] [--resume]
     wakesleep sample --run DIR -n N --out FILE.npz
-    wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...]
+    wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...] [--resume]
 
 plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``): a module with
 ``add_arguments(parser)`` and ``run(args) -> int | None``, imported lazily. A user's mistake
@@ -158,9 +158,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         config_path=args.config,
         progress=args.progress,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     summary = results.get("summary") if isinstance(results, dict) else None
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s" + (f": {summary}" if summary else ""))
+    resumed = " (resumed)" if args.resume else ""
+    print(f"wrote {args.out}{resumed} in {time.perf_counter() - t0:.1f} s" + (f": {summary}" if summary else ""))
     return 0
 
 
@@ -236,6 +238,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="replace the built-in config")
     _add_set(p)
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the interrupted run kept in DIR.partial (sbn and patches; the same --quick, --config and "
+            "--set options): finished algorithm entries are reloaded, not retrained; an entry with a checkpoint "
+            "(train.checkpoint_every) continues from it"
+        ),
+    )
     _add_progress(p)
     p.set_defaults(func=cmd_experiment)
 

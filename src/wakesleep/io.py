@@ -38,6 +38,9 @@ __all__ = [
     "to_jsonable",
     "check_output_dir",
     "staged_dir",
+    "partial_dir",
+    "Stage",
+    "resumable_dir",
 ]
 
 
@@ -286,6 +289,13 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _promote(tmp, out)
+
+
+def _promote(tmp: Path, out: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``out``, replacing an existing ``out`` (already checked)."""
+    import shutil
+
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -294,3 +304,89 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     _fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where an interrupted resumable run for ``out`` is kept: the sibling ``<out>.partial``."""
+    out = Path(out).absolute()
+    return out.parent / f"{out.name}.partial"
+
+
+class Stage:
+    """The working directory of :func:`resumable_dir`.
+
+    Attributes
+    ----------
+    path : Path
+        Where the run writes its files.
+    resumed : bool
+        True when ``path`` is an existing ``<out>.partial`` being continued.
+    keep : bool
+        Set (by :meth:`mark_started`) once work worth keeping has begun, or when resuming: a failure then
+        keeps ``path`` instead of deleting it.
+    kept : Path or None
+        Set on a failure that kept the directory: the ``<out>.partial`` path.
+    """
+
+    def __init__(self, path: Path, resumed: bool) -> None:
+        self.path = path
+        self.resumed = resumed
+        self.keep = resumed
+        self.kept: Path | None = None
+
+    def mark_started(self) -> None:
+        """From now on a failure keeps the directory as ``<out>.partial``."""
+        self.keep = True
+
+
+@contextlib.contextmanager
+def resumable_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Iterator[Stage]:
+    """Like :func:`staged_dir`, but the work is done in ``<out>.partial``, kept after a failure once started.
+
+    Parameters
+    ----------
+    out : path
+        The final directory; it appears (``<out>.partial`` renamed) only when the block succeeds.
+    overwrite : bool, default False
+        Replace an existing non-empty ``out`` on success.
+    resume : bool, default False
+        Continue in the existing ``<out>.partial`` (:func:`partial_dir`); a failure leaves it in place.
+
+    Yields
+    ------
+    Stage
+        Its ``path`` is ``<out>.partial``. Without ``resume``, a failure before :meth:`Stage.mark_started`
+        deletes it (a mistake caught before any real work leaves nothing behind); after it, or when resuming,
+        the directory stays and ``stage.kept`` is set. A process killed outright leaves it too.
+
+    Raises
+    ------
+    WakesleepError
+        If ``out`` cannot become a fresh output directory, if ``resume`` and ``<out>.partial`` is not a
+        directory, or if not ``resume`` and ``<out>.partial`` exists (it would be lost otherwise).
+    """
+    import shutil
+
+    out = check_output_dir(out, overwrite).absolute()
+    partial = partial_dir(out)
+    if resume:
+        if not partial.is_dir():
+            raise WakesleepError(f"--resume: {partial} not found (no interrupted run of --out {out} to continue)")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(partial)
+        except FileExistsError:
+            raise WakesleepError(
+                f"--out: {partial} holds an interrupted run: continue it with --resume, or remove it to start afresh"
+            ) from None
+    stage = Stage(partial, resumed=resume)
+    try:
+        yield stage
+    except BaseException:
+        if stage.keep:
+            stage.kept = partial
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _promote(partial, out)

@@ -12,6 +12,9 @@ provides
 
 :func:`run_experiment` resolves the config (defaults <- ``--config`` file <- ``--quick`` <- ``--set``) and
 runs the experiment in a temporary directory next to ``--out`` that is renamed to ``--out`` only on success.
+The experiments of :data:`RESUMABLE` (``sbn``, ``patches``) run in ``<out>.partial`` instead and also take
+``runner`` (an :class:`~wakesleep.experiments._entries.EntryRunner`) in ``run``: a run that fails after its
+first algorithm entry started training is kept there, and ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -40,7 +44,10 @@ EXPERIMENTS: dict[str, str] = {
     "ica": "wakesleep.experiments.ica",
 }
 
-__all__ = ["EXPERIMENTS", "get_experiment", "available_experiments", "experiment_config", "run_experiment"]
+#: experiments whose interrupted runs ``--resume`` continues (``run`` takes ``runner``, an ``EntryRunner``)
+RESUMABLE: tuple[str, ...] = ("sbn", "patches")
+
+__all__ = ["EXPERIMENTS", "RESUMABLE", "get_experiment", "available_experiments", "experiment_config", "run_experiment"]
 
 
 def get_experiment(name: str) -> ModuleType:
@@ -127,13 +134,96 @@ def run_experiment(
     config_path: str | os.PathLike | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run experiment ``name`` writing into ``out`` (created only when the run succeeds). Returns results."""
-    from wakesleep.io import check_output_dir, staged_dir
+    """Run experiment ``name`` writing into ``out`` (created only when the run succeeds). Returns results.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EXPERIMENTS`.
+    out : path
+        The output directory; it appears only when the run succeeds.
+    quick, overrides, config_path
+        The config (:func:`experiment_config`).
+    progress : bool or None
+        Progress bars of training (None: when stderr is a terminal).
+    overwrite : bool, default False
+        Replace an existing non-empty ``out``.
+    resume : bool, default False
+        Continue the interrupted run kept in ``<out>.partial`` (experiments of :data:`RESUMABLE` only): the
+        requested config must equal the one saved there; finished entries are reloaded, not retrained.
+
+    Notes
+    -----
+    The experiments of :data:`RESUMABLE` work in ``<out>.partial`` (``config.yaml`` first): a failure or
+    interrupt after the first algorithm entry started training keeps it (one line on stderr says so), a
+    failure before that (a bad config, missing data) removes it.
+    """
+    from wakesleep.io import check_output_dir, partial_dir, resumable_dir, staged_dir
 
     check_output_dir(out, overwrite)
+    if resume and name in EXPERIMENTS and name not in RESUMABLE:
+        raise WakesleepError(f"--resume: supported for experiments {' and '.join(RESUMABLE)} only, not {name!r}")
     module = get_experiment(name)
     config = experiment_config(name, config_path, quick, overrides)
-    with staged_dir(out, overwrite) as tmp:
-        results = module.run(config, Path(tmp), progress=progress)
-    return results
+    if name not in RESUMABLE:
+        with staged_dir(out, overwrite) as tmp:
+            return module.run(config, Path(tmp), progress=progress)
+
+    from wakesleep.config import dump_config
+    from wakesleep.experiments._entries import EntryRunner
+    from wakesleep.io import write_text
+
+    if resume:
+        _check_same_config(partial_dir(out) / "config.yaml", config)
+    stage = None
+    try:
+        with resumable_dir(out, overwrite, resume) as stage:
+            if not resume:  # saved first, so that --resume can check it
+                write_text(stage.path / "config.yaml", dump_config(config))
+            runner = EntryRunner(resume=resume, progress=progress, on_start=stage.mark_started)
+            return module.run(config, stage.path, progress=progress, runner=runner)
+    except BaseException:
+        if stage is not None and stage.kept is not None:
+            print(
+                f"kept the unfinished run in {stage.kept}: 'wakesleep experiment {name} --out {out} --resume' "
+                "(with the same options) continues it",
+                file=sys.stderr,
+            )
+        raise
+
+
+def _check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
+    """Raise :class:`WakesleepError` naming the first dotted key where ``config`` differs from the saved one."""
+    from wakesleep.config import dump_config
+
+    partial = saved_path.parent
+    if not partial.is_dir():
+        raise WakesleepError(f"--resume: {partial} not found (no interrupted run to continue)")
+    if not saved_path.is_file():
+        raise WakesleepError(f"--resume: {saved_path} not found (not a directory kept by an interrupted experiment)")
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise WakesleepError(f"--resume: {saved_path} is not valid YAML") from None
+    key = _first_difference(saved, yaml.safe_load(dump_config(config)))
+    if key is not None:
+        raise WakesleepError(
+            f"--resume: the config differs from the interrupted run's ({saved_path}) in {key or 'the whole config'} "
+            "(pass the same --quick, --config and --set options)"
+        )
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key where ``a`` and ``b`` differ ("" for the values themselves), or None if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                return key
+            diff = _first_difference(a[k], b[k], key)
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else prefix

@@ -40,6 +40,7 @@ import torch
 from wakesleep import io as wio
 from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments._entries import EntryRunner
 
 DEFAULT_CONFIG = """\
 # Natural image patches, paper section 7 / Table 1: `wakesleep experiment patches --out DIR [--quick]`.
@@ -51,7 +52,8 @@ model:
     - {name: x,  family: gaussian, dim: 256, link: linear, bias: false}         # mean Lambda z1, variance Psi
   dtype: float32         # the recognition accumulates its regression statistics and solves in float64 regardless
 algorithm: {name: ddc_hm, sleep_samples: 1000, features: [100, 500], recognition_hidden: 500}
-train: {epochs: 20, batch_size: 100, lr: 1.0e-3, seed: 0, device: cpu, log_every: 500, samples: 1000}
+train: {epochs: 20, batch_size: 100, lr: 1.0e-3, seed: 0, device: cpu, log_every: 500, samples: 1000,
+        checkpoint_every: 2000}   # checkpoints: `--resume` continues an interrupted entry
 data: {source: patches, size: 16, n: 50000, n_test: 10000, seed: 0}
 experiment:
   architectures: [[10, 10], [50, 2], [50, 10], [100, 2], [100, 10]]   # (D1, D2) of Table 1
@@ -331,7 +333,7 @@ def _report(results: dict[str, Any]) -> str:
         ]
     lines += [
         "Files: `results.json` (all numbers), `config.yaml`, one run directory per architecture and algorithm "
-        "(`d<D1>_<D2>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).",
+        "(`d<D1>_<D2>/<label>/`: config.yaml, metrics.jsonl, model.safetensors, done.json).",
         "",
     ]
     return "\n".join(lines)
@@ -340,15 +342,22 @@ def _report(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------
 # the experiment
 # --------------------------------------------------------------------------------------------------------
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    """Run the patches experiment described by a resolved config, writing into ``out_dir``."""
+def run(
+    config: dict[str, Any], out_dir: Path, progress: bool | None = None, runner: EntryRunner | None = None
+) -> dict[str, Any]:
+    """Run the patches experiment described by a resolved config, writing into ``out_dir``.
+
+    ``runner`` trains each entry (or, continuing an interrupted run, reloads the finished ones); default: a
+    fresh :class:`~wakesleep.experiments._entries.EntryRunner`.
+    """
     from wakesleep.data import load_dataset
     from wakesleep.eval import mmd, relative_mmd_test
-    from wakesleep.train import apply_threads, build_algorithm_from_config, build_model_from_config, train_from_config
+    from wakesleep.train import apply_threads, build_algorithm_from_config, build_model_from_config
 
     exp = config["experiment"]
     archs = _validate(config)
     apply_threads(config)
+    runner = runner if runner is not None else EntryRunner(progress=progress)
     entries = algorithm_entries(architecture_config(config, *archs[0]), "experiment patches")
     base, cand = exp["baseline"], exp["candidate"]
     for label in (base, cand):
@@ -379,25 +388,18 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
         acfg = architecture_config(config, d1, d2)
         entries = algorithm_entries(acfg, "experiment patches")
         arch_dir = out_dir / f"d{d1}_{d2}"
-        arch_dir.mkdir()
+        arch_dir.mkdir(exist_ok=True)  # exists when resuming
         samples: dict[str, torch.Tensor] = {}
         arch: dict[str, Any] = {"d1": d1, "d2": d2, "algorithms": {}, "floor_mmd2": floor}
         for label, cfg in entries.items():
-            run_dir = arch_dir / label
-            t0 = time.perf_counter()
             train_data = train_x.to(dtype=getattr(torch, cfg["train"]["dtype"]))
-            model, _, trainer, _ = train_from_config(cfg, run_dir, progress=progress, data=train_data)
-            seconds = time.perf_counter() - t0
-            samples[label] = draw_samples(model, n_mmd, seed=10_000 + d1 * 100 + d2)
+            e = runner.run(cfg, arch_dir / label, train_data)
+            # cheap and seeded: drawn again for an entry reloaded on resuming
+            samples[label] = draw_samples(e.model, n_mmd, seed=10_000 + d1 * 100 + d2)
             finite = bool(torch.isfinite(samples[label]).all())
-            arch["algorithms"][label] = {
-                "algorithm": cfg["algorithm"]["name"],
-                "seconds": seconds,
-                "iterations": trainer.n_iter_,
-                "epochs": trainer.epochs_,
-                "final_metrics": trainer.history_[-1] if trainer.history_ else {},
-                "samples_finite": finite,
-            }
+            if e.evaluation is None:
+                e.save_evaluation({"samples_finite": finite})
+            arch["algorithms"][label] = {**e.info, "samples_finite": finite}
             if (d1, d2) == archs[0]:
                 panels[f"{label} (D1={d1}, D2={d2})"] = samples[label][:36].numpy()
         if all(torch.isfinite(s).all() for s in samples.values()):

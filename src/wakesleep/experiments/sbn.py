@@ -42,6 +42,7 @@ import torch
 from wakesleep import io as wio
 from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments._entries import EntryRunner
 from wakesleep.experiments.patches import algorithm_entries, draw_samples, fmt, fmt_p, positive_int
 
 DEFAULT_CONFIG = """\
@@ -58,7 +59,7 @@ model:
 # little beyond the pixel marginals here (docs/RESULTS.md, "DDC-HM on the SBN")
 algorithm: {name: ddc_hm, sleep_samples: 1000, features: 200, recognition_hidden: 300, recognition_input: message}
 train: {epochs: 100, batch_size: 100, lr: 1.0e-3, recognition_lr: 1.0e-3, seed: 0, device: cpu, log_every: 600,
-        samples: 1000}
+        samples: 1000, checkpoint_every: 3000}   # checkpoints: `--resume` continues an interrupted entry
 data: {source: fashion_mnist, binarize: fixed-seed0}
 experiment:
   datasets: [fashion_mnist, mnist]   # mnist runs only when mnist_root holds its files
@@ -232,7 +233,7 @@ def _report(results: dict[str, Any]) -> str:
         ]
     lines += [
         "Files: `results.json` (all numbers), `config.yaml`, one run directory per data set and algorithm "
-        "(`<dataset>/<label>/`: config.yaml, metrics.jsonl, model.safetensors).",
+        "(`<dataset>/<label>/`: config.yaml, metrics.jsonl, model.safetensors, done.json).",
         "",
     ]
     return "\n".join(lines)
@@ -270,15 +271,22 @@ def _data_spec(config: dict[str, Any], name: str) -> dict[str, Any] | None:
     return spec
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    """Run the SBN experiment described by a resolved config, writing into ``out_dir``."""
+def run(
+    config: dict[str, Any], out_dir: Path, progress: bool | None = None, runner: EntryRunner | None = None
+) -> dict[str, Any]:
+    """Run the SBN experiment described by a resolved config, writing into ``out_dir``.
+
+    ``runner`` trains each entry (or, continuing an interrupted run, reloads the finished ones together with
+    their saved MMD and NLL); default: a fresh :class:`~wakesleep.experiments._entries.EntryRunner`.
+    """
     from wakesleep.data import load_dataset
     from wakesleep.eval import median_bandwidth, plot_samples, relative_mmd_test
-    from wakesleep.train import apply_threads, build_algorithm_from_config, build_model_from_config, train_from_config
+    from wakesleep.train import apply_threads, build_algorithm_from_config, build_model_from_config
 
     exp = config["experiment"]
     names = _validate(config)
     apply_threads(config)
+    runner = runner if runner is not None else EntryRunner(progress=progress)
     entries = algorithm_entries(config, "experiment sbn")
     cand = exp["candidate"]
     if cand not in entries:
@@ -301,7 +309,7 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
         ref = test[:n_mmd]
         bw = float(median_bandwidth(ref))
         ds_dir = out_dir / ds_name
-        ds_dir.mkdir()
+        ds_dir.mkdir(exist_ok=True)  # exists when resuming
         entry: dict[str, Any] = {
             "name": ds_name,
             "data": dataset.describe(),
@@ -318,29 +326,21 @@ def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> 
         for label, cfg in entries.items():
             run_cfg = copy.deepcopy(cfg)
             run_cfg["data"] = spec
-            t0 = time.perf_counter()
-            model, algo, trainer, _ = train_from_config(run_cfg, ds_dir / label, progress=progress, data=dataset)
-            seconds = time.perf_counter() - t0
-            s = draw_samples(model, n_mmd, seed=20_000)
+            e = runner.run(run_cfg, ds_dir / label, dataset)
+            s = draw_samples(e.model, n_mmd, seed=20_000)  # cheap and seeded: drawn again on resuming
             samples[label] = s
-            r: dict[str, Any] = {
-                "algorithm": cfg["algorithm"]["name"],
-                "seconds": seconds,
-                "iterations": trainer.n_iter_,
-                "epochs": trainer.epochs_,
-                "final_metrics": trainer.history_[-1] if trainer.history_ else {},
-            }
-            r["mmd2"] = mmd_to(ref, s, bw)
-            n_fit = min(dataset.train.shape[0], 10_000)
-            r["nll"] = nll_estimate(
-                model,
-                algo,
-                dataset.draw_train()[:n_fit],
-                test[: entry["nll_points"]],
-                int(exp["nll_k"]),
-                int(exp["proposal_steps"]),
-            )
-            entry["algorithms"][label] = r
+            if e.evaluation is None:  # MMD^2 and NLL of a finished entry come from its done.json
+                n_fit = min(dataset.train.shape[0], 10_000)
+                nll = nll_estimate(
+                    e.model,
+                    e.algorithm,
+                    dataset.draw_train()[:n_fit],
+                    test[: entry["nll_points"]],
+                    int(exp["nll_k"]),
+                    int(exp["proposal_steps"]),
+                )
+                e.save_evaluation({"mmd2": mmd_to(ref, s, bw), "nll": nll})
+            entry["algorithms"][label] = {**e.info, **e.evaluation}
         for label in entries:
             if label == cand:
                 continue
