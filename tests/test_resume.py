@@ -91,6 +91,7 @@ def run_split(tmp_path: Path, name: str, options: dict, stop: int, make_data=dat
         ("ddc_hm", {**DDC, "recognition_ridge": "auto", "recognition_ridge_every": 1}, 6, 1),
         ("ddc_hm", DDC, 6, 2),  # sleep samples kept between sleep phases; the checkpoint is at a sleep phase
         ("ddc_hm", {**DDC, "recognition_input": "message"}, 6, 1),  # the message's standardisation is state
+        ("ddc_hm", {**DDC, "recognition": "mlp", "mlp_steps": 3}, 6, 1),  # the MLP recognition's Adam state
         ("rws", {"k": 3}, 6, 1),
         ("rws", {"k": 3}, 4, 1),
         ("vae", {}, 4, 1),

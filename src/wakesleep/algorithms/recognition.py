@@ -320,6 +320,27 @@ class MLPDDCRecognition(nn.Module):
             pred = self.net(xh)
         return {"recognition_loss": float(loss.detach()), "recognition_r2": _r2(pred, y)}
 
+    def fit_state(self) -> dict[str, Tensor]:
+        """Adam's moments and step counts as named tensors (checkpoints; empty before the first fit)."""
+        if self.optimizer is None:
+            return {}
+        out = {}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"adam.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        return out
+
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
+        if not state:
+            return
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        per_param: dict[int, dict[str, Tensor]] = {}
+        for key, v in state.items():
+            _, i, k = key.split(".", 2)
+            per_param.setdefault(int(i), {})[k] = v.clone()
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.net(self.standardize(x))
         return list(torch.split(out, self.out_dims, dim=-1))
