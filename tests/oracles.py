@@ -97,3 +97,14 @@ def linear_gaussian_problem():
     model = build(linear_gaussian_config())
     perturb(model, 0.5, seed=3)
     return model, x
+
+
+def linear_gaussian_posterior_mean(model, x):
+    """Exact E[z_1 | x] of the two-layer linear-Gaussian model: mu_1 + Cov(z_1, x) Cov(x)^-1 (x - mu_x)."""
+    l2, l1, lx = list(model.layers.values())
+    with torch.no_grad():
+        a, c = l1.link.weight, lx.link.weight
+        cov1 = a @ torch.diag(l2.log_var.exp()) @ a.T + torch.diag(l1.log_var.exp())
+        mu1 = a @ l2.link() + l1.link.bias
+        mux, covx = linear_gaussian_marginal(model)
+        return mu1 + (x - mux) @ torch.linalg.solve(covx, c @ cov1)

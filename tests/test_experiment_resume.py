@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import assert_user_error
 
 import wakesleep.train as wtrain
 from wakesleep.cli import main
@@ -86,15 +87,6 @@ def count_training(monkeypatch, fail_at: int | None = None, interrupt_step: int 
     fake.real = real
     monkeypatch.setattr(wtrain, "train_from_config", fake)
     return calls
-
-
-def assert_user_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")
