@@ -139,9 +139,12 @@ class EntryRunner:
         elif self.resume and run_dir.exists():
             shutil.rmtree(run_dir)
         t0 = time.perf_counter()
-        model, algo, trainer, _ = wtrain.train_from_config(
-            config, run_dir, progress=self.progress, data=data, resume_from=resume_from
-        )
+        try:
+            model, algo, trainer, _ = wtrain.train_from_config(
+                config, run_dir, progress=self.progress, data=data, resume_from=resume_from
+            )
+        except wtrain.TrainingDiverged as exc:  # say which entry: the message alone names only a parameter
+            raise wtrain.TrainingDiverged(f"{run_dir.parent.name}/{run_dir.name}: {exc}") from None
         info = {
             "algorithm": config["algorithm"]["name"],
             "seconds": seconds_before + time.perf_counter() - t0,

@@ -65,7 +65,8 @@ experiment:
   baseline: iwae_k50     # label of the y of the relative test
   candidate: ddc_hm      # label of the z of the relative test
   algorithm_options: {}  # name -> options, for plain-name entries of `algorithms` other than algorithm.name
-  train_options: {}      # label -> train settings for that entry only (e.g. {ddc_hm: {sleep_every: 10}})
+  train_options:         # label -> train settings for that entry only (e.g. {ddc_hm: {sleep_every: 10}})
+    iwae_k50: {dtype: float64}   # IWAE diverged (NaN gradient) in float32 at (50, 10); DDC-HM runs in float32
   mmd_samples: 10000     # model samples and test patches in the relative MMD test
   quick:
     experiment.architectures: [[10, 10], [50, 2]]
@@ -287,8 +288,12 @@ def _report(results: dict[str, Any]) -> str:
         "",
         f"DDC-HM: {a.get('sleep_samples')} sleep samples, K (top first) {a.get('features')}, recognition hidden "
         f"{a.get('recognition_hidden')}. Top prior: {exp['prior']} mixture, m = {exp['prior_mean']:g}, "
-        f"s = {exp['prior_std']:g} (fixed).",
+        f"s = {exp['prior_std']:g} (fixed); recognition input {a.get('recognition_input', 'auto')}.",
         "",
+    ]
+    for label, opts in (exp.get("train_options") or {}).items():
+        lines += [f"Train settings of {label} only: {', '.join(f'{k} = {v}' for k, v in opts.items())}.", ""]
+    lines += [
         f"Relative MMD test (Bounliphone et al. 2015): reference = {results['n_mmd']} test patches, y = {base}, "
         f"z = {cand}, {results['n_mmd']} samples each, Gaussian kernel, median-heuristic width. "
         f"H0: MMD({base}) <= MMD({cand}); a small p-value prefers {cand}.",
