@@ -2,9 +2,9 @@
 
 Models: the paper's synthetic model (eq. 13; N = 200 sleep samples, K = 100, recognition hidden 100, as in
 section 7) and a sigmoid belief network 784-200-200-200 with batch 100, N = 1000, K = 200 (recognition
-hidden 300, as the paper's SBN; the read-out also sees x, ``recognition_input: auto``, and, for comparison, eq. 8
-as printed without it). Matrix-product work is counted with the formulas of
-``torch.utils.flop_counter`` (``wakesleep.bench.MatmulFlops``: its ``FlopCounterMode`` fails under
+hidden 300, as the paper's SBN; the read-out also sees the bottom-up message W^T x, ``recognition_input: auto``,
+and, for comparison, x itself (``linear``) and eq. 8 as printed without either (``none``)). Matrix-product work is
+counted with the formulas of ``torch.utils.flop_counter`` (``wakesleep.bench.MatmulFlops``: its ``FlopCounterMode`` fails under
 ``torch.autograd.grad`` in torch 2.13); the
 Cholesky factorisations and triangular solves of the ridge regressions, which it does not count, are added
 analytically (n^3 / 3 per factorisation, 2 n^2 m per solve with m right-hand sides). Each configuration runs
@@ -41,7 +41,7 @@ CONFIGS = {
         "algo": {"sleep_samples": 200, "features": 100, "recognition_hidden": 100},
         "batch": 100,
     },
-    "SBN 784-200-200-200 (N=1000, K=200, M=300 + x, B=100)": {
+    "SBN 784-200-200-200 (N=1000, K=200, M=300 + message W^T x, B=100)": {
         "model": {
             "layers": [
                 {"name": "z3", "family": "bernoulli", "dim": 200},
@@ -50,7 +50,12 @@ CONFIGS = {
                 {"name": "x", "family": "bernoulli", "dim": 784, "link": "linear"},
             ]
         },
-        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300},
+        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "message"},
+        "batch": 100,
+    },
+    "SBN 784-200-200-200, x in the read-out (M=300 + x)": {
+        "model": "SBN",
+        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "linear"},
         "batch": 100,
     },
     "SBN 784-200-200-200, recognition as eq. 8 (no x in the read-out)": {
@@ -70,7 +75,7 @@ def run_one(name: str, iters: int, dtype: str, threads: int = 2) -> dict:
     torch.set_num_threads(threads)
     spec = CONFIGS[name]
     model_cfg = (
-        CONFIGS["SBN 784-200-200-200 (N=1000, K=200, M=300 + x, B=100)"]["model"]
+        CONFIGS["SBN 784-200-200-200 (N=1000, K=200, M=300 + message W^T x, B=100)"]["model"]
         if spec["model"] == "SBN"
         else spec["model"]
     )
