@@ -136,7 +136,7 @@ class LinearDDCRecognition(nn.Module):
                 return float(self.ridge)
             if select:  # the whole grid the first time; later the previous choice and its two neighbours
                 grid = RIDGE_GRID if level >= len(previous) else neighbours(RIDGE_GRID, previous[level])
-                return select_ridge(inputs, target, grid=grid, n_free=n_free, reduce=self.reduce)
+                return select_ridge(inputs.to(acc), target.to(acc), grid=grid, n_free=n_free, reduce=self.reduce)
             return previous[level]
 
         # the exact input statistics x (and x x^T) are not shrunk unless free_inputs is False
@@ -146,7 +146,7 @@ class LinearDDCRecognition(nn.Module):
         acc = gram.dtype
         if self.structure == "direct":
             for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-                lam = choose(i, h.to(acc), t.to(acc), free)
+                lam = choose(i, h, t, free)
                 phi = ridge_solve(gram, c, lam, free)
                 self.maps.append(phi.to(h.dtype))
                 self.chosen_ridge.append(lam)
