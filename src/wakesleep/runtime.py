@@ -1,13 +1,15 @@
 """Process-wide runtime settings that make CPU training faster (applied by the command line and the benchmarks).
 
-On Linux with glibc, every tensor larger than the allocator's mmap threshold is mapped fresh from the kernel
-and unmapped when freed, so each new activation or Gram matrix of a few MB pays a page fault per 4 KiB page
-before any arithmetic: on the 2-core benchmark machine a 1085 x 1085 float32 sum took 3.2 ms with a fresh
-output and 0.2 ms into an existing one, and a sigmoid of a 5000 x 784 array (one VIMCO K = 50 layer) 7.4 ms
-against 3.3 ms (``benchmarks/bench_allocator.py``). :func:`keep_freed_memory` raises glibc's mmap and trim
-thresholds so freed blocks are reused instead: the process keeps its peak heap (freed memory is not returned
-to the system until exit), which is what a training loop that allocates the same shapes every iteration
-wants. ``WAKESLEEP_MALLOC=default`` in the environment leaves the allocator alone.
+On Linux, glibc maps large blocks fresh from the kernel and returns freed memory at the top of the heap once
+it exceeds the trim threshold, so in a training loop many new activations and Gram matrices of a few MB pay a
+page fault per 4 KiB page before any arithmetic. :func:`keep_freed_memory` raises glibc's mmap and trim
+thresholds so freed blocks are reused instead; the process keeps its peak heap until exit, which is what a
+loop allocating the same shapes every iteration wants. Measured on the SBN with
+``benchmarks/bench_ddc_vs_vimco.py --iters 10 --cases 1000:linear --sleep-every 10``, once with
+``WAKESLEEP_MALLOC=default`` and once without (one thread, 2-core machine otherwise idle): a VIMCO K = 50
+iteration 115 -> 85 ms, DDC-HM's recognition fit 150 -> 124 ms. A loop repeating one operation alone shows no
+difference (glibc's dynamic thresholds already cover it). ``WAKESLEEP_MALLOC=default`` in the environment
+leaves the allocator alone.
 """
 
 from __future__ import annotations
