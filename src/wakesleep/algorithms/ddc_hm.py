@@ -115,7 +115,7 @@ class DDCHelmholtzMachine(Algorithm):
         decay with the smallest (smoothed) error is used; the choice is logged as ``recognition_memory``.
         Better than ``auto`` on the synthetic model, no better on image patches, hence not the default
         (docs/ddc_hm.md).
-    recognition_input : {"auto", "none", "linear", "quadratic", "message"}
+    recognition_input : {"auto", "none", "linear", "quadratic", "message", "message_only"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, x and its pairwise products (for low-dimensional x), or the generative model's
         bottom-up message c(x) W to z_1 (:meth:`bottom_up_message`; observation layers with a linear link and
@@ -124,7 +124,10 @@ class DDCHelmholtzMachine(Algorithm):
         size). Without x (``none``) the 784-pixel SBN learns little beyond its pixel marginals. ``message`` is
         a third of ``linear``'s cost there and better on the quick image-patch runs, but its inputs move with
         theta: with the running statistics (``recognition_memory``) it failed on the full SBN run, so it is
-        not the default (docs/RESULTS.md).
+        not the default (docs/RESULTS.md). ``message_only``: the ReLU layer reads the standardised message too,
+        so x reaches the recognition only through it and directions of x the exact posterior ignores cannot
+        move r (tested on data off a linear-Gaussian model's manifold); it did not rescue the (10, 10) patch
+        model (docs/RESULTS.md).
     recognition_ridge_every : int
         With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
         selection costs a factorisation per grid point).
@@ -134,8 +137,13 @@ class DDCHelmholtzMachine(Algorithm):
         Leave exact statistics unpenalised: those of ``extra_stats`` (and linear encodings) in the gradient
         regressions, and x (x x^T) of ``recognition_input`` in the recognition read-out, so each regression
         explains with them what it can before using the random features.
-    beta : {"analytic", "sample"}
-        ``analytic``: beta_l uses the mean parameters mu (eq. 32); ``sample``: the sample-based eq. 35.
+    beta : {"analytic", "sample", "conditional"}
+        ``analytic``: beta_l uses the mean parameters mu (eq. 32); ``sample``: the sample-based eq. 35;
+        ``conditional``: both terms of a middle layer's gradient under the posterior of that layer, a_l (S(z_l) -
+        mu(eta_l(z_{l+1}))), so the layer above enters only through the model's own conditional p(z_{l+1} | z_l)
+        carried by the sleep pairs (exact by the Markov property: p(z_{l+1} | z_l, x) = p(z_{l+1} | z_l)) and
+        never through r_{l+1}. Use it when the upper read-out is poor: with ``analytic`` a read-out of R^2 ~ 0
+        makes q(z_{l+1} | x) the prior in one term only, and the wake gradient then pulls the layers apart.
     mlp_layers, mlp_steps, mlp_lr : int, int, float
         Depth, Adam steps per sleep phase and learning rate of the MLP recognition.
     seed : int
@@ -169,8 +177,8 @@ class DDCHelmholtzMachine(Algorithm):
         super().__init__(model)
         if not hasattr(model, "conditionals") or not all(hasattr(c, "family") for c in model.conditionals):
             raise WakesleepError("ddc_hm: needs a deep exponential-family model (wakesleep.build_model)")
-        if beta not in ("analytic", "sample"):
-            raise WakesleepError(f"algorithm.beta: must be 'analytic' or 'sample', got {beta!r}")
+        if beta not in ("analytic", "sample", "conditional"):
+            raise WakesleepError(f"algorithm.beta: must be 'analytic', 'sample' or 'conditional', got {beta!r}")
         if recognition not in ("ddc", "direct", "mlp"):
             raise WakesleepError(f"algorithm.recognition: must be ddc, direct or mlp, got {recognition!r}")
         if int(sleep_samples) < 2:
@@ -182,12 +190,12 @@ class DDCHelmholtzMachine(Algorithm):
         self.recognition, self.recognition_ridge = recognition, recognition_ridge
         if recognition_input == "auto":
             recognition_input = _auto_recognition_input(model)
-        if recognition_input not in ("none", "linear", "quadratic", "message"):
+        if recognition_input not in ("none", "linear", "quadratic", "message", "message_only"):
             raise WakesleepError(
-                "algorithm.recognition_input: must be auto, none, linear, quadratic or message, got "
+                "algorithm.recognition_input: must be auto, none, linear, quadratic, message or message_only, got "
                 f"{recognition_input!r}"
             )
-        if recognition_input == "message":
+        if recognition_input in ("message", "message_only"):
             _check_message_model(model)
         self.recognition_input = recognition_input
         self.recognition_ridge_every = int(recognition_ridge_every)
@@ -227,6 +235,7 @@ class DDCHelmholtzMachine(Algorithm):
                     "linear": model.obs_dim,
                     "quadratic": model.obs_dim * (model.obs_dim + 3) // 2,
                     "message": list(model.layers.values())[-2].embed_dim,
+                    "message_only": list(model.layers.values())[-2].embed_dim,
                 }[recognition_input]
             )
             rule = 1.0 - self.sleep_samples / max(self.sleep_samples, 200 * n_inputs)  # ~200 samples per weight
@@ -259,7 +268,7 @@ class DDCHelmholtzMachine(Algorithm):
                 free_inputs=bool(free_stats),
                 include_input=recognition_input,
                 generator=gen,
-                message=self.bottom_up_message if recognition_input == "message" else None,
+                message=self.bottom_up_message if recognition_input in ("message", "message_only") else None,
                 message_dim=list(model.layers.values())[-2].embed_dim,
             )
         self._to_model()
@@ -431,7 +440,8 @@ class DDCHelmholtzMachine(Algorithm):
         samples. Each cotangent G_l = d(eq. 36)/d eta_l is written in closed form from the family's mean
         parameters mu = grad A(eta), so the log-normaliser is never evaluated and differentiated elementwise:
 
-        * middle layers: G_l = a_l S(z_l) - a_{l+1} mu(eta_l)   (``beta="sample"``: (a_l - a_{l+1}) S(z_l));
+        * middle layers: G_l = a_l S(z_l) - a_{l+1} mu(eta_l)   (``beta="sample"``: (a_l - a_{l+1}) S(z_l);
+          ``beta="conditional"``: a_l (S(z_l) - mu(eta_l)));
         * observation layer: G_0 = m - a_1 mu(eta_0), with m_s = sum_b w_b(s) S_0(x_b) / B
           (``beta="sample"``: m - a_1 S(x_s));
 
@@ -465,6 +475,8 @@ class DDCHelmholtzMachine(Algorithm):
                 s = fam.sufficient_statistics(z[i])
                 if self.beta == "analytic":
                     g = a[i][:, None, None] * s - a[i - 1][:, None, None] * fam.mean_parameters(eta.detach())
+                elif self.beta == "conditional":
+                    g = a[i][:, None, None] * (s - fam.mean_parameters(eta.detach()))
                 else:
                     g = (a[i] - a[i - 1])[:, None, None] * s
                 pairs.append((eta, g))
@@ -481,7 +493,7 @@ class DDCHelmholtzMachine(Algorithm):
                 m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
             m = m.reshape(eta.shape)
             subtrahend = (
-                fam.mean_parameters(eta.detach()) if self.beta == "analytic" else fam.sufficient_statistics(z[-1])
+                fam.mean_parameters(eta.detach()) if self.beta != "sample" else fam.sufficient_statistics(z[-1])
             )
             g = m.addcmul_(a[-1][:, None, None], subtrahend, value=-1.0)  # m - a mu, in place (a large tensor)
             pairs.append((eta, g))

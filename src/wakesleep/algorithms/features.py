@@ -105,8 +105,10 @@ class RandomReLUFeatures(nn.Module):
     """h(x) = [W x_hat + c]_+ with fixed W ~ N(0, 1 / D), c ~ N(0, 1) (paper eq. 8), optionally with inputs appended.
 
     ``include_input``: ``"none"`` (eq. 8), ``"linear"`` (x_hat), ``"quadratic"`` (x_hat and its pairwise
-    products) or ``"message"``: the standardised output of the callable ``message(x) -> [B, message_dim]``
-    (DDC-HM passes the generative model's bottom-up message, see ``DDCHelmholtzMachine``).
+    products) or ``"message"``: the standardised output m_hat of the callable ``message(x) -> [B, message_dim]``
+    (DDC-HM passes the generative model's bottom-up message, see ``DDCHelmholtzMachine``). ``"message_only"``:
+    x enters only through the message, h = [[W m_hat + c]_+, m_hat] with W ~ N(0, 1 / message_dim), so that
+    directions of x the message does not see (those the exact posterior ignores) cannot move the features.
     """
 
     def __init__(
@@ -119,31 +121,43 @@ class RandomReLUFeatures(nn.Module):
         message_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.standardize = Standardizer(in_dim)
-        self.register_buffer("weight", torch.randn(hidden, in_dim, generator=generator) / in_dim**0.5)
-        self.register_buffer("bias", torch.randn(hidden, generator=generator))
         mode = {True: "linear", False: "none"}.get(include_input, include_input)
-        if mode not in ("none", "linear", "quadratic", "message"):
-            raise ValueError(f"recognition input must be none, linear, quadratic or message, got {include_input!r}")
-        if mode == "message" and (message is None or message_dim <= 0):
-            raise ValueError("recognition input 'message' needs a message function and its dimension")
+        if mode not in ("none", "linear", "quadratic", "message", "message_only"):
+            raise ValueError(
+                f"recognition input must be none, linear, quadratic, message or message_only, got {include_input!r}"
+            )
+        if mode in ("message", "message_only") and (message is None or message_dim <= 0):
+            raise ValueError(f"recognition input {mode!r} needs a message function and its dimension")
+        self.standardize = Standardizer(in_dim)
+        hidden_in = message_dim if mode == "message_only" else in_dim
+        self.register_buffer("weight", torch.randn(hidden, hidden_in, generator=generator) / hidden_in**0.5)
+        self.register_buffer("bias", torch.randn(hidden, generator=generator))
         self.mode = mode
         self.message = message
-        self.message_standardize = Standardizer(message_dim) if mode == "message" else None
+        self.message_standardize = Standardizer(message_dim) if mode in ("message", "message_only") else None
         # pair indices of the quadratic inputs (not saved: 5 MB at 784 pixels, and a function of in_dim)
         iu = torch.triu_indices(in_dim, in_dim) if mode == "quadratic" else torch.zeros(2, 0, dtype=torch.long)
         self.register_buffer("_iu", iu, persistent=False)
-        self.n_exact = {"none": 0, "linear": in_dim, "quadratic": in_dim + iu.shape[1], "message": message_dim}[mode]
+        self.n_exact = {
+            "none": 0,
+            "linear": in_dim,
+            "quadratic": in_dim + iu.shape[1],
+            "message": message_dim,
+            "message_only": message_dim,
+        }[mode]
         self.n_out = hidden + self.n_exact
 
     def fit_standardization(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         """Set the standardisation of x (and of the message) from samples, once."""
-        if not self.standardize.fitted:
+        if not self.standardize.fitted and self.mode != "message_only":
             self.standardize.fit(x, reduce)
         if self.message_standardize is not None and not self.message_standardize.fitted:
             self.message_standardize.fit(self.message(x), reduce)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "message_only":
+            mh = self.message_standardize(self.message(x))
+            return torch.cat([torch.relu(linear(mh, self.weight, self.bias)), mh], dim=-1)
         xh = self.standardize(x)
         parts = [torch.relu(linear(xh, self.weight, self.bias))]
         if self.mode in ("linear", "quadratic"):
