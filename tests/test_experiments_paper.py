@@ -226,3 +226,55 @@ def test_bench_cli_rejects_unknown_algorithm(tmp_path, capsys):
     code = main(["bench", "sbn", "--out", str(tmp_path / "b"), "--algorithms", "nope"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_ppca_init_matches_the_data_second_moments():
+    """``experiment.init: ppca``: with Lambda, Psi from ``ppca_init`` the model's second-moment matrix is the
+    probabilistic-PCA fit of the data's: S's leading D1 eigenvalues exact, the rest replaced by their mean, so
+    tr(model) = tr(S) and the leading eigenvectors agree (prior moments from 200000 draws: tolerance 3 %)."""
+    import wakesleep
+    from wakesleep.experiments.patches import ppca_init
+
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(12, 12, generator=gen, dtype=torch.float64) * torch.linspace(2.0, 0.1, 12, dtype=torch.float64)
+    x = torch.randn(20000, 12, generator=gen, dtype=torch.float64) @ mix.T
+    cfg = architecture_config(experiment_config("patches"), 3, 2)
+    cfg["model"]["layers"][2]["dim"] = 12
+    cfg["model"]["dtype"] = "float64"
+    model = wakesleep.build_model(cfg)
+    init = ppca_init(model, x, n_prior=200000, seed=1)
+    cfg["model"]["init"] = {k: v.tolist() for k, v in init.items()}
+    model = wakesleep.build_model(cfg)  # the inline mapping is what the experiment puts in each run's config
+    torch.manual_seed(3)
+    xs = model.sample(200000)[-1]
+    s_data, s_model = x.T @ x / x.shape[0], xs.T @ xs / xs.shape[0]
+    ev_data, ev_model = torch.linalg.eigvalsh(s_data).flip(0), torch.linalg.eigvalsh(s_model).flip(0)
+    assert torch.allclose(ev_model[:3], ev_data[:3], rtol=0.03), (ev_model[:3], ev_data[:3])
+    assert torch.trace(s_model) == pytest.approx(float(torch.trace(s_data)), rel=0.03)
+    assert torch.allclose(ev_model[3:], ev_data[3:].mean().expand(9), rtol=0.05)
+
+
+def test_patches_ppca_init_reaches_every_entry(tmp_path):
+    out = tmp_path / "patches"
+    sets = [
+        "experiment.architectures=[[3, 2]]",
+        "experiment.init=ppca",
+        "data.n=300",
+        "data.n_test=200",
+        "train.max_iters=2",
+        "algorithm.sleep_samples=100",
+        "algorithm.features=[10, 20]",
+        "algorithm.recognition_hidden=20",
+        "experiment.mmd_samples=100",
+        "train.threads=1",
+        "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
+    ]
+    run_experiment("patches", out, overrides=sets, progress=False)
+    import yaml
+
+    inits = [
+        yaml.safe_load((out / "d3_2" / e / "config.yaml").read_text())["model"]["init"] for e in ("ddc_hm", "iwae_k50")
+    ]
+    assert inits[0] == inits[1] and len(inits[0]["layers.x.link.weight"]) == 256
+    with pytest.raises(Exception, match="experiment.init"):
+        run_experiment("patches", tmp_path / "bad", overrides=[*sets, "experiment.init=pca"], progress=False)

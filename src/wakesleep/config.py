@@ -327,7 +327,7 @@ def resolve_config(
     model = copy.deepcopy(raw["model"])
     if not isinstance(model, dict):
         raise _err(f"'model' must be a mapping, got {type(model).__name__}", source)
-    if "init" in model:
+    if "init" in model and not isinstance(model["init"], dict):  # a mapping: values inline (build_model checks them)
         model["init"] = _path(model["init"], "model.init", source, base)
     out: dict[str, Any] = {
         "model": model,

@@ -63,6 +63,7 @@ experiment:
   prior: axes            # axes: 2 D2 components at +-m e_j; diagonal: 2 components at +-m (1, ..., 1)
   prior_mean: 3.0        # m
   prior_std: 0.1         # s
+  init: random           # ppca: Lambda, Psi start at the probabilistic-PCA fit of the training patches (all algorithms)
   # the pair compared by the relative MMD test is (reference, y, z) = (test patches, iwae, ddc_hm)
   algorithms: [ddc_hm, {name: iwae, label: iwae_k50, k: 50, proposal_hidden: [100, 100]}]
   baseline: iwae_k50     # label of the y of the relative test
@@ -89,6 +90,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "prior": "axes",
     "prior_mean": 3.0,
     "prior_std": 0.1,
+    "init": "random",
     "algorithms": ["ddc_hm", {"name": "iwae", "label": "iwae_k50", "k": 50, "proposal_hidden": [100, 100]}],
     "baseline": "iwae_k50",
     "candidate": "ddc_hm",
@@ -219,6 +221,40 @@ def architecture_config(config: dict[str, Any], d1: int, d2: int) -> dict[str, A
     return cfg
 
 
+def ppca_init(model: torch.nn.Module, x: torch.Tensor, n_prior: int = 100000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial Lambda and Psi of the eq. 13 model from the data's principal components (``experiment.init: ppca``).
+
+    The maximum-likelihood factor loadings of probabilistic PCA (Tipping & Bishop 1999) for the second-moment
+    matrix S of ``x`` (no mean: the model has none): ``Lambda = U_D1 (L_D1 - sigma^2)^(1/2) V^(-1/2)``, with
+    U_D1, L_D1 the leading D1 eigenvectors and eigenvalues of S, sigma^2 the mean of the others (``Psi =
+    sigma^2 I``), and V the prior variances of z_1 (estimated from ``n_prior`` draws of the model's prior, whose
+    B is still random), so that the model's second moments match the data's at the start. Every algorithm of
+    an architecture starts from it, as from the shared random initialisation otherwise.
+
+    Returns
+    -------
+    dict
+        ``{"layers.x.link.weight": [Dx, D1], "layers.x.log_var": [Dx]}`` for ``model.init``.
+    """
+    layers = list(model.layers.values())
+    obs = layers[-1]
+    d1 = layers[-2].embed_dim
+    xd = x.double()
+    second = xd.T @ xd / xd.shape[0]
+    evals, evecs = torch.linalg.eigh(second)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    sigma2 = float(evals[d1:].mean()) if evals.shape[0] > d1 else float(evals[-1]) * 1e-2
+    gen = torch.Generator(device=model.device).manual_seed(int(seed))
+    with torch.no_grad():
+        z1 = model.sample(n_prior, generator=gen)[-2].double()
+    v = (z1 * z1).mean(0).cpu()
+    scale = (evals[:d1] - sigma2).clamp_min(1e-6 * float(evals[0])).sqrt() / v.sqrt()
+    return {
+        f"layers.{obs.name}.link.weight": (evecs[:, :d1] * scale).numpy(),
+        f"layers.{obs.name}.log_var": np.full(evals.shape[0], math.log(sigma2)),
+    }
+
+
 def _validate(config: dict[str, Any]) -> list[tuple[int, int]]:
     exp = config["experiment"]
     archs = exp["architectures"]
@@ -233,6 +269,8 @@ def _validate(config: dict[str, Any]) -> list[tuple[int, int]]:
         ):
             raise WakesleepError(f"config: experiment.architectures: each entry must be [D1, D2], got {a!r}")
         out.append((int(a[0]), int(a[1])))
+    if exp["init"] not in ("random", "ppca"):
+        raise WakesleepError(f"config: experiment.init must be random or ppca, got {exp['init']!r}")
     if exp["prior"] not in ("axes", "diagonal"):
         raise WakesleepError(f"config: experiment.prior must be axes or diagonal, got {exp['prior']!r}")
     for key in ("prior_mean", "prior_std"):
@@ -394,9 +432,14 @@ def run(
     arch_results, panels = [], {"test patches": ref[:36].numpy()}
     for d1, d2 in archs:
         acfg = architecture_config(config, d1, d2)
-        entries = algorithm_entries(acfg, "experiment patches")
         arch_dir = out_dir / f"d{d1}_{d2}"
         arch_dir.mkdir(exist_ok=True)  # exists when resuming
+        if exp["init"] == "ppca":
+            first = next(iter(algorithm_entries(acfg, "experiment patches").values()))
+            torch.manual_seed(first["train"]["seed"])  # the random parts (B) as train_from_config draws them
+            init = ppca_init(build_model_from_config(first), train_x, seed=d1 * 100 + d2)
+            acfg["model"]["init"] = {k: v.tolist() for k, v in init.items()}  # inline: the run's config.yaml holds it
+        entries = algorithm_entries(acfg, "experiment patches")
         samples: dict[str, torch.Tensor] = {}
         arch: dict[str, Any] = {"d1": d1, "d2": d2, "algorithms": {}, "floor_mmd2": floor}
         for label, cfg in entries.items():
