@@ -142,7 +142,7 @@ def _torch_load(path: Path) -> Any:
         raise WakesleepError(f"{path}: not a readable checkpoint file ({first})") from None
 
 
-def _read_checkpoint(path: str | os.PathLike) -> _Checkpoint:
+def read_checkpoint(path: str | os.PathLike) -> _Checkpoint:
     """Read every file of a checkpoint directory; a missing or unreadable one raises :class:`WakesleepError`."""
     path = Path(path)
     if not path.is_dir():
@@ -241,7 +241,7 @@ def _algorithm_name(algo: Any) -> str:
     return str(getattr(algo, "name", None) or type(algo).__name__)
 
 
-def _dynamic_binarizer_generator(dataset: Any) -> torch.Generator | None:
+def dynamic_binarizer_generator(dataset: Any) -> torch.Generator | None:
     """The generator of a ``DataSet``'s dynamic binariser (None for fixed data)."""
     binarizer = getattr(dataset, "binarizer", None)
     if binarizer is None or not getattr(binarizer, "is_dynamic", False) or not hasattr(dataset, "train"):
@@ -419,7 +419,7 @@ class Trainer:
             "order": torch.Generator(device="cpu").manual_seed(self.seed),
             "monitor": torch.Generator(device=device).manual_seed(self.seed + 3),
         }
-        data_gen = _dynamic_binarizer_generator(dataset)
+        data_gen = dynamic_binarizer_generator(dataset)
         if data_gen is not None:
             self._gens["data"] = data_gen
         self._epoch_start = self._epoch_rng()  # the per-epoch streams' states at the start of the current epoch
@@ -440,7 +440,7 @@ class Trainer:
         rec_params = [p for p in algo.recognition_parameters() if p.requires_grad]
         ckpt = None
         if resume_from is not None:
-            ckpt = _read_checkpoint(resume_from)
+            ckpt = read_checkpoint(resume_from)
             self._check_checkpoint(ckpt, params, rec_params, total)  # raises before anything is changed
 
         torch.manual_seed(self.seed)

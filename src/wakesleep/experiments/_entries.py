@@ -180,29 +180,29 @@ class EntryRunner:
 
 
 def _save_data_rng(run_dir: Path, data: Any) -> None:
-    from wakesleep.train import _dynamic_binarizer_generator
+    from wakesleep.train import dynamic_binarizer_generator
 
-    gen = _dynamic_binarizer_generator(data)
+    gen = dynamic_binarizer_generator(data)
     if gen is not None:
         wio.save_tensors(run_dir / DATA_RNG_FILE, {"state": gen.get_state()})
 
 
 def _restore_data_rng(run_dir: Path, data: Any) -> None:
-    from wakesleep.train import _dynamic_binarizer_generator
+    from wakesleep.train import dynamic_binarizer_generator
 
-    gen = _dynamic_binarizer_generator(data)
+    gen = dynamic_binarizer_generator(data)
     if gen is not None and (run_dir / DATA_RNG_FILE).is_file():
         gen.set_state(wio.load_tensors(run_dir / DATA_RNG_FILE)["state"])
 
 
 def _load_finished(config: dict[str, Any], ckpt_dir: Path) -> tuple[torch.nn.Module, Any]:
     """Model and algorithm of ``config`` with the state of the (final) checkpoint ``ckpt_dir``."""
-    from wakesleep.train import _read_checkpoint, build_algorithm_from_config, build_model_from_config
+    from wakesleep.train import build_algorithm_from_config, build_model_from_config, read_checkpoint
 
     torch.manual_seed(config["train"]["seed"])  # as train_from_config does before building
     model = build_model_from_config(config)
     algo = build_algorithm_from_config(config, model)
-    ckpt = _read_checkpoint(ckpt_dir)
+    ckpt = read_checkpoint(ckpt_dir)
     model.load_state_dict(ckpt.model)
     if ckpt.algorithm:
         state = ckpt.algorithm
