@@ -2,8 +2,9 @@
 
 Models: the paper's synthetic model (eq. 13; N = 200 sleep samples, K = 100, recognition hidden 100, as in
 section 7) and a sigmoid belief network 784-200-200-200 with batch 100, N = 1000, K = 200 (recognition
-hidden 300, as the paper's SBN; the read-out also sees the bottom-up message W^T x, ``recognition_input:
-auto``, and, for comparison, x itself (``linear``) and eq. 8 as printed without either (``none``)).
+hidden 300, as the paper's SBN) with three read-out inputs: x itself (``recognition_input: linear``, what
+``auto`` and ``configs/sbn.yaml`` use), the bottom-up message W^T x (``message``) and eq. 8 as printed
+without either (``none``)).
 Matrix-product work is counted with the formulas of ``torch.utils.flop_counter``
 (``wakesleep.bench.MatmulFlops``: its ``FlopCounterMode`` fails under ``torch.autograd.grad`` in torch 2.13);
 the Cholesky factorisations and triangular solves of the ridge regressions, which it does not count, are

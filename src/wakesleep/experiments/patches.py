@@ -17,11 +17,13 @@ two-component prior at +-m (1, ..., 1) instead.)
 Data: ``wakesleep.data.load_patches`` (images shipped with scikit-image / scikit-learn, log intensity, DC
 removed, unit pixel variance; the test patches come from image regions disjoint from the training ones).
 
-Each algorithm of ``experiment.algorithms`` is trained from the same random initialisation (``train.seed``) on
-the training patches; ``experiment.mmd_samples`` samples of each learnt model and as many held-out test patches
-go into the relative MMD test (Bounliphone et al. 2015; Gaussian kernel, median-heuristic width on the pooled
-sample) with the test patches as reference, the IWAE as ``y`` and the DDC-HM as ``z``: a small p-value says
-the DDC-HM is significantly closer to the data (H0: MMD_IWAE <= MMD_DDC-HM), as in Table 1. The MMD^2 of
+Each algorithm of ``experiment.algorithms`` is trained from the same random initialisation (``train.seed``; with
+``experiment.init: ppca``, Lambda and Psi start at the probabilistic-PCA fit of the training patches, see
+:func:`ppca_init`) on the training patches; ``experiment.mmd_samples`` samples of each learnt model and as
+many held-out test patches go into the relative MMD test (Bounliphone et al. 2015; Gaussian kernel,
+median-heuristic width on the pooled sample) with the test patches as reference, the IWAE as ``y`` and the
+DDC-HM as ``z``: a small p-value says the DDC-HM is significantly closer to the data (H0: MMD_IWAE <=
+MMD_DDC-HM), as in Table 1. The MMD^2 of
 held-out *training* patches against the test patches is reported as the floor (a perfect model's value).
 """
 
