@@ -135,6 +135,23 @@ def test_fitted_proposal_sbn_converges_to_enumeration():
     assert torch.allclose(exact_log_likelihood_enumerate(model, x), exact)
 
 
+def test_fit_proposal_continues_a_returned_proposal():
+    """Passing back a proposal that fit_proposal returned (frozen) trains it further: 100 + 200 steps reach the
+    ESS of 300 steps from scratch to within 15 % (measured within 2 %) and the result comes back frozen."""
+    model = _sbn(dims=(3, 5, 10), seed=4)
+    torch.manual_seed(0)
+    data = model.sample(400)[-1]
+    x = data[:10]
+    q = fit_proposal(model, data, steps=100, k=10, hidden=32, seed=0)
+    early = log_likelihood(model, x, q, k=3000, seed=0)
+    q = fit_proposal(model, data, steps=200, k=10, hidden=32, seed=1, proposal=q)
+    later = log_likelihood(model, x, q, k=3000, seed=0)
+    scratch = log_likelihood(model, x, fit_proposal(model, data, steps=300, k=10, hidden=32, seed=0), k=3000, seed=0)
+    assert float(later.ess.mean()) > float(early.ess.mean())
+    assert float(later.ess.mean()) > 0.85 * float(scratch.ess.mean())
+    assert all(not p.requires_grad for p in q.parameters())
+
+
 def test_fitted_proposal_gaussian_model():
     model = _gaussian_model(x_var=0.1, seed=5)
     data = model.sample(400)[-1]

@@ -166,7 +166,8 @@ def fit_proposal(
     hidden : int or None
         Hidden units per factor (see :class:`FactorisedProposal`).
     proposal : FactorisedProposal, optional
-        Continue training this proposal instead of a new one.
+        Continue training this proposal (e.g. one returned by an earlier call) instead of a new one; Adam
+        starts afresh.
     seed : int
         Seed of initialisation, minibatches and sampling (the global RNG is restored afterwards).
 
@@ -186,6 +187,9 @@ def fit_proposal(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         q = proposal if proposal is not None else FactorisedProposal(model, hidden=hidden)
+        for p in q.parameters():  # a proposal returned by an earlier call comes frozen
+            p.requires_grad_(True)
+        q.train()
         opt = torch.optim.Adam(q.parameters(), lr=lr)
         n = xt.shape[0]
         for _ in range(steps):
