@@ -159,8 +159,9 @@ class LinearDDCRecognition(nn.Module):
         # otherwise only the rows of the R^2 diagnostic are propagated
         rows = h.shape[0] if select else min(h.shape[0], _R2_ROWS)
         u = h[:rows].to(acc)
+        g_u = gram
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
-            g_u, c_u = (gram, c) if a is None else (matmul(matmul(a.T, gram), a), matmul(a.T, c))
+            c_u = c if a is None else matmul(a.T, c)
             t_rows = t[:rows].to(acc)
             lam = choose(i, u, t_rows, free)
             phi = ridge_solve(g_u, c_u, lam, free)
@@ -168,7 +169,12 @@ class LinearDDCRecognition(nn.Module):
             self.chosen_ridge.append(lam)
             pred = matmul(u, phi)
             info[f"recognition_r2_{i + 1}"] = _r2(pred, t_rows)
-            a = with_intercept_map(phi if a is None else matmul(a, phi), h.shape[1])
+            # u_{l+1} = u_l b with b = [phi, e_last], so A_{l+1} = A_l b (= [A_l phi, e_last]) and the next Gram
+            # A_{l+1}^T G A_{l+1} = b^T (A_l^T G A_l) b: K^2 (K + M') work instead of K M'^2 per level
+            b = with_intercept_map(phi, g_u.shape[0])
+            a = b if a is None else matmul(a, b)
+            if i + 1 < len(crosses):
+                g_u = matmul(matmul(b.T, g_u), b)
             u = with_intercept(pred)
             free = 1
         return info
