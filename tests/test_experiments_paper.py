@@ -32,20 +32,23 @@ def test_prior_means_axes_and_diagonal():
     assert ((z2.abs() > 1.5).sum(1) == 1).all()  # exactly one active top unit per draw
 
 
+TINY_PATCHES = [
+    "experiment.architectures=[[3, 2]]",
+    "data.n=300",
+    "data.n_test=200",
+    "train.max_iters=4",
+    "algorithm.sleep_samples=100",
+    "algorithm.features=[10, 20]",
+    "algorithm.recognition_hidden=20",
+    "experiment.mmd_samples=100",
+    "train.threads=1",
+    "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
+]
+
+
 def test_patches_tiny(tmp_path):
     out = tmp_path / "patches"
-    sets = [
-        "experiment.architectures=[[3, 2]]",
-        "data.n=300",
-        "data.n_test=200",
-        "train.max_iters=4",
-        "algorithm.sleep_samples=100",
-        "algorithm.features=[10, 20]",
-        "algorithm.recognition_hidden=20",
-        "experiment.mmd_samples=100",
-        "train.threads=1",
-        "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
-    ]
+    sets = TINY_PATCHES
     res = run_experiment("patches", out, overrides=sets, progress=False)
     arch = res["architectures"][0]
     assert (arch["d1"], arch["d2"]) == (3, 2)
@@ -256,19 +259,7 @@ def test_ppca_init_matches_the_data_second_moments():
 
 def test_patches_ppca_init_reaches_every_entry(tmp_path):
     out = tmp_path / "patches"
-    sets = [
-        "experiment.architectures=[[3, 2]]",
-        "experiment.init=ppca",
-        "data.n=300",
-        "data.n_test=200",
-        "train.max_iters=2",
-        "algorithm.sleep_samples=100",
-        "algorithm.features=[10, 20]",
-        "algorithm.recognition_hidden=20",
-        "experiment.mmd_samples=100",
-        "train.threads=1",
-        "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
-    ]
+    sets = [*TINY_PATCHES, "experiment.init=ppca", "train.max_iters=2"]
     run_experiment("patches", out, overrides=sets, progress=False)
     import yaml
 

@@ -21,6 +21,9 @@ from oracles import (
     sbn_config,
 )
 
+# DDC-HM settings of the linear-Gaussian posterior-mean tests
+GAUSSIAN_READOUT = {"sleep_samples": 20000, "features": 200, "recognition_hidden": 50, "extra_stats": "quadratic"}
+
 
 def test_message_is_w_transpose_of_the_natural_statistic():
     sbn = build(sbn_config((2, 3, 6), 0))
@@ -62,15 +65,7 @@ def test_message_gives_the_exact_gaussian_posterior_mean():
     model = build(linear_gaussian_config())
     torch.manual_seed(4)
     x = model.sample(200)[-1]
-    algo = wakesleep.build_algorithm(
-        "ddc_hm",
-        model,
-        sleep_samples=20000,
-        features=200,
-        recognition_hidden=50,
-        extra_stats="quadratic",
-        recognition_input="message",
-    )
+    algo = wakesleep.build_algorithm("ddc_hm", model, recognition_input="message", **GAUSSIAN_READOUT)
     algo.sleep()
     est = algo.posterior_mean(x)["z1"]
     exact = linear_gaussian_posterior_mean(model, x)
@@ -161,15 +156,7 @@ def test_posterior_mean_of_data_off_the_model_manifold():
     exact = linear_gaussian_posterior_mean(model, x)
     err = {}
     for mode in ("message_only", "message"):
-        algo = wakesleep.build_algorithm(
-            "ddc_hm",
-            model,
-            sleep_samples=20000,
-            features=200,
-            recognition_hidden=50,
-            extra_stats="quadratic",
-            recognition_input=mode,
-        )
+        algo = wakesleep.build_algorithm("ddc_hm", model, recognition_input=mode, **GAUSSIAN_READOUT)
         algo.sleep()
         err[mode] = float((algo.posterior_mean(x)["z1"] - exact).norm() / exact.norm())
     assert err["message_only"] < 0.01 and err["message"] > 10 * err["message_only"], err
