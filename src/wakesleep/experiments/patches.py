@@ -246,6 +246,7 @@ def ppca_init(model: torch.nn.Module, x: torch.Tensor, n_prior: int = 100000, se
     evals, evecs = torch.linalg.eigh(second)
     evals, evecs = evals.flip(0), evecs.flip(1)
     sigma2 = float(evals[d1:].mean()) if evals.shape[0] > d1 else float(evals[-1]) * 1e-2
+    sigma2 = max(sigma2, 1e-6 * float(evals[0]))  # data (nearly) inside a D1-dimensional subspace
     gen = torch.Generator(device=model.device).manual_seed(int(seed))
     with torch.no_grad():
         z1 = model.sample(n_prior, generator=gen)[-2].double()
