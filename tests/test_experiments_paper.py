@@ -115,7 +115,7 @@ def test_train_options_apply_to_one_entry_only():
 
     config = experiment_config("sbn", None, False, [])
     entries = algorithm_entries(config, "test")
-    assert entries["ddc_hm"]["train"]["sleep_every"] == 10  # the shipped sbn config sleeps every 10 wake steps
+    assert entries["ddc_hm"]["train"]["sleep_every"] == 20  # the shipped sbn config sleeps every 20 wake steps
     assert entries["vimco_k50"]["train"]["sleep_every"] == 1
     config = experiment_config("sbn", None, False, ["experiment.train_options={rws_k5: {lr: 0.01}}"])
     entries = algorithm_entries(config, "test")
@@ -222,7 +222,7 @@ def test_bench_run_one_in_process(tmp_path):
     assert 0 < r["fraction_of_matmul_rate"] and len(r["curve"]) >= 2 and r["nll"]["k"] == 3
     assert r["curve"][0]["step"] == 0 and r["curve"][-1]["train_seconds"] >= r["curve"][0]["train_seconds"]
     assert torch.isfinite(torch.tensor(r["final_mmd2"]))
-    assert (tmp_path / "ddc_hm_samples.png").is_file() and r["sleep_every"] == 10  # the shipped config's
+    assert (tmp_path / "ddc_hm_samples.png").is_file() and r["sleep_every"] == 20  # the shipped config's
 
 
 def test_bench_cli_rejects_unknown_algorithm(tmp_path, capsys):
