@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_cli import assert_user_error
+from test_experiments_paper import TINY_PATCHES
 
 import wakesleep.train as wtrain
 from wakesleep.cli import main
@@ -15,20 +16,7 @@ from wakesleep.experiments import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PATCHES = [
-    "experiment.architectures=[[3, 2]]",
-    "data.n=300",
-    "data.n_test=200",
-    "train.max_iters=4",
-    "train.log_every=1",
-    "train.checkpoint_every=2",
-    "algorithm.sleep_samples=100",
-    "algorithm.features=[10, 20]",
-    "algorithm.recognition_hidden=20",
-    "experiment.mmd_samples=100",
-    "train.threads=1",
-    "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
-]
+PATCHES = [*TINY_PATCHES, "train.log_every=1", "train.checkpoint_every=2"]
 
 
 def sbn_sets(root: Path) -> list[str]:
