@@ -86,9 +86,10 @@ def test_message_needs_a_linear_bernoulli_or_gaussian_observation(obs):
         wakesleep.build_algorithm("ddc_hm", model, recognition_input="message")
 
 
-def test_message_recognition_survives_a_state_round_trip():
+@pytest.mark.parametrize("mode", ["message", "message_only"])
+def test_message_recognition_survives_a_state_round_trip(mode):
     model = build(sbn_config((2, 3, 6), 0))
-    opts = {"sleep_samples": 200, "features": 10, "recognition_hidden": 10, "recognition_input": "message"}
+    opts = {"sleep_samples": 200, "features": 10, "recognition_hidden": 10, "recognition_input": mode}
     algo = wakesleep.build_algorithm("ddc_hm", model, **opts)
     algo.sleep()
     x = model.sample(5)[-1]
