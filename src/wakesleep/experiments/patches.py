@@ -437,12 +437,13 @@ def run(
         acfg = architecture_config(config, d1, d2)
         arch_dir = out_dir / f"d{d1}_{d2}"
         arch_dir.mkdir(exist_ok=True)  # exists when resuming
+        entries = algorithm_entries(acfg, "experiment patches")
         if exp["init"] == "ppca":
-            first = next(iter(algorithm_entries(acfg, "experiment patches").values()))
+            first = next(iter(entries.values()))
             torch.manual_seed(first["train"]["seed"])  # the random parts (B) as train_from_config draws them
             init = ppca_init(build_model_from_config(first), train_x, seed=d1 * 100 + d2)
-            acfg["model"]["init"] = {k: v.tolist() for k, v in init.items()}  # inline: the run's config.yaml holds it
-        entries = algorithm_entries(acfg, "experiment patches")
+            for cfg in entries.values():  # inline: each run's config.yaml holds its initial values
+                cfg["model"]["init"] = {k: v.tolist() for k, v in init.items()}
         samples: dict[str, torch.Tensor] = {}
         arch: dict[str, Any] = {"d1": d1, "d2": d2, "algorithms": {}, "floor_mmd2": floor}
         for label, cfg in entries.items():
