@@ -5,7 +5,8 @@ RWS, wake-sleep) and with :func:`wakesleep.eval.fit_proposal` otherwise (DDC-HM)
 estimators. This script gives every model named by ``--labels`` a fresh ``fit_proposal`` proposal (model
 frozen), trained in stages (``--stages``, cumulative Adam steps) and evaluated after each stage on the first
 ``--points`` test images with ``--k`` particles, and finally through the model's own proposal when it has one.
-One JSON line per evaluation on stdout.
+One JSON line per evaluation on stdout, after one line describing the model: the Frobenius norm of its
+observation weights and the mean entropy of p(x | z1) over 2000 prior samples (how certain its pixels are).
 
 Usage (``DIR`` is the output folder of a finished ``wakesleep experiment sbn`` run)::
 
@@ -42,6 +43,14 @@ def main() -> None:
         run = args.run / label
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         model, algo = _load_finished(cfg, run / "checkpoint")
+        with torch.no_grad():
+            torch.manual_seed(0)
+            zs = model.sample(2000)
+            layers = list(model.layers.values())
+            p = torch.sigmoid(layers[-1].natural_params(layers[-2].embed(zs[-2])).squeeze(-1)).double()
+            entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)).sum(1).mean()
+            weight = float(layers[-1].link.weight.norm())
+        print(json.dumps({"label": label, "obs_weight_norm": weight, "entropy_x_given_z1": float(entropy)}))
         data = load_data(cfg, model)
         train, test = data.train.to(model.dtype), data.test[: args.points].to(model.dtype)
         q, done, t0 = None, 0, time.perf_counter()
