@@ -5,6 +5,8 @@ network with at most 12 binary latents. Criterion (issue 2): cosine similarity >
 gradient of (1/B) sum_b log p(x_b) for every parameter block, batch of 100, parameters away from the optimum.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -147,8 +149,11 @@ def test_wake_gradient_does_not_touch_model_grads_and_needs_sleep():
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("beta", ["analytic", "sample", "conditional"])
-def test_closed_form_cotangents_equal_autodiff_of_the_log_normaliser(beta):
+@pytest.mark.parametrize(
+    ("beta", "readout_weights"),
+    [("analytic", "linear"), ("sample", "linear"), ("conditional", "linear"), ("analytic", "nonnegative")],
+)
+def test_closed_form_cotangents_equal_autodiff_of_the_log_normaliser(beta, readout_weights):
     """wake_gradient's cotangents G = a S - a' mu(eta) equal autodiff of eq. 36 written with A(eta) (float64,
     the paper's model: mixture top, Laplace middle, Gaussian observations)."""
     cfg = {
@@ -161,12 +166,20 @@ def test_closed_form_cotangents_equal_autodiff_of_the_log_normaliser(beta):
     }
     model = wakesleep.build_model(cfg)
     x = model.sample(16)[-1]
-    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=20, beta=beta)
+    algo = wakesleep.build_algorithm(
+        "ddc_hm",
+        model,
+        sleep_samples=300,
+        features=20,
+        recognition_hidden=20,
+        beta=beta,
+        readout_weights=readout_weights,
+    )
     algo.sleep()
     est = algo.wake_gradient(x)
     layers, z = list(model.layers.values()), algo._samples
     rs = algo.recognise(x)
-    a = [algo._weights(i, rs[i].mean(0)) for i in range(2)]
+    a = [algo._weights(i, rs[i]).mean(1) for i in range(2)]  # the average of each data point's weights
     with torch.enable_grad():
         total = (a[0] * layers[0].log_prob(z[0])).sum()
         fam, eta = layers[1].family, layers[1].natural_params(layers[0].embed(z[0]))
@@ -191,6 +204,28 @@ def test_closed_form_cotangents_equal_autodiff_of_the_log_normaliser(beta):
         torch.testing.assert_close(est[k], g, rtol=1e-9, atol=1e-11)
 
 
+def test_nonnegative_readout_weights_give_valid_expectations_off_the_sleep_samples():
+    """readout_weights="nonnegative": per data point the weights are >= 0 and sum to 1, so E[z^2] >= E[z]^2 >= 0
+    even for inputs unlike any sleep sample, where the linear read-out's second moments go negative."""
+    model = build(linear_gaussian_config())
+    x = 5.0 * model.sample(64)[-1]  # far outside the model's own samples
+    opts = {"sleep_samples": 400, "features": 30, "recognition_hidden": 30}
+    checks = {}
+    for kind in ("linear", "nonnegative"):
+        torch.manual_seed(0)
+        algo = wakesleep.build_algorithm("ddc_hm", model, readout_weights=kind, **opts)
+        algo.sleep()
+        w = algo._weights(0, algo.recognise(x)[0])
+        torch.testing.assert_close(w.sum(0), torch.ones_like(w[0]), rtol=1e-8, atol=1e-8)
+        mean = algo.expectation(x, "z2", lambda z: z)
+        second = algo.expectation(x, "z2", lambda z: z * z)
+        checks[kind] = (w, second - mean**2)
+    w, var = checks["nonnegative"]
+    assert bool((w >= 0).all()) and bool((var >= -1e-12).all())
+    w, var = checks["linear"]
+    assert bool((w < 0).any()) and bool((var < 0).any())  # what the option is for
+
+
 def _close(a, b):
     return all(torch.allclose(a[k], b[k], rtol=1e-10, atol=1e-12) for k in a)
 
@@ -213,6 +248,44 @@ def test_wake_reuses_the_sleep_forward_pass_only_while_theta_is_unchanged():
     algo._etas = [None] * len(cached)
     assert _close(g_moved, algo.wake_gradient(x))
     assert not _close(g_moved, g_cached)
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_wake_theta_sleep_keeps_the_gradient_regressions_of_the_last_sleep_phase(given):
+    """wake_theta="sleep": after theta moves, the wake gradient is the one that theta at the sleep phase would
+    give (Algorithm 1's alpha_l, beta_l), returned for the model's parameters, which training then moves."""
+    model = build(sbn_config((2, 3, 5), 1))
+    x = build(sbn_config((2, 3, 5), 0)).sample(8)[-1]
+    opts = {"sleep_samples": 300, "features": 20, "recognition_hidden": 30, "recognition_input": "linear"}
+    stale = wakesleep.build_algorithm("ddc_hm", model, wake_theta="sleep", **opts)
+    if given:
+        stale.sleep(samples=model.sample(300))
+    else:
+        stale.sleep()
+    at_sleep = copy.deepcopy(model)
+    current = wakesleep.build_algorithm("ddc_hm", at_sleep, **opts)
+    current.sleep(samples=stale._samples)
+    g_sleep = stale.wake_gradient(x)
+    assert set(g_sleep) == {k for k, p in model.named_parameters() if p.requires_grad}
+    assert _close(g_sleep, current.wake_gradient(x))  # theta unchanged: the two estimators agree
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3)
+    g_moved = stale.wake_gradient(x)
+    assert _close(g_moved, g_sleep)  # the links stay at the sleep phase's theta ...
+    moved = wakesleep.build_algorithm("ddc_hm", model, **opts)
+    moved.sleep(samples=stale._samples)
+    assert not _close(moved.wake_gradient(x), g_moved)  # ... where wake_theta="current" would move with theta
+    assert all(p.grad is None for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for k, p in model.named_parameters():
+        p.grad = -g_moved[k]
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert _close(stale.wake_gradient(x), g_sleep)  # in-place updates of theta do not break the kept graph
+    with pytest.raises(wakesleep.WakesleepError, match="wake_theta"):
+        wakesleep.build_algorithm("ddc_hm", model, wake_theta="stale")
 
 
 def test_sleep_on_given_samples_equals_drawing_them():

@@ -25,6 +25,7 @@ T(z_l) using the sleep pair (z_l, z_{l+1}), which is a draw from p(z_{l+1} | z_l
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -144,6 +145,24 @@ class DDCHelmholtzMachine(Algorithm):
         carried by the sleep pairs (exact by the Markov property: p(z_{l+1} | z_l, x) = p(z_{l+1} | z_l)) and
         never through r_{l+1}. Use it when the upper read-out is poor: with ``analytic`` a read-out of R^2 ~ 0
         makes q(z_{l+1} | x) the prior in one term only, and the wake gradient then pulls the layers apart.
+    readout_weights : {"linear", "nonnegative"}
+        How a posterior expectation is read out from the sleep samples (eq. 5 with ridge): ``linear``, the
+        regression weights w(x) = T C r(x), which sum to one but may be negative, so that for data unlike the
+        sleep samples an expectation of a non-negative function (a second moment) can come out negative;
+        ``nonnegative``, those weights clipped at zero and renormalised to sum to one for each data point, so
+        every expectation is a convex combination of sleep-sample values (biased where the linear read-out is
+        right). Not available under data parallelism (the renormalisation would need every rank's data).
+    wake_theta : {"current", "sleep"}
+        Where the wake phase evaluates the gradient regressions alpha_l, beta_l (eqs. 31-35) when a trainer
+        sleeps less often than every step (``sleep_every`` > 1). ``current``: re-evaluate the links
+        eta_l(z_{l+1}) at the N sleep samples with the current theta in every wake phase (the cotangents then
+        use the current mean parameters). ``sleep``: keep them as fitted in the last sleep phase, at the theta
+        that drew the sleep samples (Algorithm 1's alpha_l, beta_l, used until the next sleep phase); the wake
+        phase then only back-propagates through the links stored at that phase (about half of its work on a
+        sigmoid belief network) at the price of a gradient whose sleep-sample terms are up to ``sleep_every``
+        - 1 steps old. The links are evaluated on a copy of the model taken at the sleep phase
+        (``sleep_model``), whose parameters' gradients are returned under the model's names. With a sleep
+        phase every step the two are the same estimator.
     mlp_layers, mlp_steps, mlp_lr : int, int, float
         Depth, Adam steps per sleep phase and learning rate of the MLP recognition.
     seed : int
@@ -169,6 +188,8 @@ class DDCHelmholtzMachine(Algorithm):
         grad_ridge: float = 1e-3,
         free_stats: bool = True,
         beta: str = "analytic",
+        readout_weights: str = "linear",
+        wake_theta: str = "current",
         mlp_layers: int = 2,
         mlp_steps: int = 50,
         mlp_lr: float = 1e-3,
@@ -179,6 +200,13 @@ class DDCHelmholtzMachine(Algorithm):
             raise WakesleepError("ddc_hm: needs a deep exponential-family model (wakesleep.build_model)")
         if beta not in ("analytic", "sample", "conditional"):
             raise WakesleepError(f"algorithm.beta: must be 'analytic', 'sample' or 'conditional', got {beta!r}")
+        if readout_weights not in ("linear", "nonnegative"):
+            raise WakesleepError(
+                f"algorithm.readout_weights: must be 'linear' or 'nonnegative', got {readout_weights!r}"
+            )
+        self.readout_weights = readout_weights
+        if wake_theta not in ("current", "sleep"):
+            raise WakesleepError(f"algorithm.wake_theta: must be 'current' or 'sleep', got {wake_theta!r}")
         if recognition not in ("ddc", "direct", "mlp"):
             raise WakesleepError(f"algorithm.recognition: must be ddc, direct or mlp, got {recognition!r}")
         if int(sleep_samples) < 2:
@@ -200,7 +228,7 @@ class DDCHelmholtzMachine(Algorithm):
         self.recognition_input = recognition_input
         self.recognition_ridge_every = int(recognition_ridge_every)
         self.free_stats = bool(free_stats)
-        self.grad_ridge, self.beta = float(grad_ridge), beta
+        self.grad_ridge, self.beta, self.wake_theta = float(grad_ridge), beta, wake_theta
         self.recognition_memory = recognition_memory
         self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = int(mlp_layers), int(mlp_steps), float(mlp_lr), seed
 
@@ -275,6 +303,7 @@ class DDCHelmholtzMachine(Algorithm):
         self._samples: list[Tensor] | None = None
         self._etas: list[Tensor | None] = []
         self._etas_version: tuple = ()
+        self.sleep_model: torch.nn.Module | None = None  # theta of the last sleep phase (wake_theta="sleep")
         self._reduce: Callable[[Tensor], Tensor] | None = None
         self.global_gradients = True  # wake_gradient is already the global gradient under data parallelism
 
@@ -318,6 +347,8 @@ class DDCHelmholtzMachine(Algorithm):
         phase are summed, so every rank solves the same systems, and :meth:`wake_gradient` returns on every
         rank the gradient for the union of all ranks' sleep samples and minibatches.
         """
+        if reduce is not None and self.readout_weights == "nonnegative":
+            raise WakesleepError("algorithm.readout_weights: 'nonnegative' does not support data-parallel training")
         self._reduce = reduce
         self.recognizer.reduce = reduce
         if hasattr(self.recognizer, "stats"):
@@ -326,14 +357,16 @@ class DDCHelmholtzMachine(Algorithm):
     def _sum(self, t: Tensor) -> Tensor:
         return t if self._reduce is None else self._reduce(t)
 
-    def _draw_sleep_samples(self) -> tuple[list[Tensor], list[Tensor | None]]:
-        """Ancestral samples ``[z_L, ..., z_1, x]`` and the natural parameters eta_l(z_{l+1}) that drew them.
+    def _draw_sleep_samples(self, model: torch.nn.Module) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Ancestral samples ``[z_L, ..., z_1, x]`` from ``model`` and the natural parameters eta_l(z_{l+1}) that
+        drew them.
 
         The natural parameters keep their autograd graph: while theta is unchanged (one wake phase per sleep
-        phase, Algorithm 1), the wake surrogate reuses them instead of re-evaluating every link at the N
-        sleep samples, which is a third of the wake phase's work on a sigmoid belief network.
+        phase, Algorithm 1), or always with ``wake_theta="sleep"``, the wake surrogate reuses them instead of
+        re-evaluating every link at the N sleep samples, which is a third of the wake phase's work on a
+        sigmoid belief network.
         """
-        layers = list(self.model.layers.values())
+        layers = list(model.layers.values())
         with torch.no_grad():
             samples = [layers[0].sample(self.sleep_samples)]
         etas: list[Tensor | None] = [None]
@@ -344,6 +377,20 @@ class DDCHelmholtzMachine(Algorithm):
                 samples.append(layer.family.sample(eta.detach()))
             etas.append(eta if eta.requires_grad else None)
         return samples, etas
+
+    def _links_model(self) -> torch.nn.Module:
+        """The model whose parameters the wake phase's sleep-sample terms are evaluated at."""
+        return self.sleep_model if self.wake_theta == "sleep" and self.sleep_model is not None else self.model
+
+    def _snapshot(self) -> None:
+        """Copy theta into ``sleep_model`` (``wake_theta="sleep"``)."""
+        if self.sleep_model is None:
+            self.sleep_model = copy.deepcopy(self.model)
+        else:
+            with torch.no_grad():
+                for p_copy, p in zip(self.sleep_model.parameters(), self.model.parameters(), strict=True):
+                    p_copy.copy_(p)
+                    p_copy.requires_grad_(p.requires_grad)
 
     def _param_versions(self) -> tuple:
         return tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
@@ -365,8 +412,10 @@ class DDCHelmholtzMachine(Algorithm):
         """
         clock = _Clock(self.model.device)
         self._to_model()
+        if self.wake_theta == "sleep":
+            self._snapshot()
         if samples is None:
-            samples, etas = self._draw_sleep_samples()
+            samples, etas = self._draw_sleep_samples(self._links_model())
         else:
             if len(samples) != len(self.model.layers) or len({int(s.shape[0]) for s in samples}) != 1:
                 raise WakesleepError(
@@ -374,6 +423,12 @@ class DDCHelmholtzMachine(Algorithm):
                 )
             samples = [s.to(device=self.model.device, dtype=self.model.dtype) for s in samples]
             etas = [None] * len(samples)
+            if self.wake_theta == "sleep":  # evaluate the links once, at the theta of this phase
+                links = list(self._links_model().layers.values())
+                with torch.enable_grad():
+                    for i in range(1, len(links)):
+                        eta = links[i].natural_params(links[i - 1].embed(samples[i - 1]))
+                        etas[i] = eta if eta.requires_grad else None
         seconds = {"seconds_sample": clock.lap()}
         with torch.no_grad():
             layers = list(self.model.layers.values())
@@ -411,8 +466,12 @@ class DDCHelmholtzMachine(Algorithm):
         return [with_intercept(r) for r in rs]
 
     def _weights(self, i: int, r: Tensor) -> Tensor:
-        """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``."""
+        """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``
+        (with ``readout_weights="nonnegative"`` clipped at 0 and renormalised per column)."""
         w = self._feats[i] @ (self._inv[i] @ r.reshape(-1, r.shape[-1]).T)
+        if self.readout_weights == "nonnegative":
+            w = w.clamp_min(0.0)
+            w = w / w.sum(0, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return w.reshape(w.shape[0], *r.shape[:-1])
 
     def expectation(self, x: Tensor, layer: str, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -451,13 +510,17 @@ class DDCHelmholtzMachine(Algorithm):
         if x.ndim != 2 or x.shape[1] != self.model.obs_dim:
             raise WakesleepError(f"ddc_hm: x must be [batch, {self.model.obs_dim}], got {tuple(x.shape)}")
         x = x.to(device=self.model.device, dtype=self.model.dtype)
-        layers = list(self.model.layers.values())
+        layers = list(self._links_model().layers.values())
         z = self._samples
         n_latent = len(layers) - 1
         rs = self.recognise(x)
         b_total = self._sum(x.new_tensor([x.shape[0]]))
-        a = [self._weights(i, self._sum(rs[i].sum(0)) / b_total) for i in range(n_latent)]  # batch-averaged, [n]
-        fresh = self._etas_version == self._param_versions()  # theta unchanged since the sleep phase
+        if self.readout_weights == "nonnegative":  # weights are not linear in r: average them over the batch
+            a = [self._weights(i, rs[i]).mean(1) for i in range(n_latent)]
+        else:
+            a = [self._weights(i, self._sum(rs[i].sum(0)) / b_total) for i in range(n_latent)]  # batch-averaged, [n]
+        # theta unchanged since the sleep phase, or the links are kept at that phase's theta (wake_theta="sleep")
+        fresh = self.wake_theta == "sleep" or self._etas_version == self._param_versions()
 
         def natural_params(i: int) -> Tensor:  # eta_i(z_{i-1}) at the sleep samples, with its autograd graph
             cached = self._etas[i]
@@ -487,7 +550,9 @@ class DDCHelmholtzMachine(Algorithm):
             feats, inv, r = self._feats[-1], self._inv[-1], rs[-1]
             n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
             # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
-            if self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
+            if self.readout_weights == "nonnegative":
+                m = matmul(self._weights(n_latent - 1, r) / b_total, sx)
+            elif self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
                 m = matmul(feats @ (inv @ r.T) / b_total, sx)
             else:
                 m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
@@ -502,7 +567,8 @@ class DDCHelmholtzMachine(Algorithm):
     def surrogate(self, x: Tensor) -> Tensor:
         """Scalar whose gradient w.r.t. theta is the DDC-HM wake gradient (eq. 36) averaged over ``x``
         (``top + sum_l G_l . eta_l`` with the cotangents G_l held fixed; :meth:`wake_gradient` applies the same
-        vector-Jacobian products without forming it)."""
+        vector-Jacobian products without forming it). With ``wake_theta="sleep"`` it depends on the parameters
+        of ``sleep_model``, not on the model's."""
         top, pairs = self._wake_terms(x)
         return top + sum((g * eta).sum() for eta, g in pairs)
 
@@ -517,7 +583,9 @@ class DDCHelmholtzMachine(Algorithm):
             outputs = [top] + [eta for eta, _ in pairs]
             cotangents = [torch.ones_like(top)] + [g for _, g in pairs]
             keep = [i for i, o in enumerate(outputs) if o.requires_grad]
-            names, params = zip(*[(k, p) for k, p in self.model.named_parameters() if p.requires_grad], strict=True)
+            names = [k for k, p in self.model.named_parameters() if p.requires_grad]
+            links = dict(self._links_model().named_parameters())  # the model, or its copy at the sleep phase
+            params = [links[k] for k in names]
             found = torch.autograd.grad(
                 [outputs[i] for i in keep],
                 params,
