@@ -11,7 +11,8 @@ its peak memory is its own), one after the other on the same machine, and writes
   backward), plus the Cholesky factorisations and triangular solves of DDC-HM's ridge regressions, which it
   does not see (n^3 / 3 per factorisation, 2 n^2 m per solve with m right-hand sides), stated as a fraction of
   the machine's measured matrix-multiply rate (float32 2048 x 2048 products in the same process and threads):
-  the achieved rate over the physical limit;
+  the achieved rate over the physical limit; an entry trained with ``train.precision: bfloat16`` (mixed
+  precision) also gets the rate of bfloat16 products, the limit for the share of its work that is lowered;
 * the test MMD^2 (Gaussian kernel, median-heuristic width on the test images) and importance-sampled NLL
   reached at the end, and an MMD^2 learning curve against training wall time (``--evals`` points) from which
   the time DDC-HM needs to reach VIMCO's final MMD^2 is read.
@@ -242,6 +243,7 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
         recognition_lr=t["recognition_lr"],
         seed=t["seed"],
         sleep_every=t["sleep_every"],
+        precision=t["precision"],
         log_every=eval_every,
         progress=False,
         monitor_samples=0,
@@ -274,6 +276,9 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     flops = iteration_flops(algo, x, int(t["sleep_every"]))
     rate = matmul_rate(model.dtype, str(model.device))
     cpu_rate = matmul_rate(model.dtype, str(model.device), clock=time.process_time)  # FLOP per CPU second
+    precision = t.get("precision", "float32")
+    # the rate of products in the lowered dtype (train.precision): the limit for the share of the work lowered
+    low_rate = None if precision == "float32" else matmul_rate(getattr(torch, precision), str(model.device))
     sec_iter = wall / max(trainer.n_iter_, 1)
     cpu_iter = cpu / max(trainer.n_iter_, 1)
     return {
@@ -312,6 +317,8 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": str(model.device),
         "dtype": str(model.dtype),
+        "precision": precision,
+        "matmul_gflops_lowered": None if low_rate is None else low_rate / 1e9,
     }
 
 
@@ -388,6 +395,8 @@ def _markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | failed: {r['error']} | | | | | | | | |")
             continue
         name = label + (f" (sleep every {r['sleep_every']})" if r.get("sleep_every", 1) > 1 else "")
+        if r.get("precision", "float32") != "float32":
+            name += f" ({r['precision']} mixed; its products' rate {r['matmul_gflops_lowered']:.0f} GFLOP/s)"
         lines.append(
             f"| {name} | {r['seconds_per_epoch']:.1f} | {r['cpu_seconds_per_epoch']:.1f} | "
             f"{r['gflop_per_iteration']:.3g} | {r['achieved_gflops']:.3g} | "

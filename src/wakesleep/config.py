@@ -61,6 +61,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 0,  # write checkpoint/ every this many iterations (0: only at the end)
     "max_iters": None,  # optional cap on the number of iterations
     "samples": 10000,  # size of samples.npz written by `wakesleep train`
+    "precision": "float32",  # float32 | bfloat16 | float16 (CUDA): mixed precision of the models' matrix products
     "threads": None,  # torch CPU threads (torch.set_num_threads); None: torch's default. 1 is fastest for tiny models
 }
 
@@ -235,6 +236,12 @@ def _resolve_train(raw: Any, source: str | None) -> dict[str, Any]:
         raise _err(f"train.device must be 'cpu', 'cuda' or 'cuda:N', got {dev!r}", source)
     if t["dtype"] not in (None, "float32", "float64"):
         raise _err(f"train.dtype must be 'float32' or 'float64', got {t['dtype']!r}", source)
+    if t["precision"] not in ("float32", "bfloat16", "float16"):
+        raise _err(f"train.precision must be 'float32', 'bfloat16' or 'float16', got {t['precision']!r}", source)
+    if t["precision"] == "float16" and not dev.startswith("cuda"):
+        raise _err("train.precision: float16 needs train.device cuda (use bfloat16 on a CPU)", source)
+    if t["precision"] != "float32" and t["dtype"] == "float64":
+        raise _err("train.precision: mixed precision needs train.dtype float32", source)
     return t
 
 

@@ -220,6 +220,7 @@ def train_distributed(
         recognition_lr=t["recognition_lr"],
         seed=t["seed"] + 1000 * rank,
         sleep_every=t["sleep_every"],
+        precision=t["precision"],
         log_every=t["log_every"],
         checkpoint_every=t["checkpoint_every"],
         max_iters=t["max_iters"],

@@ -43,6 +43,7 @@ import torch
 from wakesleep import io as wio
 from wakesleep.config import dump_config, torch_device, torch_dtype
 from wakesleep.errors import WakesleepError
+from wakesleep.models._linear import PRECISIONS, autocast
 
 __all__ = [
     "Trainer",
@@ -283,6 +284,13 @@ class Trainer:
         Model samples drawn at each log step for the moment-gap progress metric (0 disables it).
     callback : callable, optional
         ``callback(trainer, record)`` after each logged record.
+    precision : {"float32", "bfloat16", "float16"}
+        ``bfloat16`` / ``float16`` (CUDA only): mixed precision. The sleep and wake phases run under
+        ``torch.autocast``, which does the matrix products of the generative links and of trained proposals
+        (``wakesleep.models.linear``) with inputs rounded to that dtype and float32 accumulation; their results
+        come back as float32, so log-densities, sums over units, the optimiser and the parameters stay float32.
+        DDC-HM's recognition, regression statistics and solves are never lowered (their solves amplify rounding
+        errors). The model must be float32.
 
     Attributes (after ``fit``)
     --------------------------
@@ -311,7 +319,11 @@ class Trainer:
         progress: bool | None = None,
         monitor_samples: int = 1000,
         callback: Callable[[Trainer, dict], None] | None = None,
+        precision: str = "float32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise WakesleepError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.algorithm = algorithm
         self.epochs = epochs
         self.batch_size = batch_size
@@ -405,6 +417,10 @@ class Trainer:
             ref = next(iter(model.parameters()))
         dtype = getattr(model, "dtype", ref.dtype)
         device = torch.device(getattr(model, "device", ref.device))
+        if self.precision != "float32" and dtype != torch.float32:
+            raise WakesleepError(f"train.precision: {self.precision} needs a float32 model, got {dtype}")
+        if self.precision == "float16" and device.type != "cuda":
+            raise WakesleepError("train.precision: float16 needs a CUDA device (use bfloat16 on a CPU)")
         dataset = data if hasattr(data, "draw_train") else None  # a wakesleep.data.DataSet
 
         def draw() -> torch.Tensor:
@@ -525,17 +541,21 @@ class Trainer:
                         break
                     if step % self.sleep_every == 0 or resleep:
                         resleep = False
-                        info = algo.sleep() or {}
+                        with autocast(device, self.precision):
+                            info = algo.sleep() or {}
                         last_sleep = {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
                     x = x_all[perm[start : start + batch]]
-                    grads = algo.wake_gradient(x)
+                    with autocast(device, self.precision):
+                        grads = algo.wake_gradient(x)
                     self._apply(grads, step + 1)
                     if self.recognition_optimizer_ is not None:
                         self.recognition_optimizer_.zero_grad(set_to_none=True)
-                        rinfo = algo.step_recognition(x)
+                        with autocast(device, self.precision):
+                            rinfo = algo.step_recognition(x)
                         self.recognition_optimizer_.step()
                     else:
-                        rinfo = algo.step_recognition(x)
+                        with autocast(device, self.precision):
+                            rinfo = algo.step_recognition(x)
                     add("recognition/", rinfo)
                     window.setdefault("grad_norm", []).append(self._last_grad_norm)
                     step += 1
@@ -845,6 +865,7 @@ def trainer_from_config(algo: Any, config: Mapping[str, Any], **overrides: Any) 
         "log_every": t["log_every"],
         "checkpoint_every": t["checkpoint_every"],
         "max_iters": t["max_iters"],
+        "precision": t.get("precision", "float32"),
     }
     kwargs.update(overrides)
     return Trainer(algo, **kwargs)

@@ -37,7 +37,7 @@ from wakesleep.algorithms.features import EncodingFunctions
 from wakesleep.algorithms.recognition import LinearDDCRecognition, MLPDDCRecognition
 from wakesleep.algorithms.ridge import MEMORY_GRID, cholesky_factor, with_intercept
 from wakesleep.errors import WakesleepError
-from wakesleep.models._linear import matmul
+from wakesleep.models._linear import full_precision, matmul
 
 
 class _Clock:
@@ -430,6 +430,13 @@ class DDCHelmholtzMachine(Algorithm):
                         eta = links[i].natural_params(links[i - 1].embed(samples[i - 1]))
                         etas[i] = eta if eta.requires_grad else None
         seconds = {"seconds_sample": clock.lap()}
+        with full_precision(self.model.device):  # mixed precision (train.precision) stops at the regressions
+            return self._fit_regressions(samples, etas, clock, seconds)
+
+    def _fit_regressions(
+        self, samples: list[Tensor], etas: list[Tensor | None], clock: _Clock, seconds: dict[str, float]
+    ) -> dict[str, float]:
+        """The part of :meth:`sleep` after sampling: recognition fit (eq. 7) and the gradient systems."""
         with torch.no_grad():
             layers = list(self.model.layers.values())
             n_latent = len(layers) - 1
@@ -461,14 +468,15 @@ class DDCHelmholtzMachine(Algorithm):
         """DDC posterior representation r_l(x) ~ E_q[T(z_l)] for each latent layer, **top first**,
         each ``[B, K_l + 1]`` (the last entry is the constant feature, 1)."""
         self._require_sleep()
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(x.device):
             rs = self.recognizer(x)[::-1]
         return [with_intercept(r) for r in rs]
 
     def _weights(self, i: int, r: Tensor) -> Tensor:
         """w = T (T^T T / n + Lambda)^{-1} r / n over the sleep samples of layer i: ``r [..., K+1] -> [n, ...]``
         (with ``readout_weights="nonnegative"`` clipped at 0 and renormalised per column)."""
-        w = self._feats[i] @ (self._inv[i] @ r.reshape(-1, r.shape[-1]).T)
+        with full_precision(r.device):  # the weights cancel in their sums: rounding them is not safe
+            w = self._feats[i] @ (self._inv[i] @ r.reshape(-1, r.shape[-1]).T)
         if self.readout_weights == "nonnegative":
             w = w.clamp_min(0.0)
             w = w / w.sum(0, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
@@ -531,7 +539,9 @@ class DDCHelmholtzMachine(Algorithm):
         top = (a[0] * layers[0].log_prob(z[0])).sum()  # eq. 36, top layer (alpha_L r_L - grad Phi)
         etas = [natural_params(i) for i in range(1, n_latent + 1)]
         pairs = []
-        with torch.no_grad():
+        # only the links above run in mixed precision (train.precision); the cotangents weight sleep samples by
+        # signed regression weights whose sums cancel, and stay in full precision
+        with torch.no_grad(), full_precision(x.device):
             for i in range(1, n_latent):  # eq. 36, middle layers: alpha_l r_l - beta_{l+1} r_{l+1}
                 fam = layers[i].family
                 eta = etas[i - 1]

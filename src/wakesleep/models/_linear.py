@@ -7,17 +7,25 @@ product and the weight/input gradients with ``torch.ops.mkldnn._linear_pointwise
 ``torch.compile``'s CPU linear layers; full float32 arithmetic, only the blocking differs) and falls back to
 ``F.linear`` for other dtypes and devices, when oneDNN is unavailable or fails a first self-check, and when the
 backward must itself be differentiable (``create_graph=True``). ``WAKESLEEP_ONEDNN=0`` disables it.
+
+Mixed precision (``train.precision``, :func:`autocast`): inside ``torch.autocast`` :func:`linear` lets autocast
+do the product in its lower precision (bfloat16 or float16 inputs, float32 accumulation) and returns the result
+in the input's dtype, so everything after a product (log-densities, sums over pixels) stays in full precision.
+:func:`matmul`, the helper of regression statistics and read-outs, is never lowered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear", "matmul", "onednn_enabled"]
+__all__ = ["autocast", "full_precision", "linear", "matmul", "onednn_enabled"]
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _STATE: dict[str, bool] = {}
 # below this many multiply-adds (rows * in * out) a oneDNN call (~15 us of fixed cost) is slower than F.linear
@@ -84,8 +92,25 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def autocast(device: torch.device | str, precision: str = "float32") -> contextlib.AbstractContextManager:
+    """Context for mixed precision: ``torch.autocast`` with the ``precision``'s dtype on ``device``'s type, a
+    no-op context for ``float32``."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def full_precision(device: torch.device | str) -> torch.autocast:
+    """Context that switches mixed precision off (for regressions whose solves amplify rounding errors)."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ weight.T + bias`` over the last axis of ``x`` (as ``F.linear``), differentiable."""
+    """``x @ weight.T + bias`` over the last axis of ``x`` (as ``F.linear``), differentiable; under
+    ``torch.autocast`` the product is in autocast's precision and the result in ``x``'s dtype."""
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias).to(x.dtype)
     if (
         x.dtype == torch.float32
         and weight.dtype == torch.float32
