@@ -59,6 +59,32 @@ def test_patches_tiny(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["architectures"][0]["relative_test"]["mmd2_z"] == pytest.approx(rel["mmd2_z"])
     assert "| 3 | 2 |" in (out / "report.md").read_text()
+    assert set(arch["references"]) == {"gaussian_diag", "gaussian_full"}
+    assert 0.0 <= arch["candidate_vs_gaussian_full"]["p_value"] <= 1.0
+    assert all(a["top_pc_variance_ratio"] > 0 for a in arch["algorithms"].values())
+
+
+def test_gaussian_references_and_the_variance_ratio():
+    """The reference Gaussians reproduce the training moments (diagonal / full covariance, 20000 draws: relative
+    Frobenius error < 5 %), and the variance ratio is 1 for the full Gaussian, about the ratio of pixel to
+    leading-direction variance for independent pixels, and 4 for samples blown up by 2."""
+    from wakesleep.experiments.patches import gaussian_references, principal_directions, variance_ratio
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    x = torch.randn(20000, 8, generator=g, dtype=torch.float64) @ a.T + 1.0
+    refs = gaussian_references(x, 20000, seed=1)
+    cov = torch.cov(x.T)
+    full, diag = torch.cov(refs["gaussian_full"].T), torch.cov(refs["gaussian_diag"].T)
+    assert float((full - cov).norm() / cov.norm()) < 0.05
+    assert float((diag - torch.diag(cov.diag())).norm() / cov.diag().norm()) < 0.05
+    dirs = principal_directions(x, 3)
+    assert variance_ratio(refs["gaussian_full"], x, dirs) == pytest.approx(1.0, abs=0.05)
+    assert variance_ratio(2 * refs["gaussian_full"], x, dirs) == pytest.approx(4.0, rel=0.05)
+    top = float((x @ dirs).var(0).sum())
+    expected = float((dirs * (cov.diag()[:, None] * dirs)).sum()) / top
+    assert variance_ratio(refs["gaussian_diag"], x, dirs) == pytest.approx(expected, rel=0.05)
+    assert expected < 0.9
 
 
 @needs_fashion
