@@ -226,19 +226,6 @@ def test_nonnegative_readout_weights_give_valid_expectations_off_the_sleep_sampl
     assert bool((w < 0).any()) and bool((var < 0).any())  # what the option is for
 
 
-def test_state_of_earlier_versions_with_an_unused_message_standardiser_loads():
-    model = build(sbn_config((2, 3, 5), 1))
-    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=100, features=10, recognition_hidden=10)
-    algo.sleep()
-    state = algo.state_dict()
-    old = {**state, "recognizer.features.message_standardize.centre": torch.zeros(3)}
-    old["recognizer.features.message_standardize.scale"] = torch.ones(3)
-    again = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=100, features=10, recognition_hidden=10)
-    again.load_state_dict(old)
-    x = model.sample(4)[-1]
-    assert all(torch.equal(a, b) for a, b in zip(again.recognizer(x), algo.recognizer(x), strict=True))
-
-
 def _close(a, b):
     return all(torch.allclose(a[k], b[k], rtol=1e-10, atol=1e-12) for k in a)
 

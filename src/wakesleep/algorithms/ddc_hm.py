@@ -633,9 +633,6 @@ class DDCHelmholtzMachine(Algorithm):
             if k.startswith("recognizer.") and not k.startswith("recognizer.maps.")
         }
         rec.pop("features._iu", None)  # saved by earlier versions (now recomputed, not stored)
-        if getattr(getattr(self.recognizer, "features", None), "message_standardize", 1) is None:
-            for k in [k for k in rec if k.startswith("features.message_standardize.")]:
-                del rec[k]  # earlier versions kept an unused message standardiser for every input mode
         if hasattr(self.recognizer, "load_fit_state"):
             prefix = "recognizer_fit."
             self.recognizer.load_fit_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
