@@ -61,6 +61,8 @@ def test_patches_tiny(tmp_path):
     assert "| 3 | 2 |" in (out / "report.md").read_text()
     assert set(arch["references"]) == {"gaussian_diag", "gaussian_full"}
     assert 0.0 <= arch["candidate_vs_gaussian_full"]["p_value"] <= 1.0
+    fixed = arch["relative_test_data_width"]
+    assert 0.0 <= fixed["p_value"] <= 1.0 and fixed["bandwidth"] > 0
     assert all(a["top_pc_variance_ratio"] > 0 for a in arch["algorithms"].values())
 
 
