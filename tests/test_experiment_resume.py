@@ -247,3 +247,27 @@ def test_entry_stopped_between_training_and_done_marker_is_not_retrained(
     assert arch["algorithms"]["ddc_hm"]["iterations"] == 4
     ref = patches_reference["architectures"][0]["relative_test"]
     assert arch["relative_test"]["mmd2_z"] == pytest.approx(ref["mmd2_z"], rel=1e-12, abs=1e-15)
+
+
+def test_finished_entry_that_no_longer_fits_is_a_user_error(tmp_path, monkeypatch, capsys):
+    """A finished entry whose saved state does not fit what its config now builds (e.g. an option whose default
+    meaning changed between versions) gives one line naming the checkpoint, not a traceback."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "out"
+    count_training(monkeypatch, fail_at=2)
+    with pytest.raises(RuntimeError):
+        run_experiment("patches", out, overrides=PATCHES, progress=False)
+    capsys.readouterr()
+    ckpt = tmp_path / "out.partial" / "d3_2" / "ddc_hm" / "checkpoint"
+    weights = next(p for p in ckpt.iterdir() if p.suffix == ".safetensors" and "model" in p.name)
+    state = load_file(weights)
+    state["layers.x.link.weight"] = state["layers.x.link.weight"][:, :-1].contiguous()  # a different D1
+    save_file(state, weights)
+    count_training(monkeypatch)
+    rc = main(["experiment", "patches", "--out", str(out), "--resume", "--no-progress", *_sets(PATCHES)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]  # after the line saying where the unfinished run is kept
+    assert last.startswith("error:") and "ddc_hm/checkpoint" in last and "does not fit" in last, err
+    assert (tmp_path / "out.partial").is_dir() and not out.exists()

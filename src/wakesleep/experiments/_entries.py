@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from wakesleep import io as wio
+from wakesleep.errors import WakesleepError
 
 __all__ = ["DONE_FILE", "Entry", "EntryRunner"]
 
@@ -203,10 +204,20 @@ def _load_finished(config: dict[str, Any], ckpt_dir: Path) -> tuple[torch.nn.Mod
     model = build_model_from_config(config)
     algo = build_algorithm_from_config(config, model)
     ckpt = read_checkpoint(ckpt_dir)
-    model.load_state_dict(ckpt.model)
-    if ckpt.algorithm:
-        state = ckpt.algorithm
-        algo.load_state_dict({k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+    try:
+        model.load_state_dict(ckpt.model)
+        if ckpt.algorithm:
+            state = ckpt.algorithm
+            algo.load_state_dict(
+                {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+            )
+    except (RuntimeError, KeyError, ValueError, IndexError) as exc:  # e.g. an option whose meaning changed
+        detail = str(exc).strip().splitlines()
+        raise WakesleepError(
+            f"{ckpt_dir}: the finished entry does not fit the model and algorithm its config now builds "
+            f"({detail[-1].strip() if detail else type(exc).__name__}); retrain it (remove its directory) or "
+            "load it with the version and options that trained it"
+        ) from None
     return model, algo
 
 
