@@ -167,6 +167,34 @@ class LinearGaussianChain:
         return c, A
 
 
+def affine_gaussian_layer(layer: Any, parent: Any, fn: str, rtol: float = 1e-8) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W, b, v)`` of a Gaussian layer whose mean is ``W e(parent) + b`` and whose variance ``v`` does not depend
+    on the parent, read off by probing (no parameter names assumed); otherwise a :class:`WakesleepError`."""
+    dtype, device = model_dtype_device(layer)
+    if family_name(layer) != "gaussian" or layer_kind(parent) != "real":
+        raise WakesleepError(
+            f"{fn}: layer {layer.name} is {family_name(layer)} given {family_name(parent)}; "
+            "a linear-Gaussian model needs gaussian layers with real-valued parents"
+        )
+    with torch.no_grad():
+        dp = parent.dim
+        probe = torch.cat([torch.zeros(1, dp), torch.eye(dp)]).to(dtype=dtype, device=device)
+        m, v = layer.family.mean_variance(layer.natural_params(probe))
+        b = m[0]
+        w = (m[1:] - b).T  # [D, Dp]
+        g = torch.Generator().manual_seed(0)
+        r = torch.randn(3, dp, generator=g).to(dtype=dtype, device=device)
+        mr, vr = layer.family.mean_variance(layer.natural_params(r))
+        scale = 1.0 + w.abs().max() + b.abs().max()
+        eps = rtol if dtype == torch.float64 else max(rtol, 1e-3)
+        tol = eps * scale * (1.0 + r.abs().max()) * max(dp, 1) ** 0.5
+        if (mr - (r @ w.T + b)).abs().max() > tol:
+            raise WakesleepError(f"{fn}: layer {layer.name}'s mean is not affine in its parent (link is not linear)")
+        if (vr - v[0]).abs().max() > tol * v[0].abs().max():
+            raise WakesleepError(f"{fn}: layer {layer.name}'s variance depends on its parent")
+    return w, b, v[0]
+
+
 def linear_gaussian_chain(model: Any, fn: str, rtol: float = 1e-8) -> LinearGaussianChain:
     """Read a linear-Gaussian chain off a model by probing its layers (no parameter names assumed).
 
@@ -191,29 +219,8 @@ def linear_gaussian_chain(model: Any, fn: str, rtol: float = 1e-8) -> LinearGaus
             )
         weights, biases, variances = [], [], []
         for parent, layer in zip(layers[:-1], layers[1:], strict=True):
-            if family_name(layer) != "gaussian" or layer_kind(parent) != "real":
-                raise WakesleepError(
-                    f"{fn}: layer {layer.name} is {family_name(layer)} given {family_name(parent)}; "
-                    "a linear-Gaussian model needs gaussian layers with real-valued parents"
-                )
-            dp = parent.dim
-            probe = torch.cat([torch.zeros(1, dp), torch.eye(dp)]).to(dtype=dtype, device=device)
-            m, v = layer.family.mean_variance(layer.natural_params(probe))
-            b = m[0]
-            w = (m[1:] - b).T  # [D, Dp]
-            g = torch.Generator().manual_seed(0)
-            r = torch.randn(3, dp, generator=g).to(dtype=dtype, device=device)
-            mr, vr = layer.family.mean_variance(layer.natural_params(r))
-            scale = 1.0 + w.abs().max() + b.abs().max()
-            eps = rtol if dtype == torch.float64 else max(rtol, 1e-3)
-            tol = eps * scale * (1.0 + r.abs().max()) * max(dp, 1) ** 0.5
-            if (mr - (r @ w.T + b)).abs().max() > tol:
-                raise WakesleepError(
-                    f"{fn}: layer {layer.name}'s mean is not affine in its parent (link is not linear)"
-                )
-            if (vr - v[0]).abs().max() > tol * v[0].abs().max():
-                raise WakesleepError(f"{fn}: layer {layer.name}'s variance depends on its parent")
+            w, b, v = affine_gaussian_layer(layer, parent, fn, rtol)
             weights.append(w)
             biases.append(b)
-            variances.append(v[0])
+            variances.append(v)
     return LinearGaussianChain(means, var, logw, weights, biases, variances, [layer.dim for layer in layers])

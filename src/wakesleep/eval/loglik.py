@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from wakesleep.errors import WakesleepError
 from wakesleep.eval._checks import check_positive_int
 from wakesleep.eval._model import (
+    affine_gaussian_layer,
     check_obs,
     latent_configurations,
     layer_kind,
@@ -33,6 +34,7 @@ from wakesleep.eval._model import (
 )
 
 __all__ = [
+    "GaussianPosteriorProposal",
     "LogLikelihoodResult",
     "PriorProposal",
     "log_likelihood",
@@ -99,6 +101,82 @@ class PriorProposal(nn.Module):
         with torch.no_grad():
             lq = log_prior(self.model, zs)
         return zs, lq
+
+
+class GaussianPosteriorProposal(nn.Module):
+    """Proposal for models whose observation layer is Gaussian with a mean affine in a real-valued z_1.
+
+    ``z_L, ..., z_2`` are drawn from the prior; ``z_1`` from a defensive mixture of (a) the Gaussian posterior
+    of z_1 under a moment-matched Gaussian stand-in for its prior, N(m0, C0) (from ``n_prior`` prior draws):
+    ``S = (C0^-1 + W^T V^-1 W)^-1``, ``m(x) = S (C0^-1 m0 + W^T V^-1 (x - b))``, with S widened by ``inflate``;
+    and (b) N(m0, C0) itself, with weight ``prior_weight``. The importance weight is then
+    ``p(z_1 | z_2) p(x | z_1) / q(z_1 | x)``: unbiased for p(x) whatever the true prior of z_1 (Laplace, a
+    mixture, ...). It is efficient when the likelihood pins z_1 down and p(z_1 | z_2) varies little over
+    z_2's prior (the upper layers are not adapted to x); the result's ESS says how well that holds. No training
+    is needed, unlike :func:`fit_proposal`.
+
+    Parameters
+    ----------
+    model : HierarchicalModel
+        The observation layer must be Gaussian with a linear link (checked by probing).
+    inflate : float
+        Factor on the posterior covariance (heavier than the Gaussian approximation).
+    prior_weight : float
+        Mixture weight of N(m0, C0), in [0, 1).
+    n_prior : int
+        Prior draws for m0 and C0.
+    seed : int
+        Seed of those draws.
+    """
+
+    def __init__(
+        self, model: nn.Module, inflate: float = 2.0, prior_weight: float = 0.1, n_prior: int = 20000, seed: int = 0
+    ) -> None:
+        super().__init__()
+        fn = "GaussianPosteriorProposal"
+        layers = layers_of(model, fn)
+        if len(layers) < 2:
+            raise WakesleepError(f"{fn}: the model needs at least one latent layer")
+        if not 0.0 <= prior_weight < 1.0 or inflate <= 0:
+            raise WakesleepError(f"{fn}: need 0 <= prior_weight < 1 and inflate > 0")
+        self.model, self.prior_weight = model, float(prior_weight)
+        w, b, v = affine_gaussian_layer(layers[-1], layers[-2], fn, rtol=1e-5)
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            z1 = sample_latents(model, n_prior)[-1].double()
+        w, b, v = w.double(), b.double(), v.double()
+        m0 = z1.mean(0)
+        c0 = torch.cov(z1.T).reshape(z1.shape[1], z1.shape[1]) + 1e-9 * torch.eye(z1.shape[1], dtype=torch.float64)
+        p0 = torch.linalg.inv(c0)
+        s = torch.linalg.inv(p0 + w.T @ (w / v[:, None]))
+        self.w, self.b, self.v, self.m0, self.s = w, b, v, m0, s
+        self.prec0_m0 = p0 @ m0
+        self.post = torch.distributions.MultivariateNormal(torch.zeros_like(m0), covariance_matrix=inflate * s)
+        self.prior0 = torch.distributions.MultivariateNormal(m0, covariance_matrix=c0)
+
+    def _log_q(self, z1: Tensor, mean: Tensor) -> Tensor:
+        lp = self.post.log_prob(z1 - mean)
+        if self.prior_weight == 0.0:
+            return lp
+        return torch.logaddexp(
+            math.log1p(-self.prior_weight) + lp, math.log(self.prior_weight) + self.prior0.log_prob(z1)
+        )
+
+    def sample(self, x: Tensor, k: int) -> tuple[list[Tensor], Tensor]:
+        """``k`` particles per row of ``x``: ``zs`` each ``[k, B, D_l]``, ``log_q`` ``[k, B]``."""
+        b = x.shape[0]
+        dtype = x.dtype
+        with torch.no_grad():
+            upper = [z.reshape(k, b, -1) for z in sample_latents(self.model, k * b)[:-1]]
+            mean = (self.s @ (self.prec0_m0[:, None] + self.w.T @ ((x.double() - self.b) / self.v).T)).T  # [B, D1]
+            z1 = mean + self.post.sample((k, b))
+            if self.prior_weight > 0.0:
+                from_prior = torch.rand(k, b, dtype=torch.float64) < self.prior_weight
+                z1 = torch.where(from_prior[..., None], self.prior0.sample((k, b)), z1)
+            log_q = self._log_q(z1, mean)
+            if upper:  # log p(z_L, ..., z_2): the upper layers are drawn from the prior
+                log_q = log_q + log_prior(self.model, upper).double()
+        return [*upper, z1.to(dtype)], log_q.to(dtype)
 
 
 def _check_proposal_output(zs: Any, lq: Any, dims: list[int], kc: int, b: int) -> None:
