@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import pytest
@@ -64,6 +65,9 @@ def test_patches_tiny(tmp_path):
     fixed = arch["relative_test_data_width"]
     assert 0.0 <= fixed["p_value"] <= 1.0 and fixed["bandwidth"] > 0
     assert all(a["top_pc_variance_ratio"] > 0 for a in arch["algorithms"].values())
+    assert all(a["nll"]["nll"] > 0 and a["nll"]["ess_median"] >= 1 for a in arch["algorithms"].values())
+    assert set(res["gaussian_nll"]) == {"gaussian_diag", "gaussian_full"}
+    assert all(math.isfinite(v) for v in res["gaussian_nll"].values())
 
 
 def test_gaussian_references_and_the_variance_ratio():
