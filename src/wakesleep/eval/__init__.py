@@ -12,6 +12,7 @@
 """
 
 from wakesleep.eval.loglik import (
+    GaussianPosteriorProposal,
     LogLikelihoodResult,
     PriorProposal,
     exact_log_likelihood,
@@ -57,6 +58,7 @@ __all__ = [
     "log_likelihood",
     "LogLikelihoodResult",
     "PriorProposal",
+    "GaussianPosteriorProposal",
     "exact_log_likelihood",
     "exact_log_likelihood_enumerate",
     "exact_log_likelihood_gaussian",
