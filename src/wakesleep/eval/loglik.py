@@ -171,7 +171,7 @@ class GaussianPosteriorProposal(nn.Module):
             mean = (self.s @ (self.prec0_m0[:, None] + self.w.T @ ((x.double() - self.b) / self.v).T)).T  # [B, D1]
             z1 = mean + self.post.sample((k, b))
             if self.prior_weight > 0.0:
-                from_prior = torch.rand(k, b, dtype=torch.float64) < self.prior_weight
+                from_prior = torch.rand(k, b, dtype=torch.float64, device=z1.device) < self.prior_weight
                 z1 = torch.where(from_prior[..., None], self.prior0.sample((k, b)), z1)
             log_q = self._log_q(z1, mean)
             if upper:  # log p(z_L, ..., z_2): the upper layers are drawn from the prior

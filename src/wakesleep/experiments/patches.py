@@ -438,8 +438,9 @@ def _report(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "The two Gaussians are fitted to the training patches and sampled like the models; the last column is the "
-        f"relative test with the full Gaussian as y and {cand} as z (small p: {cand} closer to the test patches). "
+        "The two Gaussians are fitted to the training patches and sampled like the models; the column after their "
+        f"MMD^2 is the relative test with the full Gaussian as y and {cand} as z (small p: {cand} closer to the "
+        "test patches). "
         "With the median-heuristic width this test is driven mostly by the patches' overall scale: the Gaussian "
         "with the data's full covariance scores about as well as independent pixels (docs/RESULTS.md). The width "
         "of the main test is the median distance of the pooled test patches and model samples, so it grows with "
