@@ -99,9 +99,14 @@ def test_patches_crash_in_second_entry_then_resume(tmp_path, monkeypatch, capsys
     metrics = (first / "metrics.jsonl").read_text()
 
     calls = count_training(monkeypatch)
+    import wakesleep.experiments.patches as patches_mod
+
+    real_ais, ais_calls = patches_mod.model_ais_nll, []
+    monkeypatch.setattr(patches_mod, "model_ais_nll", lambda *a, **k: ais_calls.append(1) or real_ais(*a, **k))
     rc = main(["experiment", "patches", "--out", str(out), "--resume", "--no-progress", *_sets(PATCHES)])
     assert rc == 0, capsys.readouterr().err
     assert [c[0] for c in calls] == ["iwae_k50"]  # the finished entry was not trained again
+    assert len(ais_calls) == 1  # nor its AIS likelihood computed again (saved with its evaluation)
     assert out.is_dir() and not partial.exists()
     assert (out / "d3_2" / "ddc_hm" / "model.safetensors").read_bytes() == model_bytes
     assert (out / "d3_2" / "ddc_hm" / "metrics.jsonl").read_text() == metrics
@@ -110,6 +115,8 @@ def test_patches_crash_in_second_entry_then_resume(tmp_path, monkeypatch, capsys
     for key in ("mmd2_y", "mmd2_z", "p_value"):
         assert rel[key] == pytest.approx(ref[key], rel=1e-12, abs=1e-15), key
     assert res["architectures"][0]["algorithms"]["ddc_hm"]["iterations"] == 4
+    ref_ais = patches_reference["architectures"][0]["algorithms"]["ddc_hm"]["ais_nll"]
+    assert res["architectures"][0]["algorithms"]["ddc_hm"]["ais_nll"]["nll"] == pytest.approx(ref_ais["nll"])
 
 
 def test_patches_interrupt_mid_training_resumes_from_checkpoint(tmp_path, monkeypatch, capsys, patches_reference):

@@ -42,6 +42,10 @@ TINY_PATCHES = [
     "algorithm.features=[10, 20]",
     "algorithm.recognition_hidden=20",
     "experiment.mmd_samples=100",
+    "experiment.ais_points=4",
+    "experiment.ais_chains=3",
+    "experiment.ais_temperatures=5",
+    "experiment.ais_leapfrog=2",
     "train.threads=1",
     "experiment.algorithms=[ddc_hm, {name: iwae, label: iwae_k50, k: 3}]",
 ]
@@ -68,6 +72,13 @@ def test_patches_tiny(tmp_path):
     assert all(a["nll"]["nll"] > 0 and a["nll"]["ess_median"] >= 1 for a in arch["algorithms"].values())
     assert set(res["gaussian_nll"]) == {"gaussian_diag", "gaussian_full"}
     assert all(math.isfinite(v) for v in res["gaussian_nll"].values())
+    for a in arch["algorithms"].values():
+        ais = a["ais_nll"]
+        assert ais["points"] == 4 and ais["chains"] == 3 and ais["temperatures"] == 5 and ais["nll"] > 0
+        assert len(ais["acceptance"]) == 2 and all(0.0 <= v <= 1.0 for v in ais["acceptance"])
+        assert a["nll"]["nll_on_ais_points"] == pytest.approx(-sum(a["nll"]["log_px"][:4]) / 4)
+    assert set(res["gaussian_nll_ais_points"]) == {"gaussian_diag", "gaussian_full"}
+    assert "AIS test NLL" in (out / "report.md").read_text()
 
 
 def test_gaussian_references_and_the_variance_ratio():

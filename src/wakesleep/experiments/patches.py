@@ -84,11 +84,17 @@ experiment:
   mmd_samples: 10000     # model samples and test patches in the relative MMD test
   nll_points: 500        # test patches whose log-likelihood is estimated per model (0: none)
   nll_k: 2000            # importance particles per patch (wakesleep.eval.GaussianPosteriorProposal)
+  ais_points: 200        # the first test patches also scored by annealed importance sampling (0: none)
+  ais_chains: 16         # AIS chains per patch (wakesleep.eval.ais_log_likelihood)
+  ais_temperatures: 500  # AIS intermediate distributions (sigmoid schedule)
+  ais_leapfrog: 10       # leapfrog steps per HMC move
   quick:
     experiment.architectures: [[10, 10], [50, 2]]
     experiment.mmd_samples: 2000
     experiment.nll_points: 100
     experiment.nll_k: 500
+    experiment.ais_points: 20
+    experiment.ais_temperatures: 100
     data.n: 5000
     data.n_test: 2000
     train.max_iters: 300
@@ -113,6 +119,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "mmd_samples": 10000,
     "nll_points": 500,
     "nll_k": 2000,
+    "ais_points": 200,
+    "ais_chains": 16,
+    "ais_temperatures": 500,
+    "ais_leapfrog": 10,
     "quick": {},
 }
 
@@ -314,7 +324,33 @@ def model_nll(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> dic
     except WakesleepError:  # not a Gaussian observation layer with a linear link
         return None
     res = log_likelihood(model, x.to(model.dtype), proposal, k=k, seed=seed)
-    return {"nll": res.nll, "sem": res.sem, "ess_median": float(res.ess.median()), "k": k, "points": x.shape[0]}
+    return {
+        "nll": res.nll,
+        "sem": res.sem,
+        "ess_median": float(res.ess.median()),
+        "k": k,
+        "points": x.shape[0],
+        "log_px": res.log_px.tolist(),
+    }
+
+
+def model_ais_nll(model: torch.nn.Module, x: torch.Tensor, settings: dict[str, int], seed: int) -> dict[str, Any]:
+    """Mean NLL of ``x`` under a learnt eq. 13 model by annealed importance sampling
+    (:func:`wakesleep.eval.ais_log_likelihood`; ``settings``: ``chains``, ``temperatures``, ``leapfrog``), with
+    its standard error, the median ESS over the chains, the mean HMC acceptance per layer and the seconds taken."""
+    from wakesleep.eval import ais_log_likelihood
+
+    t0 = time.perf_counter()
+    res = ais_log_likelihood(model, x.to(model.dtype), seed=seed, **settings)
+    return {
+        "nll": res.nll,
+        "sem": res.sem,
+        "ess_median": float(res.ess.median()),
+        "acceptance": res.acceptance.mean(0).tolist(),
+        "points": x.shape[0],
+        **settings,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def principal_directions(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -356,6 +392,9 @@ def _validate(config: dict[str, Any]) -> list[tuple[int, int]]:
     positive_int(exp, "mmd_samples", 2)
     positive_int(exp, "nll_points", 0)
     positive_int(exp, "nll_k", 1)
+    positive_int(exp, "ais_points", 0)
+    for key in ("ais_chains", "ais_temperatures", "ais_leapfrog"):
+        positive_int(exp, key, 1)
     if config["data"].get("source") not in ("patches", "van_hateren"):
         raise WakesleepError("config: data.source must be patches or van_hateren for experiment patches")
     return out
@@ -453,8 +492,9 @@ def _report(results: dict[str, Any]) -> str:
         "Per algorithm (training time, iterations, last logged metrics):",
         "",
         f"| D1 | D2 | algorithm | seconds | iterations | cov_gap | mean_gap | variance along the data's top "
-        f"{TOP_PCS} principal directions, model / data | test NLL (nats per patch, +- s.e.; median ESS) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"{TOP_PCS} principal directions, model / data | test NLL (nats per patch, +- s.e.; median ESS) | "
+        "AIS test NLL (+- s.e.; median ESS of the chains) | importance-sampling NLL on the AIS patches |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["architectures"]:
         for name, ar in r["algorithms"].items():
@@ -462,7 +502,8 @@ def _report(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['d1']} | {r['d2']} | {name} | {ar['seconds']:.0f} | {ar['iterations']} | "
                 f"{fmt(fm.get('cov_gap'))} | {fmt(fm.get('mean_gap'))} | {fmt(ar.get('top_pc_variance_ratio'))} | "
-                f"{_fmt_nll(ar.get('nll'))} |"
+                f"{_fmt_nll(ar.get('nll'))} | {_fmt_nll(ar.get('ais_nll'))} | "
+                f"{fmt((ar.get('nll') or {}).get('nll_on_ais_points'), 4)} |"
             )
     gn = results.get("gaussian_nll") or {}
     if gn:
@@ -474,6 +515,18 @@ def _report(results: dict[str, Any]) -> str:
             "Gaussian posterior, z_2 from the prior; a small ESS flags an unreliable value). Exact NLL of the "
             f"Gaussians fitted to the training patches: independent pixels {gn['gaussian_diag']:.1f}, full "
             f"covariance {gn['gaussian_full']:.1f}.",
+        ]
+    ga = results.get("gaussian_nll_ais_points") or {}
+    if ga:
+        e = cfg["experiment"]
+        lines += [
+            "",
+            f"AIS: the first {e.get('ais_points')} test patches, {e.get('ais_chains')} chains per patch, "
+            f"{e.get('ais_temperatures')} temperatures, block HMC with {e.get('ais_leapfrog')} leapfrog steps "
+            "(`wakesleep.eval.ais_log_likelihood`); like importance sampling it is a stochastic lower bound on "
+            "log p(x), so the larger of the two log-likelihoods (the smaller NLL) is the tighter. Exact NLL of the "
+            f"Gaussians on these patches: independent pixels {ga['gaussian_diag']:.1f}, full covariance "
+            f"{ga['gaussian_full']:.1f}.",
         ]
     lines += ["", "![samples](samples.png)", ""]
     if results["quick"]:
@@ -537,6 +590,9 @@ def run(
     references = gaussian_references(train_x.double(), n_mmd, seed=30_000)
     nll_x = test_x[: min(int(exp["nll_points"]), test_x.shape[0])].double()
     gaussian_nll = gaussian_reference_nll(train_x.double(), nll_x) if nll_x.shape[0] else {}
+    ais_x = test_x[: min(int(exp["ais_points"]), test_x.shape[0])].double()
+    ais_settings = {k: int(exp[f"ais_{k}"]) for k in ("chains", "temperatures", "leapfrog")}
+    gaussian_nll_ais = gaussian_reference_nll(train_x.double(), ais_x) if ais_x.shape[0] else {}
     top_dirs = principal_directions(train_x.double(), TOP_PCS)
     ref_width = float(median_bandwidth(ref))
     size = int(config["data"].get("size", 16))
@@ -562,12 +618,17 @@ def run(
             finite = bool(torch.isfinite(samples[label]).all())
             if e.evaluation is None:
                 e.save_evaluation({"samples_finite": finite})
+            nll = model_nll(e.model, nll_x, int(exp["nll_k"]), seed=d1 * 100 + d2) if nll_x.shape[0] else None
             arch["algorithms"][label] = {
                 **e.info,
                 "samples_finite": finite,
                 "top_pc_variance_ratio": variance_ratio(samples[label], train_x.double(), top_dirs) if finite else None,
-                "nll": model_nll(e.model, nll_x, int(exp["nll_k"]), seed=d1 * 100 + d2) if nll_x.shape[0] else None,
+                "nll": nll,
+                "ais_nll": _ais_nll_cached(e, ais_x, ais_settings, d1 * 100 + d2, finite),
             }
+            if nll is not None and ais_x.shape[0] and ais_x.shape[0] <= nll_x.shape[0]:
+                # the importance-sampling estimate on the AIS patches, to show how loose it is
+                nll["nll_on_ais_points"] = -sum(nll["log_px"][: ais_x.shape[0]]) / ais_x.shape[0]
             if (d1, d2) == archs[0]:
                 panels[f"{label} (D1={d1}, D2={d2})"] = samples[label][:36].numpy()
         if all(torch.isfinite(s).all() for s in samples.values()):
@@ -622,6 +683,7 @@ def run(
         "data": dataset.describe(),
         "data_description": _describe(dataset),
         "gaussian_nll": gaussian_nll,
+        "gaussian_nll_ais_points": gaussian_nll_ais,
         "architectures": arch_results,
         "config": config,
     }
@@ -629,6 +691,20 @@ def run(
     wio.write_text(out_dir / "report.md", _report(results))
     wio.write_text(out_dir / "config.yaml", dump_config(config))
     return results
+
+
+def _ais_nll_cached(e: Any, x: torch.Tensor, settings: dict[str, int], seed: int, finite: bool) -> dict | None:
+    """AIS NLL of an entry, reused from its saved evaluation when a resumed run asks for the same one (AIS
+    takes minutes per model; the other numbers are recomputed in seconds)."""
+    if not x.shape[0] or not finite:
+        return None
+    key = {"points": x.shape[0], **settings, "seed": seed}
+    saved = (e.evaluation or {}).get("ais_nll")
+    if saved and all(saved.get(k) == v for k, v in key.items()):
+        return saved
+    result = {**model_ais_nll(e.model, x, settings, seed), "seed": seed}
+    e.save_evaluation({**(e.evaluation or {}), "ais_nll": result})
+    return result
 
 
 def _describe(dataset) -> str:
