@@ -58,7 +58,7 @@ def test_evaluate_writes_eval_json_and_plots(run_dir, capsys):
     res = json.loads((run_dir / "eval.json").read_text())
     assert res["mmd"]["n_data"] == 300 and res["mmd"]["bandwidth"] > 0
     assert np.isfinite(res["mmd"]["mmd2"])
-    assert np.isfinite(res["nll"]["nll"]) and res["nll"]["k"] == 50
+    assert np.isfinite(res["nll"]["nll"]) and res["nll"]["k"] == 50 and res["nll"]["method"] == "proposal"
     assert "not tractable" in res["nll"]["exact"]  # Laplace latents with a softplus link
     assert len(res["posterior"]["mean"]) == 3
     for name in ("samples.png", "learning_curves.png", "posterior.png"):

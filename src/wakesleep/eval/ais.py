@@ -84,6 +84,18 @@ def sigmoid_schedule(n: int, rad: float = 4.0) -> Tensor:
     return beta
 
 
+def require_real_latents(model: nn.Module, fn: str) -> list[Any]:
+    """The model's layers, or a one-line :class:`WakesleepError` unless every latent layer is real-valued."""
+    layers = layers_of(model, fn)
+    for layer in layers[:-1]:
+        if layer_kind(layer) != "real":
+            raise WakesleepError(
+                f"{fn}: latent layer {getattr(layer, 'name', '?')} is {family_name(layer)}; AIS with HMC needs "
+                "real-valued latents (use log_likelihood with a proposal, or exact enumeration, for discrete ones)"
+            )
+    return layers
+
+
 def _betas(fn: str, temperatures: Any) -> Tensor:
     if isinstance(temperatures, bool):
         raise WakesleepError(f"{fn}: temperatures must be an int or a sequence of inverse temperatures")
@@ -249,13 +261,7 @@ def ais_log_likelihood(
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
         raise WakesleepError(f"{fn}: step_size must be a positive number, got {step_size!r}")
     beta = _betas(fn, temperatures)
-    layers = layers_of(model, fn)
-    for layer in layers[:-1]:
-        if layer_kind(layer) != "real":
-            raise WakesleepError(
-                f"{fn}: latent layer {getattr(layer, 'name', '?')} is {family_name(layer)}; AIS with HMC needs "
-                "real-valued latents (use log_likelihood with a proposal, or exact enumeration, for discrete ones)"
-            )
+    layers = require_real_latents(model, fn)
     B = xt.shape[0]
     bs = min(B, max(1, 8192 // chains)) if batch_size is None else check_positive_int(fn, "batch_size", batch_size)
     n_lat = len(layers) - 1

@@ -4,9 +4,21 @@ Metrics (``--metrics``, comma-separated; default ``mmd,nll,plots``):
 
 * ``mmd``: unbiased MMD^2 (Gaussian kernel, median-heuristic bandwidth unless ``--bandwidth``) between the
   reference data and as many model samples (at most ``--n-samples``), with its H1 variance.
-* ``nll``: importance-sampled negative log-likelihood of ``--nll-points`` reference points with ``--k``
-  particles, using an evaluation-only proposal trained with the model frozen (:func:`fit_proposal`), plus the
-  exact value where the model is tractable (small binary, or linear-Gaussian).
+* ``nll``: negative log-likelihood of ``--nll-points`` reference points, plus the exact value where the model
+  is tractable (small binary, or linear-Gaussian), by the estimator ``--nll-method``:
+
+  - ``proposal`` (default, any model, binary latents included): importance sampling with ``--k`` particles from
+    an evaluation-only proposal trained for ``--proposal-steps`` steps with the model frozen
+    (:func:`fit_proposal`);
+  - ``gaussian`` (observation layer Gaussian with a linear link): importance sampling with ``--k`` particles
+    from :class:`GaussianPosteriorProposal` (no training);
+  - ``ais`` (real-valued latents only; for models where a proposal's ESS is low, e.g. the patches models):
+    annealed importance sampling (:func:`ais_log_likelihood`) with ``--ais-chains`` chains per point,
+    ``--ais-temperatures`` temperatures and ``--ais-leapfrog`` leapfrog steps per HMC move.
+
+  ``eval.json``'s ``nll`` entry records the method and its settings, ``nll``, ``sem``, ``ess_mean``,
+  ``ess_median`` (of the importance weights, or of the AIS weights over the chains) and, for AIS, the mean HMC
+  acceptance rate per latent layer (``acceptance_mean``, top first).
 * ``plots``: ``samples.png`` (model samples beside data), ``learning_curves.png`` (from ``metrics.jsonl``).
 * ``posterior``: NUTS posterior of the first reference point (real-valued latents only), ``posterior.png``.
 
@@ -28,6 +40,7 @@ import torch
 from wakesleep.errors import WakesleepError
 
 METRICS = ("mmd", "nll", "plots", "posterior")
+NLL_METHODS = ("proposal", "gaussian", "ais")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nll-points", type=int, default=1000, help="reference points scored by the NLL")
     p.add_argument("--k", type=int, default=1000, help="importance samples per point for the NLL")
     p.add_argument("--proposal-steps", type=int, default=2000, help="training steps of the evaluation proposal")
+    p.add_argument(
+        "--nll-method",
+        choices=NLL_METHODS,
+        default="proposal",
+        help=(
+            "NLL estimator: 'proposal' (IS with a fitted proposal, any model), 'gaussian' (IS with the Gaussian "
+            "posterior proposal, Gaussian-linear observation layer), 'ais' (annealed IS, real-valued latents)"
+        ),
+    )
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per point (--nll-method ais)")
+    p.add_argument("--ais-temperatures", type=int, default=1000, help="AIS temperatures (--nll-method ais)")
+    p.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move (--nll-method ais)")
     p.add_argument("--posterior-samples", type=int, default=1000, help="NUTS samples for 'posterior'")
     p.add_argument(
         "--image-shape", help="HxW to draw samples as images (default: 28x28 when the data have 784 columns)"
@@ -114,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from wakesleep.train import load_run
 
     metrics = _parse_metrics(args.metrics)
-    for name in ("n_samples", "nll_points", "k", "posterior_samples"):
+    for name in ("n_samples", "nll_points", "k", "posterior_samples", "ais_chains", "ais_temperatures", "ais_leapfrog"):
         if getattr(args, name) <= 0:
             raise WakesleepError(f"--{name.replace('_', '-')}: must be a positive integer, got {getattr(args, name)}")
     if args.proposal_steps < 0:
@@ -123,6 +148,21 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     config, model = load_run(run_dir, device=args.device)
     model.eval()
+    nll_method = args.nll_method
+    gaussian_q = None
+    if "nll" in metrics:  # fail on an unsuitable model before any expensive work
+        if nll_method == "gaussian":
+            try:
+                gaussian_q = ev.GaussianPosteriorProposal(model, seed=args.seed)
+            except WakesleepError as exc:
+                raise WakesleepError(f"--nll-method gaussian: {exc}") from None
+        elif nll_method == "ais":
+            from wakesleep.eval.ais import require_real_latents
+
+            try:
+                require_real_latents(model, "ais_log_likelihood")
+            except WakesleepError as exc:
+                raise WakesleepError(f"--nll-method ais: {exc}") from None
     x, shape_hint = _reference_data(args, config, model)
     shape = _parse_shape(args.image_shape, x.shape[1]) if args.image_shape or shape_hint is None else shape_hint
     gen = torch.Generator().manual_seed(args.seed)
@@ -149,19 +189,55 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         n = min(args.nll_points, x.shape[0])
         pts = x[torch.randperm(x.shape[0], generator=gen)[:n].to(x.device)]
-        entry: dict[str, Any] = {"n_points": n, "k": args.k}
+        entry: dict[str, Any] = {"method": nll_method, "n_points": n}
         try:
             entry["exact_nll"] = -float(ev.exact_log_likelihood(model, pts).mean())
         except WakesleepError as exc:
             entry["exact"] = f"not tractable: {exc}"
-        q = ev.fit_proposal(model, x, steps=args.proposal_steps, seed=args.seed)
-        res = ev.log_likelihood(model, pts, q, k=args.k, seed=args.seed)
+        if nll_method == "ais":
+            try:
+                res = ev.ais_log_likelihood(
+                    model,
+                    pts,
+                    chains=args.ais_chains,
+                    temperatures=args.ais_temperatures,
+                    leapfrog=args.ais_leapfrog,
+                    seed=args.seed,
+                )
+            except WakesleepError as exc:
+                raise WakesleepError(f"--nll-method ais: {exc}") from None
+            entry.update(
+                {
+                    "chains": args.ais_chains,
+                    "temperatures": res.temperatures,
+                    "leapfrog": args.ais_leapfrog,
+                    "proposal": (
+                        f"AIS from the prior: {res.temperatures} temperatures (sigmoid schedule), "
+                        f"{args.ais_chains} chains per point, block HMC with {args.ais_leapfrog} leapfrog steps"
+                    ),
+                    "acceptance_mean": res.acceptance.mean(0).tolist(),
+                    "step_size_median": res.step_size.median(0).values.tolist(),
+                }
+            )
+        else:
+            if nll_method == "gaussian":
+                q = gaussian_q
+                entry["proposal"] = (
+                    f"GaussianPosteriorProposal(seed={args.seed}): Gaussian posterior of z_1 under a moment-matched "
+                    "prior, defensive mixture, no training"
+                )
+            else:
+                q = ev.fit_proposal(model, x, steps=args.proposal_steps, seed=args.seed)
+                entry["proposal_steps"] = args.proposal_steps
+                entry["proposal"] = f"fit_proposal(steps={args.proposal_steps}), model frozen"
+            entry["k"] = args.k
+            res = ev.log_likelihood(model, pts, q, k=args.k, seed=args.seed)
         entry.update(
             {
                 "nll": res.nll,
                 "sem": res.sem,
                 "ess_mean": float(res.ess.mean()),
-                "proposal": f"fit_proposal(steps={args.proposal_steps}), model frozen",
+                "ess_median": float(res.ess.median()),
                 "seconds": time.perf_counter() - t0,
             }
         )
@@ -200,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     if "mmd" in result:
         parts.append(f"MMD^2 {result['mmd']['mmd2']:.3g}")
     if "nll" in result:
-        parts.append(f"NLL {result['nll']['nll']:.3f} nats")
+        parts.append(f"NLL {result['nll']['nll']:.3f} nats ({result['nll']['method']})")
     print(f"wrote {run_dir / 'eval.json'}" + (f" ({', '.join(parts)})" if parts else ""))
     return 0
 
