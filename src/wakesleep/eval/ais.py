@@ -18,7 +18,11 @@ other layers held fixed, so that each layer has its own step size (the paper's e
 width 0.1 around its mixture means and a bottom layer whose width is set by 256 pixels). Step sizes are kept
 per data point and layer and adapted between temperatures towards an acceptance rate of 0.65 (from the
 acceptances of the previous temperatures only, as in Wu et al. 2017); each move is still an exact
-Metropolis-corrected HMC move for its ``f_t``.
+Metropolis-corrected HMC move for its ``f_t``. (Strictly, step sizes chosen from the chains' own past make the
+weights unbiased only approximately, as for any adaptive sampler; the tests against exact values bound the
+effect.) Accuracy needs enough temperatures when the posterior is much narrower than the prior: on the
+synthetic eq. 13 model (2 pixels, small noise) 800 temperatures were still 0.1 nats per point below a
+100000-particle importance-sampling estimate, 3000 within 0.04; check by doubling ``temperatures``.
 """
 
 from __future__ import annotations
