@@ -20,9 +20,9 @@ per data point and layer and adapted between temperatures towards an acceptance 
 acceptances of the previous temperatures only, as in Wu et al. 2017); each move is still an exact
 Metropolis-corrected HMC move for its ``f_t``. (Strictly, step sizes chosen from the chains' own past make the
 weights unbiased only approximately, as for any adaptive sampler; the tests against exact values bound the
-effect.) Accuracy needs enough temperatures when the posterior is much narrower than the prior: on the
-synthetic eq. 13 model (2 pixels, small noise) 800 temperatures were still 0.1 nats per point below a
-100000-particle importance-sampling estimate, 3000 within 0.04; check by doubling ``temperatures``.
+effect.) The estimate is low when there are too few temperatures for a posterior much narrower than the
+prior (e.g. the synthetic eq. 13 model: two pixels, small noise, where importance sampling with
+:class:`~wakesleep.eval.loglik.GaussianPosteriorProposal` is the better tool); check by doubling ``temperatures``.
 """
 
 from __future__ import annotations
