@@ -77,6 +77,9 @@ def test_patches_tiny(tmp_path):
         assert ais["points"] == 4 and ais["chains"] == 3 and ais["temperatures"] == 5 and ais["nll"] > 0
         assert len(ais["acceptance"]) == 2 and all(0.0 <= v <= 1.0 for v in ais["acceptance"])
         assert a["nll"]["nll_on_ais_points"] == pytest.approx(-sum(a["nll"]["log_px"][:4]) / 4)
+    diff, algos = arch["ais_nll_difference"], arch["algorithms"]
+    assert diff["mean"] == pytest.approx(algos["ddc_hm"]["ais_nll"]["nll"] - algos["iwae_k50"]["ais_nll"]["nll"])
+    assert diff["sem"] >= 0
     assert set(res["gaussian_nll_ais_points"]) == {"gaussian_diag", "gaussian_full"}
     assert "AIS test NLL" in (out / "report.md").read_text()
 
