@@ -1,9 +1,10 @@
 """Exact answers used as test oracles: Gaussian marginals of linear-Gaussian chains, enumeration of small
-binary models."""
+binary models, quadrature of a tiny eq. 13 model."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -108,3 +109,29 @@ def linear_gaussian_posterior_mean(model, x):
         mu1 = a @ l2.link() + l1.link.bias
         mux, covx = linear_gaussian_marginal(model)
         return mu1 + (x - mux) @ torch.linalg.solve(covx, c @ cov1)
+
+
+def tiny_patch_model_config(seed=2):
+    """The eq. 13 model with D2 = D1 = 1 and two pixels: mixture top at +-3 (std 0.1), Laplace z_1 with scale
+    softplus(B z_2), Gaussian x with mean Lambda z_1."""
+    return {
+        "layers": [
+            {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},
+            {"name": "z1", "family": "laplace", "dim": 1, "link": "softplus_linear", "bias": False},
+            {"name": "x", "family": "gaussian", "dim": 2, "link": "linear", "bias": False},
+        ],
+        "dtype": "float64",
+        "seed": seed,
+    }
+
+
+def tiny_patch_loglik(model, x, z2_grid, z1_grid):
+    """log p(x) of a ``tiny_patch_model_config`` model by 2-d quadrature of its own log_joint over the grids."""
+    g2, g1 = torch.meshgrid(z2_grid, z1_grid, indexing="ij")
+    log_cell = math.log(float(z1_grid[1] - z1_grid[0]) * float(z2_grid[1] - z2_grid[0]))
+    with torch.no_grad():
+        per_row = [
+            torch.logsumexp(model.log_joint(row.expand(g1.numel(), 2), [g2.reshape(-1, 1), g1.reshape(-1, 1)]), 0)
+            for row in x
+        ]
+    return torch.stack(per_row) + log_cell

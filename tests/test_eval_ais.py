@@ -10,45 +10,19 @@ import wakesleep
 from wakesleep.errors import WakesleepError
 from wakesleep.eval import ais_log_likelihood, log_likelihood, sigmoid_schedule
 
-from oracles import linear_gaussian_config, linear_gaussian_loglik
+from oracles import linear_gaussian_config, linear_gaussian_loglik, tiny_patch_loglik, tiny_patch_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _patch_model(on_off: bool) -> torch.nn.Module:
-    """The eq. 13 model with D2 = D1 = 1 and two pixels; ``on_off``: z_1's Laplace scale is softplus(5 z_2), about
-    15 in the mixture component at +3 and 3e-7 in the one at -3 (a unit switched off, as in learnt patch models)."""
-    cfg = {
-        "layers": [
-            {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},
-            {"name": "z1", "family": "laplace", "dim": 1, "link": "softplus_linear", "bias": False},
-            {"name": "x", "family": "gaussian", "dim": 2, "link": "linear", "bias": False},
-        ],
-        "dtype": "float64",
-        "seed": 2,
-    }
-    model = wakesleep.build_model(cfg)
+    """``tiny_patch_model_config``; ``on_off``: z_1's Laplace scale is softplus(5 z_2), about 15 in the mixture
+    component at +3 and 3e-7 in the one at -3 (a unit switched off, as in learnt patch models)."""
+    model = wakesleep.build_model(tiny_patch_model_config())
     if on_off:
         with torch.no_grad():
             model.layers["z1"].link.weight.fill_(5.0)
     return model
-
-
-def _quadrature(model, x, z2_grid, z1_grid):
-    g2, g1 = torch.meshgrid(z2_grid, z1_grid, indexing="ij")
-    log_cell = math.log(float(z1_grid[1] - z1_grid[0]) * float(z2_grid[1] - z2_grid[0]))
-    with torch.no_grad():
-        return (
-            torch.stack(
-                [
-                    torch.logsumexp(
-                        model.log_joint(row.expand(g1.numel(), 2), [g2.reshape(-1, 1), g1.reshape(-1, 1)]), 0
-                    )
-                    for row in x
-                ]
-            )
-            + log_cell
-        )
 
 
 def test_ais_on_a_linear_gaussian_chain_is_unbiased_and_beats_the_prior_proposal():
@@ -79,7 +53,7 @@ def test_ais_matches_quadrature_on_the_patch_model_with_and_without_precondition
     torch.manual_seed(0)
     x = torch.cat([model.sample(3)[-1], 3.0 * model.sample(3)[-1]])
     z2 = torch.cat([torch.linspace(-3.6, -2.4, 101), torch.linspace(2.4, 3.6, 101)]).double()
-    truth = _quadrature(model, x, z2, torch.linspace(-30.0, 30.0, 4001).double())
+    truth = tiny_patch_loglik(model, x, z2, torch.linspace(-30.0, 30.0, 4001).double())
     for precondition in (True, False):
         res = ais_log_likelihood(model, x, chains=256, temperatures=200, seed=3, precondition=precondition)
         assert bool(((res.log_px - truth).abs() < 4.0 / res.ess.sqrt()).all()), (precondition, res.log_px - truth)
@@ -94,7 +68,8 @@ def test_ais_preconditioning_keeps_switched_off_units_from_freezing_the_chain():
     model = _patch_model(on_off=True)
     torch.manual_seed(0)
     x = torch.cat([model.sample(4)[-1], 3.0 * model.sample(2)[-1]])
-    on = _quadrature(model, x, torch.linspace(2.4, 3.6, 101).double(), torch.linspace(-150.0, 150.0, 6001).double())
+    z2, z1 = torch.linspace(2.4, 3.6, 101).double(), torch.linspace(-150.0, 150.0, 6001).double()
+    on = tiny_patch_loglik(model, x, z2, z1)
     with torch.no_grad():
         off = math.log(0.5) + model.layers["x"].log_prob(x, torch.zeros(len(x), 1, dtype=torch.float64))
     truth = torch.logaddexp(on, off)

@@ -16,7 +16,14 @@ from wakesleep.eval import (
     log_likelihood,
 )
 
-from oracles import enumerate_loglik, linear_gaussian_config, linear_gaussian_loglik, perturb
+from oracles import (
+    enumerate_loglik,
+    linear_gaussian_config,
+    linear_gaussian_loglik,
+    perturb,
+    tiny_patch_loglik,
+    tiny_patch_model_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -254,34 +261,11 @@ def test_gaussian_posterior_proposal_on_the_patch_model_matches_quadrature():
     proposal's estimate with 20000 particles, within 4 / sqrt(ESS), for data from the model and scaled 3x."""
     from wakesleep.eval.loglik import GaussianPosteriorProposal
 
-    cfg = {
-        "layers": [
-            {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},
-            {"name": "z1", "family": "laplace", "dim": 1, "link": "softplus_linear", "bias": False},
-            {"name": "x", "family": "gaussian", "dim": 2, "link": "linear", "bias": False},
-        ],
-        "dtype": "float64",
-        "seed": 2,
-    }
-    model = wakesleep.build_model(cfg)
+    model = wakesleep.build_model(tiny_patch_model_config())
     torch.manual_seed(0)
     x = torch.cat([model.sample(3)[-1], 3.0 * model.sample(3)[-1]])
     z2 = torch.cat([torch.linspace(-3.6, -2.4, 101), torch.linspace(2.4, 3.6, 101)]).double()
-    z1 = torch.linspace(-30.0, 30.0, 4001).double()
-    g2, g1 = torch.meshgrid(z2, z1, indexing="ij")
-    log_cell = math.log(float(z1[1] - z1[0]) * float(z2[1] - z2[0]))
-    with torch.no_grad():
-        truth = (
-            torch.stack(
-                [
-                    torch.logsumexp(
-                        model.log_joint(row.expand(g1.numel(), 2), [g2.reshape(-1, 1), g1.reshape(-1, 1)]), 0
-                    )
-                    for row in x
-                ]
-            )
-            + log_cell
-        )
+    truth = tiny_patch_loglik(model, x, z2, torch.linspace(-30.0, 30.0, 4001).double())
     res = log_likelihood(model, x, GaussianPosteriorProposal(model), k=20000, seed=3)
     assert bool(((res.log_px - truth).abs() < 4.0 / res.ess.sqrt()).all()), (res.log_px - truth, res.ess)
     assert float(res.ess.min()) > 1000
