@@ -315,7 +315,8 @@ def gaussian_reference_nll(train: torch.Tensor, x: torch.Tensor) -> dict[str, fl
 
 def model_nll(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> dict[str, float] | None:
     """Importance-sampled mean NLL of ``x`` under a learnt eq. 13 model (:class:`GaussianPosteriorProposal`,
-    ``k`` particles per patch): ``nll``, its standard error ``sem`` and the median effective sample size."""
+    ``k`` particles per patch): ``nll``, its standard error ``sem``, the median effective sample size and the
+    per-patch estimates ``log_px``."""
     from wakesleep.eval import log_likelihood
     from wakesleep.eval.loglik import GaussianPosteriorProposal
 
@@ -337,7 +338,8 @@ def model_nll(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> dic
 def model_ais_nll(model: torch.nn.Module, x: torch.Tensor, settings: dict[str, int], seed: int) -> dict[str, Any]:
     """Mean NLL of ``x`` under a learnt eq. 13 model by annealed importance sampling
     (:func:`wakesleep.eval.ais_log_likelihood`; ``settings``: ``chains``, ``temperatures``, ``leapfrog``), with
-    its standard error, the median ESS over the chains, the mean HMC acceptance per layer and the seconds taken."""
+    its standard error, the median ESS over the chains, the mean HMC acceptance per layer, the seconds taken and
+    the per-patch estimates ``log_px``."""
     from wakesleep.eval import ais_log_likelihood
 
     t0 = time.perf_counter()
