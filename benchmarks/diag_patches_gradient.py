@@ -9,6 +9,11 @@ the cosine, the relative error and the component of each gradient along the para
 sign says whether the gradient grows or shrinks the block), the read-out's E[z1] and E[z1^2] against the
 reference for a few patches, and the sizes of the bottom-up messages of data and of sleep samples.
 
+``--reference ais`` replaces the importance-sampling reference by annealed importance sampling
+(:func:`wakesleep.eval.ais_log_likelihood` with ``return_samples``: ``--chains`` chains per patch,
+``--temperatures`` temperatures; the chains' final states weighted by their normalised AIS weights), for
+trained models at D1 >= 50, where the Gaussian proposal's ESS is about 1.
+
 The model is the initial one of ``wakesleep experiment patches`` for the architecture (seeded as the experiment
 seeds it), or with ``--run DIR`` the trained DDC-HM entry ``DIR`` of a patches run (its config.yaml and
 checkpoint/). ``--set key=value`` overrides experiment config keys (e.g. ``algorithm.sleep_samples=10000``);
@@ -17,6 +22,7 @@ checkpoint/). ``--set key=value`` overrides experiment config keys (e.g. ``algor
 Usage::
 
     python benchmarks/diag_patches_gradient.py --arch 10 10 --set algorithm.recognition_input=message --sleeps 100
+    python benchmarks/diag_patches_gradient.py --run DIR/d50_2/ddc_hm --reference ais --chains 64
 """
 
 from __future__ import annotations
@@ -64,6 +70,24 @@ def reference_gradient(model, x: torch.Tensor, particles: int, seed: int = 1):
     return grads, torch.stack(ez), torch.stack(ez2), torch.tensor(ess)
 
 
+def ais_reference_gradient(model, x: torch.Tensor, chains: int, temperatures: int, seed: int = 1):
+    """The same quantities from AIS posterior samples: grad log p(x) = E[grad log p(x, z) | x] with the chains'
+    final states weighted by their normalised AIS weights; the ESS is that of the AIS weights."""
+    from wakesleep.eval import ais_log_likelihood
+
+    md = copy.deepcopy(model).double()
+    x = x.double()
+    res = ais_log_likelihood(md, x, chains=chains, temperatures=temperatures, seed=seed, return_samples=True)
+    w = torch.softmax(res.log_weights, 0)  # [C, B]
+    z2, z1 = res.samples
+    md.zero_grad()
+    ((md.log_joint(x.expand(chains, -1, -1), [z2, z1]) * w).sum() / x.shape[0]).backward()
+    grads = {k: p.grad.clone() for k, p in md.named_parameters() if p.requires_grad and p.grad is not None}
+    ez = torch.einsum("cb,cbd->bd", w, z1)
+    ez2 = torch.einsum("cb,cbd->bd", w, z1 * z1)
+    return grads, ez, ez2, res.ess
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs=2, default=[10, 10], metavar=("D1", "D2"))
@@ -72,6 +96,9 @@ def main() -> None:
     ap.add_argument("--sleeps", type=int, default=1)
     ap.add_argument("--points", type=int, default=200)
     ap.add_argument("--particles", type=int, default=20000)
+    ap.add_argument("--reference", choices=("is", "ais"), default="is")
+    ap.add_argument("--chains", type=int, default=64, help="AIS chains per patch (--reference ais)")
+    ap.add_argument("--temperatures", type=int, default=500, help="AIS temperatures (--reference ais)")
     args = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(1)
@@ -91,8 +118,12 @@ def main() -> None:
     for _ in range(args.sleeps):
         algo.sleep()
     est = algo.wake_gradient(x.to(model.dtype))
-    ref, ez, ez2, ess = reference_gradient(model, x, args.particles)
-    print(f"reference ESS median {ess.median():.1f} of {args.particles}")
+    if args.reference == "ais":
+        ref, ez, ez2, ess = ais_reference_gradient(model, x, args.chains, args.temperatures)
+        print(f"reference: AIS, ESS median {ess.median():.1f} of {args.chains} chains, {args.temperatures} steps")
+    else:
+        ref, ez, ez2, ess = reference_gradient(model, x, args.particles)
+        print(f"reference ESS median {ess.median():.1f} of {args.particles}")
     for k, r in ref.items():
         a, r = est[k].double().flatten(), r.flatten()
         p = dict(model.named_parameters())[k].detach().double().flatten()

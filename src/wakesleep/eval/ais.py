@@ -68,11 +68,20 @@ class AISResult(LogLikelihoodResult):
         ``[B, L]`` final leapfrog step sizes.
     temperatures : int
         Number of intermediate distributions ``T``.
+    samples : list of Tensor or None
+        With ``return_samples=True``: the chains' final states ``[z_L, ..., z_1]``, each ``[C, B, D_l]``.
+    log_weights : Tensor or None
+        With ``return_samples=True``: ``[C, B]`` float64 log AIS weights of those states. Normalised over the
+        chains of a data point they weight the states into posterior expectations, ``E[f(z) | x] ~=
+        sum_c softmax(log_weights[:, b])_c f(z_cb)`` (consistent as the chains grow, like self-normalised
+        importance sampling).
     """
 
     acceptance: Tensor | None = None
     step_size: Tensor | None = None
     temperatures: int = 0
+    samples: list[Tensor] | None = None
+    log_weights: Tensor | None = None
 
 
 def sigmoid_schedule(n: int, rad: float = 4.0) -> Tensor:
@@ -244,6 +253,7 @@ def ais_log_likelihood(
     precondition: bool = True,
     batch_size: int | None = None,
     seed: int | None = None,
+    return_samples: bool = False,
 ) -> AISResult:
     """AIS estimate of ``log p(x)`` for every row of ``x`` (module docstring for the algorithm).
 
@@ -275,6 +285,9 @@ def ais_log_likelihood(
         ``batch_size * chains``.
     seed : int, optional
         If given, the global torch RNG is seeded for the call (and restored afterwards).
+    return_samples : bool
+        Also return the chains' final states and their log weights (posterior samples, see
+        :class:`AISResult`).
 
     Returns
     -------
@@ -293,6 +306,7 @@ def ais_log_likelihood(
     bs = min(B, max(1, 8192 // chains)) if batch_size is None else check_positive_int(fn, "batch_size", batch_size)
     n_lat = len(layers) - 1
     log_w = torch.empty(B, chains, dtype=torch.float64)
+    finals: list[list[Tensor]] = []
     acc_total = torch.zeros(B, n_lat, dtype=torch.float64)
     eps_final = torch.empty(B, n_lat, dtype=torch.float64)
     devices = [xt.device] if xt.device.type == "cuda" else []
@@ -317,6 +331,8 @@ def ais_log_likelihood(
                     acc_sum[i] += rate
                     eps[i] *= torch.exp(0.5 * (rate - TARGET_ACCEPTANCE)).clamp(0.5, 2.0)
             log_w[b0 : b0 + nb] = lw.T.cpu()
+            if return_samples:
+                finals.append([v.detach() for v in values[:-1]])
             acc_total[b0 : b0 + nb] = (acc_sum / (beta.numel() - 1)).T.cpu()
             eps_final[b0 : b0 + nb] = eps.T.cpu()
     lse1 = torch.logsumexp(log_w, 1)
@@ -328,4 +344,6 @@ def ais_log_likelihood(
         acceptance=acc_total,
         step_size=eps_final,
         temperatures=beta.numel() - 1,
+        samples=[torch.cat(zs, 1) for zs in zip(*finals, strict=True)] if return_samples else None,
+        log_weights=log_w.T.contiguous() if return_samples else None,
     )
