@@ -292,7 +292,8 @@ def ais_log_likelihood(
     Returns
     -------
     AISResult
-        ``.log_px`` (float64) per point, ``.ess`` over the chains, ``.acceptance`` and ``.step_size`` per layer.
+        ``.log_px`` (float64) per point, ``.ess`` over the chains, ``.acceptance`` and ``.step_size`` per layer
+        (on the CPU); with ``return_samples``, ``.samples`` (on the model's device) and ``.log_weights``.
     """
     fn = "ais_log_likelihood"
     xt, _ = check_obs(model, x, fn)
