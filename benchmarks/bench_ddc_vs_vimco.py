@@ -32,6 +32,7 @@ import torch
 import wakesleep
 from wakesleep.bench import MatmulFlops, matmul_rate, solver_flops
 from wakesleep.runtime import keep_freed_memory
+from wakesleep.train import adam
 
 SBN = {
     "layers": [
@@ -58,7 +59,7 @@ def ddc_case(n: int, recognition_input: str, data: torch.Tensor, batch: int):
     algo = wakesleep.build_algorithm(
         "ddc_hm", model, sleep_samples=n, features=200, recognition_hidden=300, recognition_input=recognition_input
     )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = adam(list(model.parameters()), lr=1e-4)
     state = {"i": 0}
     sleep_parts = {
         "sample": "seconds_sample",
@@ -103,8 +104,8 @@ def ddc_case(n: int, recognition_input: str, data: torch.Tensor, batch: int):
 def vimco_case(k: int, data: torch.Tensor, batch: int):
     model = wakesleep.build_model(SBN)
     algo = wakesleep.build_algorithm("vimco", model, k=k)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    ropt = torch.optim.Adam(algo.recognition_parameters(), lr=1e-4)
+    opt = adam(list(model.parameters()), lr=1e-4)
+    ropt = adam(list(algo.recognition_parameters()), lr=1e-4)
     state = {"i": 0}
 
     def run(

@@ -12,6 +12,7 @@ import torch
 
 import wakesleep
 from wakesleep.algorithms.ridge import fit_ridge, with_intercept
+from wakesleep.train import adam
 
 from oracles import (
     build,
@@ -248,6 +249,60 @@ def test_wake_reuses_the_sleep_forward_pass_only_while_theta_is_unchanged():
     algo._etas = [None] * len(cached)
     assert _close(g_moved, algo.wake_gradient(x))
     assert not _close(g_moved, g_cached)
+
+
+def test_wake_sees_theta_moved_by_a_fused_optimiser():
+    """torch.optim.Adam(fused=True) (the trainer's) updates parameters without bumping their version counters:
+    the wake phase must still notice that theta moved and re-evaluate the links at the sleep samples."""
+    model = build(sbn_config((2, 3, 5), 1))
+    x = build(sbn_config((2, 3, 5), 0)).sample(8)[-1]
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=30)
+    algo.sleep()
+    g0 = algo.wake_gradient(x)
+    opt = adam(list(model.parameters()), lr=0.1)
+    for k, p in model.named_parameters():
+        p.grad = -g0[k]
+    opt.step()
+    g_moved = algo.wake_gradient(x)
+    algo._etas = [None] * len(algo._etas)  # force re-evaluation of the links
+    assert _close(g_moved, algo.wake_gradient(x))
+    assert not _close(g_moved, g0)
+
+
+@pytest.mark.parametrize("beta", ["analytic", "sample", "conditional"])
+@pytest.mark.parametrize("wake_theta", ["current", "sleep"])
+def test_observation_data_term_from_posterior_moments_equals_the_weighted_sum(beta, wake_theta):
+    """Bernoulli pixels with a linear link: the data term of the observation layer's gradient read from the
+    posterior moments r_1(x) P equals the explicit weighted sum over sleep samples, sum_s m_s (z_1s, 1)^T, before
+    and after theta moves (float64, to rounding)."""
+    model = build(sbn_config((2, 3, 5), 1))
+    x = build(sbn_config((2, 3, 5), 0)).sample(8)[-1]
+    opts = {"sleep_samples": 300, "features": 20, "recognition_hidden": 30, "beta": beta, "wake_theta": wake_theta}
+    algo = wakesleep.build_algorithm("ddc_hm", model, **opts)
+    algo.sleep()
+    assert algo._obs_moments is not None
+
+    def both():
+        direct = algo.wake_gradient(x)
+        kept, algo._obs_moments = algo._obs_moments, None  # the N x B x D_x weighted sum
+        summed = algo.wake_gradient(x)
+        algo._obs_moments = kept
+        return direct, summed
+
+    for _ in range(2):
+        direct, summed = both()
+        for k in summed:
+            torch.testing.assert_close(direct[k], summed[k], rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.2)
+    # where eta is not the link's output itself, the weighted sum is kept
+    for cfg in (linear_gaussian_config(), sbn_config((2, 3, 5), 1)):
+        if cfg["layers"][-1]["family"] == "bernoulli":
+            cfg["layers"][-1]["link"] = "softplus_linear"
+        other = wakesleep.build_algorithm("ddc_hm", build(cfg), sleep_samples=50, features=5, recognition_hidden=5)
+        other.sleep()
+        assert other._obs_moments is None
 
 
 @pytest.mark.parametrize("given", [False, True])

@@ -14,7 +14,8 @@ surrogate gives the whole of eq. 36 without ever forming alpha (whose size is K 
 ``w(r)`` is linear in r, so the minibatch average of r is taken before the solve. The sleep phase keeps
 C_l = (T_l^T T_l / n + Lambda)^{-1} / n (K x K) and never forms the N x K matrix T_l C_l. Per wake step the cost
 is a few K x K x B and N x K x B products, an ``N x B x D_x`` product for the observation layer (its integrand
-depends on x through S_0(x)), and one backward pass through the links at the N sleep samples: O(N (K B + cost
+depends on x through S_0(x); ``B x K x D_1 + D_x x B x D_1`` instead when its natural parameters are linear in
+theta, as in a sigmoid belief network), and one backward pass through the links at the N sleep samples: O(N (K B + cost
 of evaluating the model)), independent of dim(theta) apart from the backward pass. The links' forward pass at
 the sleep samples is the one the sleep phase already made to draw them (its autograd graph is kept), as long
 as theta has not changed since.
@@ -61,6 +62,28 @@ def _message_supported(model: torch.nn.Module) -> bool:
     obs = list(model.layers.values())[-1]
     link = getattr(obs, "link", None)
     return type(link) is LinearLink and not link.softplus and obs.family.name in ("bernoulli", "gaussian")
+
+
+def _observation_is_linear_in_theta(model: torch.nn.Module) -> bool:
+    """Whether the observation layer's natural parameters are its link's output ``W e(z_1) + b`` itself (a
+    ``LinearLink`` without softplus into a family whose eta is the link output, e.g. Bernoulli logits, checked by
+    probing ``natural_from_param``) and the layer has no other trainable parameters. Then the data term of its
+    wake gradient has a closed form in the posterior moments of e(z_1) (``DDCHelmholtzMachine._wake_terms``)."""
+    from wakesleep.models.links import LinearLink
+
+    obs = list(model.layers.values())[-1]
+    link = getattr(obs, "link", None)
+    if type(link) is not LinearLink or link.softplus or not hasattr(obs, "family"):
+        return False
+    if any(p.requires_grad for name, p in obs.named_parameters() if not name.startswith("link.")):
+        return False
+    with torch.no_grad():
+        u = torch.linspace(-2.0, 3.0, 2 * link.weight.shape[0], dtype=link.weight.dtype).reshape(2, -1)
+        try:
+            eta = obs.family.natural_from_param(u, obs.extras())
+        except Exception:  # noqa: BLE001 - a family that cannot take this probe does not qualify
+            return False
+    return eta.shape[:1] == u.shape[:1] and eta.numel() == u.numel() and bool(torch.equal(eta.reshape(2, -1), u))
 
 
 def _auto_recognition_input(model: torch.nn.Module) -> str:
@@ -303,8 +326,12 @@ class DDCHelmholtzMachine(Algorithm):
         self._samples: list[Tensor] | None = None
         self._etas: list[Tensor | None] = []
         self._etas_version: tuple = ()
+        self._etas_theta: list[Tensor] = []
         self.sleep_model: torch.nn.Module | None = None  # theta of the last sleep phase (wake_theta="sleep")
         self._reduce: Callable[[Tensor], Tensor] | None = None
+        # observation layer eta = W e(z_1) + b: its data term is read from posterior moments (see _wake_terms)
+        self._obs_linear = _observation_is_linear_in_theta(model)
+        self._obs_moments: Tensor | None = None
         self.global_gradients = True  # wake_gradient is already the global gradient under data parallelism
 
     def bottom_up_message(self, x: Tensor) -> Tensor:
@@ -395,6 +422,13 @@ class DDCHelmholtzMachine(Algorithm):
     def _param_versions(self) -> tuple:
         return tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
 
+    def _theta_unchanged(self) -> bool:
+        """Whether theta is the sleep phase's: same tensors, versions *and* values (fused optimisers, e.g.
+        ``torch.optim.Adam(fused=True)``, update parameters in place without bumping their version counters)."""
+        if self._etas_version != self._param_versions():
+            return False
+        return all(torch.equal(p, q) for p, q in zip(self.model.parameters(), self._etas_theta, strict=True))
+
     def sleep(self, samples: list[Tensor] | None = None) -> dict[str, float]:
         """Sample from the model, fit the recognition (eq. 7) and prepare the gradient regressions (eqs. 31-35).
 
@@ -452,6 +486,7 @@ class DDCHelmholtzMachine(Algorithm):
             n = float(self._sum(feats[0].new_tensor([samples[0].shape[0]])))
             self._samples = samples
             self._etas, self._etas_version = etas, self._param_versions()
+            self._etas_theta = [p.detach().clone() for p in self.model.parameters()]
             self._feats = feats
             # the weights of every regression on T(z_l) are w = T_l C_l r with C_l = (T_l^T T_l / n + Lambda)^{-1} / n
             # (eq. 5 with ridge); C_l is K x K, and w is formed only for the (batch-averaged) r of the wake phase
@@ -460,6 +495,11 @@ class DDCHelmholtzMachine(Algorithm):
                 free = 1 + (e.n_stats if self.free_stats else 0)
                 chol = cholesky_factor(self._sum(matmul(f.T, f)).double() / n, self.grad_ridge, free)  # K x K
                 self._inv.append((torch.cholesky_inverse(chol) / n).to(f.dtype))
+            # E_q[(e(z_1), 1) | x] = r(x) P with P = C_1 T_1^T [E_1, 1] (eq. 5): the observation layer's data term
+            self._obs_moments = None
+            if self._obs_linear and self.readout_weights == "linear":
+                e1 = with_intercept(layers[-2].embed(samples[-2]).reshape(samples[-2].shape[0], -1))
+                self._obs_moments = self._inv[-1] @ matmul(feats[-1].T, e1.to(feats[-1].dtype))  # [K_1 + 1, D_1 + 1]
         seconds["seconds_gradient_systems"] = clock.lap()
         return {**info, **seconds}
 
@@ -510,7 +550,10 @@ class DDCHelmholtzMachine(Algorithm):
         * middle layers: G_l = a_l S(z_l) - a_{l+1} mu(eta_l)   (``beta="sample"``: (a_l - a_{l+1}) S(z_l);
           ``beta="conditional"``: a_l (S(z_l) - mu(eta_l)));
         * observation layer: G_0 = m - a_1 mu(eta_0), with m_s = sum_b w_b(s) S_0(x_b) / B
-          (``beta="sample"``: m - a_1 S(x_s));
+          (``beta="sample"``: m - a_1 S(x_s)). When eta_0 = W e(z_1) + b itself (e.g. Bernoulli pixels with a
+          linear link), m's part of the gradient of [W, b], sum_s m_s (e(z_1s), 1)^T, is the posterior moment
+          S_0(x)^T E_q[(e(z_1), 1) | x] / B = S_0(x)^T r_1(x) P / B with P = C_1 T_1^T [E_1, 1] fixed at the sleep
+          phase, and enters through ``top``; G_0 is then -a_1 mu(eta_0) alone;
 
         where a_l = w(mean_b r_l(x_b)) are the regression weights of the sleep samples (module docstring).
         """
@@ -528,7 +571,7 @@ class DDCHelmholtzMachine(Algorithm):
         else:
             a = [self._weights(i, self._sum(rs[i].sum(0)) / b_total) for i in range(n_latent)]  # batch-averaged, [n]
         # theta unchanged since the sleep phase, or the links are kept at that phase's theta (wake_theta="sleep")
-        fresh = self.wake_theta == "sleep" or self._etas_version == self._param_versions()
+        fresh = self.wake_theta == "sleep" or self._theta_unchanged()
 
         def natural_params(i: int) -> Tensor:  # eta_i(z_{i-1}) at the sleep samples, with its autograd graph
             cached = self._etas[i]
@@ -559,19 +602,35 @@ class DDCHelmholtzMachine(Algorithm):
             sx = fam.sufficient_statistics(x).reshape(x.shape[0], -1)  # [B, Dx*S]
             feats, inv, r = self._feats[-1], self._inv[-1], rs[-1]
             n, k, b, ds = feats.shape[0], feats.shape[1], x.shape[0], sx.shape[1]
-            # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
-            if self.readout_weights == "nonnegative":
-                m = matmul(self._weights(n_latent - 1, r) / b_total, sx)
-            elif self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
-                m = matmul(feats @ (inv @ r.T) / b_total, sx)
-            else:
-                m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
-            m = m.reshape(eta.shape)
             subtrahend = (
                 fam.mean_parameters(eta.detach()) if self.beta != "sample" else fam.sufficient_statistics(z[-1])
             )
-            g = m.addcmul_(a[-1][:, None, None], subtrahend, value=-1.0)  # m - a mu, in place (a large tensor)
+            moments = self._obs_moments
+            if moments is not None:
+                # eta = W e(z_1) + b: the m-part of G_0 contributes sum_s m_s (e(z_1s), 1)^T to the gradient of
+                # [W, b], which is S_0(x)^T E_q[(e(z_1), 1) | x] / B with E_q[.] = r P: no N x B x D_x product
+                d1 = moments.shape[1]
+                if self._reduce is None and b * d1 * (k + ds) <= ds * k * (b + d1):
+                    data_term = matmul(sx.T, r @ moments) / b_total
+                else:
+                    data_term = matmul(self._sum(sx.T @ r) / b_total, moments)  # [D_x S, D_1 + 1]
+                g = subtrahend.mul(a[-1][:, None, None]).neg_()  # -a mu
+            else:
+                # m = sum_b w_b(s) S_0(x_b) / B = T C r^T S_0(x) / B: the cheaper order of the three products
+                if self.readout_weights == "nonnegative":
+                    m = matmul(self._weights(n_latent - 1, r) / b_total, sx)
+                elif self._reduce is None and k * b * (k + n) + n * b * ds <= k * ds * (b + k + n):
+                    m = matmul(feats @ (inv @ r.T) / b_total, sx)
+                else:
+                    m = matmul(feats, inv @ (self._sum(r.T @ sx) / b_total))
+                m = m.reshape(eta.shape)
+                g = m.addcmul_(a[-1][:, None, None], subtrahend, value=-1.0)  # m - a mu, in place (a large tensor)
             pairs.append((eta, g))
+        if moments is not None:
+            link = layers[-1].link
+            top = top + (data_term[:, :-1] * link.weight).sum()
+            if link.bias is not None:
+                top = top + (data_term[:, -1] * link.bias).sum()
         return top, pairs
 
     def surrogate(self, x: Tensor) -> Tensor:

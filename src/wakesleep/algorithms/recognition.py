@@ -14,6 +14,7 @@ from wakesleep.algorithms.ridge import (
     RunningMoments,
     prediction_error,
     ridge_solve,
+    ridge_solve_with_product,
     select_ridge,
     unexplained,
     with_intercept,
@@ -136,7 +137,7 @@ class LinearDDCRecognition(nn.Module):
                 return float(self.ridge)
             if select:  # the whole grid the first time; later the previous choice and its two neighbours
                 grid = RIDGE_GRID if level >= len(previous) else neighbours(RIDGE_GRID, previous[level])
-                return select_ridge(inputs.to(acc), target.to(acc), grid=grid, n_free=n_free, reduce=self.reduce)
+                return select_ridge(inputs, target, grid=grid, n_free=n_free, reduce=self.reduce, solve_dtype=acc)
             return previous[level]
 
         # the exact input statistics x (and x x^T) are not shrunk unless free_inputs is False
@@ -157,24 +158,27 @@ class LinearDDCRecognition(nn.Module):
         a: Tensor | None = None  # None: the identity (level 1 reads h itself)
         # the inputs u of each level are needed at every sleep sample only to choose a ridge on held-out samples;
         # otherwise only the rows of the R^2 diagnostic are propagated
+        # (products in the features' dtype, like the statistics; the solves of that choice in double precision)
         rows = h.shape[0] if select else min(h.shape[0], _R2_ROWS)
-        u = h[:rows].to(acc)
+        u = h[:rows]
         g_u = gram
         for i, (c, t) in enumerate(zip(crosses, targets, strict=True)):
             c_u = c if a is None else matmul(a.T, c)
-            t_rows = t[:rows].to(acc)
+            t_rows = t[:rows].to(u.dtype)
             lam = choose(i, u, t_rows, free)
-            phi = ridge_solve(g_u, c_u, lam, free)
+            phi, g_phi = ridge_solve_with_product(g_u, c_u, lam, free)
             self.maps.append(phi.to(h.dtype))
             self.chosen_ridge.append(lam)
-            pred = matmul(u, phi)
+            pred = matmul(u, phi.to(u.dtype))
             info[f"recognition_r2_{i + 1}"] = _r2(pred, t_rows)
             # u_{l+1} = u_l b with b = [phi, e_last], so A_{l+1} = A_l b (= [A_l phi, e_last]) and the next Gram
-            # A_{l+1}^T G A_{l+1} = b^T (A_l^T G A_l) b: K^2 (K + M') work instead of K M'^2 per level
+            # A_{l+1}^T G A_{l+1} = b^T (A_l^T G A_l) b, with (A_l^T G A_l) b = [G_u phi, G_u e_last] read off the
+            # solve (ridge_solve_with_product): K^2 M' work per level instead of K M'^2 + K^2 M'
             b = with_intercept_map(phi, g_u.shape[0])
             a = b if a is None else matmul(a, b)
             if i + 1 < len(crosses):
-                g_u = matmul(matmul(b.T, g_u), b)
+                g_u = matmul(b.T, torch.cat([g_phi, g_u[:, -1:]], dim=1))
+                g_u = (g_u + g_u.T) / 2  # symmetric up to the solve's rounding
             u = with_intercept(pred)
             free = 1
         return info
@@ -256,7 +260,7 @@ class LinearDDCRecognition(nn.Module):
         h = with_intercept(self.features(x))
         out, u = [], h
         for phi in self.maps:
-            r = (h if self.structure == "direct" else u) @ phi
+            r = matmul(h if self.structure == "direct" else u, phi)  # oneDNN for large float32 products (_linear)
             out.append(r)
             u = with_intercept(r)
         return out

@@ -40,6 +40,11 @@ def cholesky_factor(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
     or inf only when the factorisation fails: no identity matrix, penalty matrix or elementwise check of the
     whole d x d matrix on the common path (d = 1085 with x in the SBN's read-out).
     """
+    return _penalised_cholesky(gram, lam, n_free)[0]
+
+
+def _penalised_cholesky(gram: Tensor, lam: float, n_free: int = 1) -> tuple[Tensor, Tensor]:
+    """:func:`cholesky_factor` and the diagonal it added to ``gram`` (penalty and jitter)."""
     d = gram.shape[-1]
     a = gram.clone()
     diag = a.diagonal()
@@ -50,7 +55,7 @@ def cholesky_factor(gram: Tensor, lam: float, n_free: int = 1) -> Tensor:
         chol, info = torch.linalg.cholesky_ex(a)
         # a NaN or inf in the (symmetric) Gram matrix reaches the factor's diagonal or fails the factorisation
         if int(info) == 0 and bool(torch.isfinite(chol.diagonal().sum())):
-            return chol
+            return chol, diag - gram.diagonal()
         if not bool(torch.isfinite(gram.sum())):
             raise FloatingPointError(
                 "ridge: the Gram matrix has NaN or inf (sleep samples or features are not finite: has the model "
@@ -67,6 +72,15 @@ def ridge_solve(gram: Tensor, cross: Tensor, lam: float, n_free: int = 1) -> Ten
     return torch.cholesky_solve(cross, cholesky_factor(gram, lam, n_free))
 
 
+def ridge_solve_with_product(gram: Tensor, cross: Tensor, lam: float, n_free: int = 1) -> tuple[Tensor, Tensor]:
+    """:func:`ridge_solve`'s ``phi`` and ``gram @ phi``, the latter without a d x d x p product: the penalised
+    matrix differs from ``gram`` only on its diagonal, ``(gram + D) phi = cross``, so ``gram phi = cross - D phi``
+    (exact up to the solve's rounding, which is backward stable)."""
+    chol, added = _penalised_cholesky(gram, lam, n_free)
+    phi = torch.cholesky_solve(cross, chol)
+    return phi, cross - added[:, None] * phi
+
+
 def fit_ridge(h: Tensor, y: Tensor, lam: float, n_free: int = 1) -> Tensor:
     """Ridge regression of ``y [n, p]`` on ``h [n, m]`` (the last ``n_free`` columns of ``h``, the intercept
     among them, unpenalised)."""
@@ -81,22 +95,26 @@ def select_ridge(
     val_fraction: float = 0.2,
     n_free: int = 1,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    solve_dtype: torch.dtype | None = None,
 ) -> float:
     """Choose the ridge strength from ``grid`` by squared error on a held-out split (the last rows).
 
-    Each grid point costs one Cholesky factorisation of the (small) Gram matrix.
+    Each grid point costs one Cholesky factorisation of the (small) Gram matrix. The products are computed in
+    the dtype of ``h`` and ``y``, the Gram matrix and the solves in ``solve_dtype`` (default: that dtype), as
+    the regression statistics of :class:`RunningMoments` are.
     """
     n = h.shape[0]
     n_val = max(int(n * val_fraction), 1)
     ht, yt, hv, yv = h[: n - n_val], y[: n - n_val], h[n - n_val :], y[n - n_val :]
-    gram, cross = matmul(ht.T, ht) / ht.shape[0], matmul(ht.T, yt) / ht.shape[0]
-    errs = torch.full((len(grid),), float("inf"), dtype=h.dtype, device=h.device)
+    dt = solve_dtype or h.dtype
+    gram, cross = matmul(ht.T, ht).to(dt) / ht.shape[0], matmul(ht.T, yt).to(dt) / ht.shape[0]
+    errs = torch.full((len(grid),), float("inf"), dtype=dt, device=h.device)
     for i, lam in enumerate(grid):
         try:
             coef = ridge_solve(gram, cross, lam, n_free)
         except RuntimeError:
             continue
-        errs[i] = ((matmul(hv, coef) - yv) ** 2).mean()
+        errs[i] = ((matmul(hv, coef.to(hv.dtype)) - yv) ** 2).mean()
     if reduce is not None:  # data-parallel: every rank chooses from the summed validation errors
         errs = reduce(errs)
     return grid[int(torch.argmin(errs))]
@@ -153,7 +171,11 @@ class RunningMoments:
     def phase_sums(self, h: Tensor, ys: list[Tensor]) -> PhaseSums:
         """The sums of one phase, reduced over ranks (one all-reduce for the counts and squared norms)."""
         dt = self.dtype
-        g, cs = matmul(h.T, h).to(dt), [matmul(h.T, y).to(dt) for y in ys]
+        g = matmul(h.T, h).to(dt)
+        if len(ys) > 1:  # one product for all target blocks
+            cs = list(matmul(h.T, torch.cat(ys, dim=1)).to(dt).split([y.shape[1] for y in ys], dim=1))
+        else:
+            cs = [matmul(h.T, y).to(dt) for y in ys]
         scalars = torch.stack([h.new_tensor(float(h.shape[0]), dtype=dt)] + [(y * y).sum().to(dt) for y in ys])
         if self.reduce is not None:
             g, cs, scalars = self.reduce(g), [self.reduce(c) for c in cs], self.reduce(scalars)
