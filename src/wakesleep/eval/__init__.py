@@ -5,14 +5,15 @@
   (:func:`select_bandwidth`).
 * :func:`relative_mmd_test`: the relative similarity test of Bounliphone et al. (2015).
 * :func:`log_likelihood`: importance-sampled log p(x) with any proposal (:func:`fit_proposal` trains an
-  evaluation-only one); :func:`ais_log_likelihood`: annealed importance sampling with HMC for real-valued
-  latents; :func:`exact_log_likelihood` by enumeration or the Gaussian marginal.
+  evaluation-only one); :func:`ais_log_likelihood`: annealed importance sampling with block HMC for real-valued
+  latents or single-site Gibbs sweeps for sigmoid belief networks (:func:`ais_kernel` says which, or why a model
+  is not supported); :func:`exact_log_likelihood` by enumeration or the Gaussian marginal.
 * :func:`nuts_posterior`, :func:`gaussian_posterior`, :func:`enumerate_posterior`: posteriors p(z | x).
 * :func:`recovery_error`, :func:`model_recovery_error`: parameter recovery up to permutation and sign.
 * :mod:`wakesleep.eval.plots`: samples beside data, learning curves, posterior corner plots.
 """
 
-from wakesleep.eval.ais import AISResult, ais_log_likelihood, sigmoid_schedule
+from wakesleep.eval.ais import AISResult, ais_kernel, ais_log_likelihood, sigmoid_schedule
 from wakesleep.eval.loglik import (
     GaussianPosteriorProposal,
     LogLikelihoodResult,
@@ -60,6 +61,7 @@ __all__ = [
     "log_likelihood",
     "LogLikelihoodResult",
     "PriorProposal",
+    "ais_kernel",
     "ais_log_likelihood",
     "AISResult",
     "sigmoid_schedule",

@@ -12,13 +12,15 @@ Metrics (``--metrics``, comma-separated; default ``mmd,nll,plots``):
     (:func:`fit_proposal`);
   - ``gaussian`` (observation layer Gaussian with a linear link): importance sampling with ``--k`` particles
     from :class:`GaussianPosteriorProposal` (no training);
-  - ``ais`` (real-valued latents only; for models where a proposal's ESS is low, e.g. the patches models):
-    annealed importance sampling (:func:`ais_log_likelihood`) with ``--ais-chains`` chains per point,
-    ``--ais-temperatures`` temperatures and ``--ais-leapfrog`` leapfrog steps per HMC move.
+  - ``ais`` (real-valued latents, moved by block HMC; or sigmoid belief networks, moved by single-site Gibbs
+    sweeps; for models where a proposal's ESS is low, e.g. the patches models): annealed importance sampling
+    (:func:`ais_log_likelihood`) with ``--ais-chains`` chains per point, ``--ais-temperatures`` temperatures and
+    (HMC) ``--ais-leapfrog`` leapfrog steps per HMC move.
 
   ``eval.json``'s ``nll`` entry records the method and its settings, ``nll``, ``sem``, ``ess_mean``,
-  ``ess_median`` (of the importance weights, or of the AIS weights over the chains) and, for AIS, the mean HMC
-  acceptance rate per latent layer (``acceptance_mean``, top first).
+  ``ess_median`` (of the importance weights, or of the AIS weights over the chains) and, for AIS, its
+  ``kernel`` (``hmc`` or ``gibbs``) and per latent layer (top first) the mean HMC acceptance rate, or with Gibbs
+  sweeps the mean fraction of units changed per sweep (``acceptance_mean``).
 * ``plots``: ``samples.png`` (model samples beside data), ``learning_curves.png`` (from ``metrics.jsonl``).
 * ``posterior``: NUTS posterior of the first reference point (real-valued latents only), ``posterior.png``.
 
@@ -59,12 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="proposal",
         help=(
             "NLL estimator: 'proposal' (IS with a fitted proposal, any model), 'gaussian' (IS with the Gaussian "
-            "posterior proposal, Gaussian-linear observation layer), 'ais' (annealed IS, real-valued latents)"
+            "posterior proposal, Gaussian-linear observation layer), 'ais' (annealed IS, real-valued latents or "
+            "sigmoid belief networks)"
         ),
     )
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per point (--nll-method ais)")
     p.add_argument("--ais-temperatures", type=int, default=1000, help="AIS temperatures (--nll-method ais)")
-    p.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move (--nll-method ais)")
+    p.add_argument(
+        "--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC move (--nll-method ais, real latents)"
+    )
     p.add_argument("--posterior-samples", type=int, default=1000, help="NUTS samples for 'posterior'")
     p.add_argument(
         "--image-shape", help="HxW to draw samples as images (default: 28x28 when the data have 784 columns)"
@@ -157,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
             except WakesleepError as exc:
                 raise WakesleepError(f"--nll-method gaussian: {exc}") from None
         elif nll_method == "ais":
-            from wakesleep.eval.ais import require_real_latents
+            from wakesleep.eval.ais import ais_kernel
 
             try:
-                require_real_latents(model, "ais_log_likelihood")
+                ais_kernel(model, "ais_log_likelihood")
             except WakesleepError as exc:
                 raise WakesleepError(f"--nll-method ais: {exc}") from None
     x, shape_hint = _reference_data(args, config, model)
@@ -206,19 +211,18 @@ def run(args: argparse.Namespace) -> int:
                 )
             except WakesleepError as exc:
                 raise WakesleepError(f"--nll-method ais: {exc}") from None
-            entry.update(
-                {
-                    "chains": args.ais_chains,
-                    "temperatures": res.temperatures,
-                    "leapfrog": args.ais_leapfrog,
-                    "proposal": (
-                        f"AIS from the prior: {res.temperatures} temperatures (sigmoid schedule), "
-                        f"{args.ais_chains} chains per point, block HMC with {args.ais_leapfrog} leapfrog steps"
-                    ),
-                    "acceptance_mean": res.acceptance.mean(0).tolist(),
-                    "step_size_median": res.step_size.median(0).values.tolist(),
-                }
+            hmc = res.kernel == "hmc"
+            entry.update({"chains": args.ais_chains, "temperatures": res.temperatures, "kernel": res.kernel})
+            if hmc:
+                entry["leapfrog"] = args.ais_leapfrog
+            entry["proposal"] = (
+                f"AIS from the prior: {res.temperatures} temperatures (sigmoid schedule), {args.ais_chains} chains "
+                "per point, "
+                + (f"block HMC with {args.ais_leapfrog} leapfrog steps" if hmc else "single-site Gibbs sweeps")
             )
+            entry["acceptance_mean"] = res.acceptance.mean(0).tolist()  # Gibbs: fraction of units changed per sweep
+            if hmc:
+                entry["step_size_median"] = res.step_size.median(0).values.tolist()
         else:
             if nll_method == "gaussian":
                 q = gaussian_q
