@@ -86,6 +86,7 @@ def test_ais_close_to_exact(lg_run, capsys):
     assert (nll["chains"], nll["temperatures"], nll["leapfrog"]) == (32, 100, 10)
     assert "AIS" in nll["proposal"] and "k" not in nll
     assert abs(nll["nll"] - nll["exact_nll"]) < TOLERANCE, nll
+    assert len(nll["log_px"]) == 20 and abs(-sum(nll["log_px"]) / 20 - nll["nll"]) < 1e-9  # per point, in order
     assert nll["sem"] > 0 and 1.0 <= nll["ess_median"] <= 32.0 and 1.0 <= nll["ess_mean"] <= 32.0
     assert len(nll["acceptance_mean"]) == 2  # one rate per latent layer, top first
     assert all(0.3 < a <= 1.0 for a in nll["acceptance_mean"]), nll["acceptance_mean"]

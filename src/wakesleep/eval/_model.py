@@ -107,8 +107,9 @@ def latent_configurations(model: Any, fn: str, max_configs: int) -> list[Tensor]
     dims = [layer.dim for layer in layers[:-1]]
     total = math.prod(c**d for c, d in zip(cards, dims, strict=True))
     if total > max_configs:
+        count = str(total) if total < 10**12 else f"about 10^{math.log10(total):.0f}"
         raise WakesleepError(
-            f"{fn}: {total} latent configurations exceed max_configs={max_configs} (latent dims {dims})"
+            f"{fn}: {count} latent configurations exceed max_configs={max_configs} (latent dims {dims})"
         )
     dtype, device = model_dtype_device(model)
     per_unit = [c for c, d in zip(cards, dims, strict=True) for _ in range(d)]

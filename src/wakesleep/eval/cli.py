@@ -18,7 +18,8 @@ Metrics (``--metrics``, comma-separated; default ``mmd,nll,plots``):
     (HMC) ``--ais-leapfrog`` leapfrog steps per HMC move.
 
   ``eval.json``'s ``nll`` entry records the method and its settings, ``nll``, ``sem``, ``ess_mean``,
-  ``ess_median`` (of the importance weights, or of the AIS weights over the chains) and, for AIS, its
+  ``ess_median`` (of the importance weights, or of the AIS weights over the chains), ``log_px`` per point (in the
+  reference data's order, for paired comparisons of runs on the same points) and, for AIS, its
   ``kernel`` (``hmc`` or ``gibbs``) and per latent layer (top first) the mean HMC acceptance rate, or with Gibbs
   sweeps the mean fraction of units changed per sweep (``acceptance_mean``).
 * ``plots``: ``samples.png`` (model samples beside data), ``learning_curves.png`` (from ``metrics.jsonl``).
@@ -243,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 "ess_mean": float(res.ess.mean()),
                 "ess_median": float(res.ess.median()),
                 "seconds": time.perf_counter() - t0,
+                "log_px": res.log_px.tolist(),  # per point, in order: paired comparisons between runs
             }
         )
         result["nll"] = entry
