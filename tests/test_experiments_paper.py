@@ -190,6 +190,12 @@ def test_bench_flops_and_summary():
     ddc = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=50, features=6, recognition_hidden=10)
     f = iteration_flops(ddc, x)
     assert f["matmul_flops"] > 0 and f["solver_flops"] == pytest.approx(solver_flops(ddc)) and f["solver_flops"] > 0
+    # sleeping every 4 steps: 3 of 4 wake phases re-evaluate the links at the sleep samples (theta has moved)
+    before = [p.detach().clone() for p in model.parameters()]
+    f4 = iteration_flops(ddc, x, sleep_every=4)
+    assert f4["wake_flops_moved"] > f4["wake_flops_after_sleep"]
+    assert f4["wake_flops"] == pytest.approx((f4["wake_flops_after_sleep"] + 3 * f4["wake_flops_moved"]) / 4)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))  # theta put back
     vimco = wakesleep.build_algorithm("vimco", model, k=3)
     fv = iteration_flops(vimco, x)
     assert fv["solver_flops"] == 0 and fv["matmul_flops"] > 0
