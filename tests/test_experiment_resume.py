@@ -46,6 +46,9 @@ def sbn_sets(root: Path) -> list[str]:
         "experiment.nll_k=4",
         "experiment.nll_points=5",
         "experiment.proposal_steps=2",
+        "experiment.ais_points=3",
+        "experiment.ais_chains=2",
+        "experiment.ais_temperatures=5",
         "experiment.algorithms=[ddc_hm, {name: vimco, label: vimco_k50, k: 3}]",
     ]
 
@@ -151,12 +154,21 @@ def test_sbn_crash_then_resume_keeps_first_entry_results(tmp_path, monkeypatch, 
         run_experiment("sbn", out, overrides=sets, progress=False)
     capsys.readouterr()
     done = json.loads((tmp_path / "out.partial" / "mnist" / "ddc_hm" / "done.json").read_text())
-    assert set(done["evaluation"]) == {"mmd2", "nll"}  # the long evaluation is saved with the entry
+    assert set(done["evaluation"]) == {"mmd2", "nll", "ais_nll"}  # the long evaluation is saved with the entry
 
     calls = count_training(monkeypatch)
+    import wakesleep.experiments.patches as patches_mod
+
+    real_ais, ais_calls = patches_mod.model_ais_nll, []
+    monkeypatch.setattr(patches_mod, "model_ais_nll", lambda *a, **k: ais_calls.append(1) or real_ais(*a, **k))
     res = run_experiment("sbn", out, overrides=sets, progress=False, resume=True)
     assert [c[0] for c in calls] == ["vimco_k50"]
+    assert len(ais_calls) == 1  # ddc_hm's AIS estimate was saved with its entry and reused
     ds, ref = res["datasets"][0], reference["datasets"][0]
+    for label in ("ddc_hm", "vimco_k50"):  # AIS is seeded: the same estimates as the uninterrupted run
+        assert ds["algorithms"][label]["ais_nll"]["log_px"] == pytest.approx(
+            ref["algorithms"][label]["ais_nll"]["log_px"], rel=1e-9
+        )
     assert ds["algorithms"]["ddc_hm"]["mmd2"] == pytest.approx(ref["algorithms"]["ddc_hm"]["mmd2"], rel=1e-12)
     assert ds["algorithms"]["ddc_hm"]["nll"]["nll"] == pytest.approx(ref["algorithms"]["ddc_hm"]["nll"]["nll"])
     assert ds["algorithms"]["vimco_k50"]["mmd2"] == pytest.approx(ref["algorithms"]["vimco_k50"]["mmd2"], rel=1e-12)

@@ -122,6 +122,9 @@ def test_sbn_tiny(tmp_path):
         "experiment.nll_k=5",
         "experiment.nll_points=5",
         "experiment.proposal_steps=3",
+        "experiment.ais_points=4",
+        "experiment.ais_chains=3",
+        "experiment.ais_temperatures=5",
         "experiment.datasets=[fashion_mnist, mnist]",
         "experiment.algorithms=[ddc_hm, {name: vimco, label: vimco_k50, k: 3}]",
     ]
@@ -133,6 +136,13 @@ def test_sbn_tiny(tmp_path):
     assert ds["algorithms"]["vimco_k50"]["nll"]["proposal"] == "own recognition model"
     assert all(r["nll"]["nll"] > 0 for r in ds["algorithms"].values())
     assert 0.0 <= ds["relative_tests"]["vimco_k50"]["p_value"] <= 1.0
+    for r in ds["algorithms"].values():  # AIS on the first 4 test images, beside importance sampling on them
+        assert r["ais_nll"]["points"] == 4 and r["ais_nll"]["kernel"] == "gibbs" and len(r["ais_nll"]["log_px"]) == 4
+        assert r["nll"]["nll_on_ais_points"] == pytest.approx(-sum(r["nll"]["log_px"][:4]) / 4)
+    diff = ds["relative_tests"]["vimco_k50"]["ais_nll_difference"]
+    a, v = ds["algorithms"]["ddc_hm"]["ais_nll"], ds["algorithms"]["vimco_k50"]["ais_nll"]
+    assert diff["mean"] == pytest.approx(a["nll"] - v["nll"])
+    assert "AIS NLL" in (out / "report.md").read_text()
     assert ds["independent_pixels"]["nll"] > 0 and "independent pixels" in (out / "report.md").read_text()
     for name in ("results.json", "report.md", "fashion_mnist_samples.png"):
         assert (out / name).is_file(), name

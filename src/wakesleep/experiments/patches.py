@@ -336,10 +336,11 @@ def model_nll(model: torch.nn.Module, x: torch.Tensor, k: int, seed: int) -> dic
 
 
 def model_ais_nll(model: torch.nn.Module, x: torch.Tensor, settings: dict[str, int], seed: int) -> dict[str, Any]:
-    """Mean NLL of ``x`` under a learnt eq. 13 model by annealed importance sampling
-    (:func:`wakesleep.eval.ais_log_likelihood`; ``settings``: ``chains``, ``temperatures``, ``leapfrog``), with
-    its standard error, the median ESS over the chains, the mean HMC acceptance per layer, the seconds taken and
-    the per-patch estimates ``log_px``."""
+    """Mean NLL of ``x`` under a learnt model by annealed importance sampling
+    (:func:`wakesleep.eval.ais_log_likelihood`; ``settings``: ``chains``, ``temperatures`` and, for HMC,
+    ``leapfrog``), with its standard error, the median ESS over the chains, the mean acceptance per layer (HMC;
+    with Gibbs sweeps the fraction of units changed per sweep), the seconds taken and the per-point estimates
+    ``log_px``."""
     from wakesleep.eval import ais_log_likelihood
 
     t0 = time.perf_counter()
@@ -349,6 +350,7 @@ def model_ais_nll(model: torch.nn.Module, x: torch.Tensor, settings: dict[str, i
         "sem": res.sem,
         "ess_median": float(res.ess.median()),
         "acceptance": res.acceptance.mean(0).tolist(),
+        "kernel": res.kernel,
         "points": x.shape[0],
         **settings,
         "seconds": time.perf_counter() - t0,
@@ -648,7 +650,7 @@ def run(
                 "samples_finite": finite,
                 "top_pc_variance_ratio": variance_ratio(samples[label], train_x.double(), top_dirs) if finite else None,
                 "nll": nll,
-                "ais_nll": _ais_nll_cached(e, ais_x, ais_settings, d1 * 100 + d2, finite),
+                "ais_nll": ais_nll_cached(e, ais_x, ais_settings, d1 * 100 + d2, finite),
             }
             if nll is not None and ais_x.shape[0] and ais_x.shape[0] <= nll_x.shape[0]:
                 # the importance-sampling estimate on the AIS patches, to show how loose it is
@@ -721,9 +723,10 @@ def run(
     return results
 
 
-def _ais_nll_cached(e: Any, x: torch.Tensor, settings: dict[str, int], seed: int, finite: bool) -> dict | None:
-    """AIS NLL of an entry, reused from its saved evaluation when a resumed run asks for the same one (AIS
-    takes minutes per model; the other numbers are recomputed in seconds)."""
+def ais_nll_cached(e: Any, x: torch.Tensor, settings: dict[str, int], seed: int, finite: bool) -> dict | None:
+    """AIS NLL of an entry (:func:`model_ais_nll`; None when ``x`` is empty or the model not ``finite``), reused
+    from its saved evaluation when a resumed run asks for the same one (AIS takes minutes per model; the other
+    numbers are recomputed in seconds); a new estimate is saved with the entry."""
     if not x.shape[0] or not finite:
         return None
     key = {"points": x.shape[0], **settings, "seed": seed}
