@@ -221,7 +221,7 @@ def test_bench_flops_and_summary():
         "matmul_gflops": 10.0,
         "peak_rss_mb": 100.0,
         "final_mmd2": 0.01,
-        "nll": {"nll": 100.0, "k": 10},
+        "nll": {"nll": 100.0, "k": 10, "points": 3},
     }
     rows = {
         "ddc_hm": {**row, "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 1.5, "mmd2": 0.02}]},
@@ -236,7 +236,15 @@ def test_bench_flops_and_summary():
     assert s["epoch_speedup"] == pytest.approx(6.0) and s["goal_epoch_speedup_5x"]
     assert s["time_to_target_fraction"] == pytest.approx(0.15) and s["goal_time_to_target_one_fifth"]
     md = _markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
-    assert "| ddc_hm |" in md and "met" in md
+    assert "| ddc_hm |" in md and "met" in md and "ais_nll_difference" not in s
+    ais = {"points": 3, "chains": 2, "temperatures": 5, "nll": 0.0, "sem": 0.0}
+    rows["ddc_hm"]["ais_nll"] = {**ais, "log_px": [-10.0, -20.0, -30.0], "nll": 20.0, "sem": 5.77}
+    rows["vimco_k50"]["ais_nll"] = {**ais, "log_px": [-9.0, -18.0, -30.0], "nll": 19.0, "sem": 5.2}
+    s = _summary(rows)
+    assert s["ais_nll_difference"]["mean"] == pytest.approx(1.0)  # ddc_hm minus vimco_k50, paired
+    assert s["ais_nll_difference"]["sem"] == pytest.approx(1.0 / 3**0.5)
+    md = _markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
+    assert "20.00 +- 5.77" in md and "+1.0 +- 0.6 nats" in md
 
 
 @needs_fashion
@@ -266,6 +274,12 @@ def test_bench_run_one_in_process(tmp_path):
             "3",
             "--proposal-steps",
             "2",
+            "--ais-points",
+            "2",
+            "--ais-chains",
+            "2",
+            "--ais-temperatures",
+            "3",
             "--set",
             "algorithm.sleep_samples=60",
             "--set",
@@ -285,6 +299,15 @@ def test_bench_run_one_in_process(tmp_path):
     assert r["curve"][0]["step"] == 0 and r["curve"][-1]["train_seconds"] >= r["curve"][0]["train_seconds"]
     assert torch.isfinite(torch.tensor(r["final_mmd2"]))
     assert (tmp_path / "ddc_hm_samples.png").is_file() and r["sleep_every"] == 20  # the shipped config's
+    assert r["ais_nll"]["points"] == 2 and r["ais_nll"]["kernel"] == "gibbs" and r["ais_nll"]["temperatures"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--ais-points=-1", "--ais-chains=0", "--ais-temperatures=0"])
+def test_bench_cli_rejects_bad_ais_settings(tmp_path, capsys, flag):
+    code = main(["bench", "sbn", "--out", str(tmp_path / "b"), flag])
+    err = capsys.readouterr().err
+    assert code != 0 and flag.split("=")[0] in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
 
 
 def test_bench_cli_rejects_unknown_algorithm(tmp_path, capsys):

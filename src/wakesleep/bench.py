@@ -57,6 +57,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nll-points", type=int, default=1000, help="test images of the NLL")
     p.add_argument("--proposal-steps", type=int, default=2000, help="steps of fit_proposal (DDC-HM's NLL)")
     p.add_argument(
+        "--ais-points",
+        type=int,
+        default=0,
+        help="test images also scored by annealed importance sampling (default 0: none; DDC-HM's importance-"
+        "sampled NLL can be tens of nats loose, AIS is not)",
+    )
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image (default 16)")
+    p.add_argument("--ais-temperatures", type=int, default=1000, help="AIS temperatures (default 1000)")
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -217,7 +226,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     from wakesleep.data import load_dataset
     from wakesleep.eval import median_bandwidth
-    from wakesleep.experiments.patches import algorithm_entries, draw_samples
+    from wakesleep.experiments.patches import algorithm_entries, draw_samples, model_ais_nll
     from wakesleep.experiments.sbn import mmd_to, nll_estimate
     from wakesleep.train import Trainer, apply_threads, build_algorithm_from_config, build_model_from_config
 
@@ -298,6 +307,10 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
     nll = nll_estimate(
         model, algo, dataset.draw_train()[:n_fit], test[: args.nll_points], args.nll_k, args.proposal_steps
     )
+    ais = None
+    if args.ais_points > 0:  # the same images, chains and seed for every algorithm: paired differences
+        settings = {"chains": args.ais_chains, "temperatures": args.ais_temperatures}
+        ais = model_ais_nll(model, test[: args.ais_points].to(model.device), settings, seed=30_000)
     x = dataset.draw_train()[: t["batch_size"]]
     flops = iteration_flops(algo, x, int(t["sleep_every"]))
     rate = matmul_rate(model.dtype, str(model.device))
@@ -339,6 +352,7 @@ def run_one(args: argparse.Namespace, label: str) -> dict[str, Any]:
         "mmd_samples": n_mmd,
         "bandwidth": bw,
         "nll": nll,
+        "ais_nll": ais,
         "curve": curve,
         "threads": torch.get_num_threads(),
         "device": str(model.device),
@@ -361,7 +375,14 @@ def _independent_pixels(args: argparse.Namespace, row: dict[str, Any]) -> dict[s
     cfg = _config(args)
     dataset = load_dataset(dict(cfg["data"]), 784, dtype=torch.float64)
     test = dataset.test.double().cpu()
-    return independent_pixels(dataset.draw_train().cpu(), test, row["mmd_samples"], args.nll_points, row["bandwidth"])
+    return independent_pixels(
+        dataset.draw_train().cpu(),
+        test,
+        row["mmd_samples"],
+        args.nll_points,
+        row["bandwidth"],
+        ais_points=max(args.ais_points, 0),
+    )
 
 
 def _summary(rows: dict[str, dict[str, Any]], candidate: str = "ddc_hm", reference: str = "vimco_k50") -> dict:
@@ -381,6 +402,11 @@ def _summary(rows: dict[str, dict[str, Any]], candidate: str = "ddc_hm", referen
     r_cpu = r["curve"][-1].get("train_cpu_seconds") if r["curve"] else None
     hit_cpu = hit.get("train_cpu_seconds") if hit else None
     out["time_to_target_fraction_cpu"] = hit_cpu / r_cpu if hit_cpu is not None and r_cpu else None
+    a, b = c.get("ais_nll"), r.get("ais_nll")
+    if a and b and len(a["log_px"]) == len(b["log_px"]):  # candidate minus reference, on the same images
+        d = torch.tensor(b["log_px"], dtype=torch.float64) - torch.tensor(a["log_px"], dtype=torch.float64)
+        sem = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else float("nan")
+        out["ais_nll_difference"] = {"mean": float(d.mean()), "sem": sem}
     out["goal_epoch_speedup_5x"] = out["epoch_speedup"] >= 5
     out["goal_time_to_target_one_fifth"] = bool(hit) and out["time_to_target_fraction"] <= 0.2
     return out
@@ -413,13 +439,14 @@ def _markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}. Command: `{result['command']}`.",
         "",
         "| algorithm | s / epoch (wall) | CPU s / epoch | GFLOP / iteration | achieved GFLOP/s | "
-        "% of matmul rate (wall) | % of matmul rate (CPU time) | peak RSS (MB) | test MMD^2 | NLL (K) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "% of matmul rate (wall) | % of matmul rate (CPU time) | peak RSS (MB) | test MMD^2 | NLL (K) | AIS NLL |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in result["algorithms"].items():
         if "error" in r:
-            lines.append(f"| {label} | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {label} | failed: {r['error']} | | | | | | | | | |")
             continue
+        ais = r.get("ais_nll")
         name = label + (f" (sleep every {r['sleep_every']})" if r.get("sleep_every", 1) > 1 else "")
         if r.get("precision", "float32") != "float32":
             name += f" ({r['precision']} mixed; its products' rate {r['matmul_gflops_lowered']:.0f} GFLOP/s)"
@@ -433,13 +460,15 @@ def _markdown(result: dict[str, Any]) -> str:
                 else "n/a | "
             )
             + f"{r['peak_rss_mb']:.0f} | "
-            f"{r['final_mmd2']:.3g} | {r['nll']['nll']:.2f} ({r['nll']['k']}) |"
+            f"{r['final_mmd2']:.3g} | {r['nll']['nll']:.2f} ({r['nll']['k']}) | "
+            + (f"{ais['nll']:.2f} +- {ais['sem']:.2f} |" if ais else "n/a |")
         )
     ind = result.get("independent_pixels")
     if ind:
         lines.append(
             f"| independent pixels (training marginals; reference) | | | | | | | | {ind['mmd2']:.3g} | "
-            f"{ind['nll']:.2f} (exact) |"
+            f"{ind['nll']:.2f} (exact) | "
+            + (f"{ind['nll_ais_points']:.2f} (exact) |" if "nll_ais_points" in ind else "n/a |")
         )
     s = result["summary"]
     if "epoch_speedup" in s:
@@ -451,6 +480,23 @@ def _markdown(result: dict[str, Any]) -> str:
             f"MMD^2 {s['target_mmd2']:.3g}: "
             + _reached(s)
             + f"; goal <= 1/5: {'met' if s['goal_time_to_target_one_fifth'] else 'NOT met'}.",
+        ]
+    first = next((r for r in result["algorithms"].values() if r.get("ais_nll")), None)
+    if first:
+        a = first["ais_nll"]
+        lines += [
+            "",
+            f"NLL: importance sampling with K particles on the first {first['nll']['points']} test images (a "
+            "stochastic upper bound; DDC-HM's evaluation-only proposal can leave it tens of nats loose). AIS NLL: "
+            f"annealed importance sampling on the first {a['points']} test images, {a['chains']} chains, "
+            f"{a['temperatures']} temperatures, Gibbs sweeps (`wakesleep.eval.ais_log_likelihood`), +- its "
+            "standard error over images."
+            + (
+                f" {s['candidate']} minus {s['reference']}, paired over the same images: "
+                f"{s['ais_nll_difference']['mean']:+.1f} +- {s['ais_nll_difference']['sem']:.1f} nats."
+                if s.get("ais_nll_difference")
+                else ""
+            ),
         ]
     lines += [
         "",
@@ -469,6 +515,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.epochs < 1:
         raise WakesleepError(f"--epochs: must be a positive integer, got {args.epochs}")
+    if args.ais_points < 0:
+        raise WakesleepError(f"--ais-points: must be a non-negative integer, got {args.ais_points}")
+    for flag, v in (("--ais-chains", args.ais_chains), ("--ais-temperatures", args.ais_temperatures)):
+        if v < 1:
+            raise WakesleepError(f"{flag}: must be a positive integer, got {v}")
     from wakesleep.experiments.patches import algorithm_entries
 
     config = _config(args)  # validates the config and overrides before anything runs
@@ -512,6 +563,12 @@ def run(args: argparse.Namespace) -> int:
             str(args.nll_points),
             "--proposal-steps",
             str(args.proposal_steps),
+            "--ais-points",
+            str(args.ais_points),
+            "--ais-chains",
+            str(args.ais_chains),
+            "--ais-temperatures",
+            str(args.ais_temperatures),
         ]
         for flag, v in (
             ("--config", args.config),
