@@ -1,0 +1,121 @@
+"""DDC-HM's wake gradient and posterior means on a trained sigmoid belief network, against annealed importance
+sampling (docs/RESULTS.md, "Session 8": why DDC-HM's SBN has the lower test likelihood).
+
+For the first ``--points`` training images (binarised as in training) the script compares, at the trained
+parameters of a DDC-HM entry of ``wakesleep experiment sbn`` (``--run DIR/<dataset>/ddc_hm``: its config.yaml and
+checkpoint/), after ``--sleeps`` sleep phases at those parameters:
+
+* DDC-HM's wake gradient (the mean over the images, as one wake phase computes it) with the reference
+  grad log p(x) = E[grad log p(x, z) | x], from the final states of ``--chains`` AIS chains per image weighted by
+  their normalised AIS weights (:func:`wakesleep.eval.ais_log_likelihood` with ``return_samples``, Gibbs sweeps,
+  ``--temperatures`` temperatures). Per parameter block: cosine, relative error, the two norms, and the
+  reference's component along DDC-HM's direction (the log-likelihood's slope along the step DDC-HM takes).
+* DDC-HM's posterior means E_q[z_l | x] (its read-out, eq. 5) with the AIS posterior means, per latent layer:
+  mean absolute error, and for scale the error of the data-independent guess (the AIS means averaged over the
+  images).
+
+Usage::
+
+    python benchmarks/diag_sbn_gradient.py --run DIR/fashion_mnist/ddc_hm --points 100 --chains 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from wakesleep.eval import ais_log_likelihood
+from wakesleep.experiments._entries import _load_finished
+from wakesleep.runtime import keep_freed_memory
+from wakesleep.train import load_data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a trained ddc_hm entry of an sbn run")
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--chains", type=int, default=16)
+    ap.add_argument("--temperatures", type=int, default=1000)
+    ap.add_argument("--sleeps", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
+    args = ap.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    cfg = yaml.safe_load((args.run / "config.yaml").read_text())
+    model, algo = _load_finished(cfg, args.run / "checkpoint")
+    data = load_data(cfg, model)
+    x = (data.draw_train() if hasattr(data, "draw_train") else data)[: args.points].to(model.dtype)
+    torch.manual_seed(args.seed)
+    for _ in range(args.sleeps):
+        algo.sleep()
+    est = {k: v.double() for k, v in algo.wake_gradient(x).items()}
+    with torch.no_grad():
+        q_means = {k: v.double() for k, v in algo.posterior_mean(x).items()}
+
+    md = copy.deepcopy(model).double()
+    xd = x.double()
+    res = ais_log_likelihood(
+        md, xd, chains=args.chains, temperatures=args.temperatures, seed=args.seed, return_samples=True
+    )
+    w = torch.softmax(res.log_weights, 0)  # [C, B]
+    md.zero_grad()
+    ((md.log_joint(xd.expand(args.chains, -1, -1), res.samples) * w).sum() / xd.shape[0]).backward()
+    ref = {k: p.grad.clone() for k, p in md.named_parameters() if p.grad is not None}
+    out: dict = {
+        "run": str(args.run),
+        "points": args.points,
+        "chains": args.chains,
+        "temperatures": args.temperatures,
+        "ais_nll": res.nll,
+        "ais_ess_median": float(res.ess.median()),
+        "blocks": {},
+        "posterior_means": {},
+    }
+    print(f"AIS: NLL {res.nll:.2f} on these images, ESS median {res.ess.median():.1f} of {args.chains} chains")
+    for k, r in ref.items():
+        if k not in est:
+            continue
+        a, r = est[k].flatten(), r.flatten()
+        row = {
+            "cosine": float(a @ r / (a.norm() * r.norm())),
+            "relative_error": float((a - r).norm() / r.norm()),
+            "norm_ddc": float(a.norm()),
+            "norm_reference": float(r.norm()),
+            "reference_along_ddc": float(a @ r / a.norm()),
+        }
+        out["blocks"][k] = row
+        print(
+            f"{k}: cosine {row['cosine']:.3f}, relative error {row['relative_error']:.3f}, norm DDC-HM "
+            f"{row['norm_ddc']:.3g} reference {row['norm_reference']:.3g}, reference along DDC-HM's direction "
+            f"{row['reference_along_ddc']:.3g}"
+        )
+    names = list(model.latent_names)
+    for name, z in zip(names, res.samples, strict=True):
+        ais_mean = torch.einsum("cb,cbd->bd", w, z.double())
+        guess = ais_mean.mean(0, keepdim=True).expand_as(ais_mean)
+        row = {
+            "mae_ddc": float((q_means[name] - ais_mean).abs().mean()),
+            "mae_constant_guess": float((guess - ais_mean).abs().mean()),
+            "ddc_outside_0_1": float(((q_means[name] < 0) | (q_means[name] > 1)).double().mean()),
+        }
+        out["posterior_means"][name] = row
+        print(
+            f"E[{name} | x]: mean |DDC-HM - AIS| {row['mae_ddc']:.3f}, data-independent guess "
+            f"{row['mae_constant_guess']:.3f}, DDC-HM means outside [0, 1]: {100 * row['ddc_outside_0_1']:.1f} %"
+        )
+    out["seconds"] = time.perf_counter() - t0
+    print(f"{out['seconds']:.0f} s")
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
