@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -186,7 +187,7 @@ def test_train_options_apply_to_one_entry_only():
 
 def test_bench_flops_and_summary():
     import wakesleep
-    from wakesleep.bench import _markdown, _summary, iteration_flops, solver_flops
+    from wakesleep.bench import MatmulFlops, _markdown, _summary, iteration_flops, sleep_cycle, solver_flops
 
     model = wakesleep.build_model(
         {
@@ -206,7 +207,30 @@ def test_bench_flops_and_summary():
     assert f4["wake_flops_moved"] > f4["wake_flops_after_sleep"]
     assert f4["wake_flops"] == pytest.approx((f4["wake_flops_after_sleep"] + 3 * f4["wake_flops_moved"]) / 4)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))  # theta put back
+
+    # the sleep phase's products, averaged over one cycle of the recognition's ridge re-choice (every 4th phase)
+    def cycled():
+        torch.manual_seed(5)
+        m = copy.deepcopy(model)
+        a = wakesleep.build_algorithm(
+            "ddc_hm", m, sleep_samples=50, features=6, recognition_hidden=10, recognition_ridge_every=4
+        )
+        a.sleep()  # the first phase searches the whole grid; the next 4: 3 plain, then one re-choice
+        return a
+
+    ddc = cycled()
+    assert sleep_cycle(ddc) == 4
+    fc = iteration_flops(ddc, x)
+    twin = cycled()  # the same 4 phases on a twin (same seed), one by one
+    per_phase = []
+    for _ in range(4):  # the same 4 phases on a copy, one by one
+        with MatmulFlops() as f1:
+            twin.sleep()
+        per_phase.append(f1.total)
+    assert per_phase[3] > per_phase[0] == per_phase[1] == per_phase[2]
+    assert fc["sleep_flops"] - fc["solver_flops"] == pytest.approx(sum(per_phase) / 4)
     vimco = wakesleep.build_algorithm("vimco", model, k=3)
+    assert sleep_cycle(vimco) == 1
     fv = iteration_flops(vimco, x)
     assert fv["solver_flops"] == 0 and fv["matmul_flops"] > 0
     assert all(p.grad is None for p in vimco.recognition_parameters())

@@ -157,9 +157,22 @@ def solver_flops(algo: Any) -> float:
     return total
 
 
+def sleep_cycle(algo: Any) -> int:
+    """Sleep phases after which an algorithm's sleep-phase work repeats: DDC-HM's recognition ``ridge_every``
+    when it chooses its ridge (``recognition_ridge: auto``), else 1."""
+    rec = getattr(algo, "recognizer", None)
+    if getattr(algo, "name", None) == "ddc_hm" and getattr(rec, "ridge", None) == "auto":
+        return max(int(getattr(rec, "ridge_every", 1)), 1)
+    return 1
+
+
 def iteration_flops(algo: Any, x: torch.Tensor, sleep_every: int = 1) -> dict[str, float]:
     """FLOPs of an average training iteration without changing the model: the wake phase and recognition step
     of every iteration plus 1 / ``sleep_every`` of a sleep phase.
+
+    The sleep phase's products are averaged over :func:`sleep_cycle` consecutive sleep phases (DDC-HM's
+    recognition re-chooses its ridge on held-out samples in one phase of every ``ridge_every``, with extra
+    products), so the algorithm's state moves on by that many sleep phases.
 
     With ``sleep_every > 1`` only the first wake phase of a cycle sees the parameters of the sleep phase; the
     other ``sleep_every - 1`` follow parameter updates (DDC-HM then re-evaluates its links at the sleep samples
@@ -176,8 +189,12 @@ def iteration_flops(algo: Any, x: torch.Tensor, sleep_every: int = 1) -> dict[st
             p.grad = None
         return float(fw.total)
 
-    with MatmulFlops() as fs:
-        algo.sleep()
+    period = sleep_cycle(algo)
+    sleep_mm = 0.0
+    for _ in range(period):
+        with MatmulFlops() as fs:
+            algo.sleep()
+        sleep_mm += fs.total / period
     first = moved = wake()
     if sleep_every > 1:
         params = list(algo.model.parameters())
@@ -193,12 +210,13 @@ def iteration_flops(algo: Any, x: torch.Tensor, sleep_every: int = 1) -> dict[st
                     p.copy_(v)
     wake_flops = (first + (sleep_every - 1) * moved) / sleep_every
     solve = solver_flops(algo) / sleep_every
-    mm = fs.total / sleep_every + wake_flops
+    mm = sleep_mm / sleep_every + wake_flops
     return {
         "matmul_flops": mm,
         "solver_flops": solve,
         "flops": mm + solve,
-        "sleep_flops": fs.total + solve * sleep_every,
+        "sleep_flops": sleep_mm + solve * sleep_every,
+        "sleep_cycle": period,
         "wake_flops": wake_flops,
         "wake_flops_after_sleep": first,
         "wake_flops_moved": moved,
