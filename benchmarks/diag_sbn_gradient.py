@@ -8,11 +8,13 @@ checkpoint/), after ``--sleeps`` sleep phases at those parameters:
 * DDC-HM's wake gradient (the mean over the images, as one wake phase computes it) with the reference
   grad log p(x) = E[grad log p(x, z) | x], from the final states of ``--chains`` AIS chains per image weighted by
   their normalised AIS weights (:func:`wakesleep.eval.ais_log_likelihood` with ``return_samples``, Gibbs sweeps,
-  ``--temperatures`` temperatures). Per parameter block: cosine, relative error, the two norms, and the
-  reference's component along DDC-HM's direction (the log-likelihood's slope along the step DDC-HM takes).
+  ``--temperatures`` temperatures; ``--repeats`` independent runs, averaged). Per parameter block: cosine,
+  relative error, the two norms, and the reference's component along DDC-HM's direction (the
+  log-likelihood's slope along the step DDC-HM takes); with two or more runs also the cosine between two
+  runs' references, which says how far the reference itself can be trusted.
 * DDC-HM's posterior means E_q[z_l | x] (its read-out, eq. 5) with the AIS posterior means, per latent layer:
   mean absolute error, and for scale the error of the data-independent guess (the AIS means averaged over the
-  images).
+  images) and the difference between two AIS runs.
 
 Usage::
 
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--temperatures", type=int, default=1000)
     ap.add_argument("--sleeps", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2, help="independent AIS runs (seeds seed, seed + 1, ...)")
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = ap.parse_args()
     keep_freed_memory()
@@ -62,54 +65,79 @@ def main() -> None:
 
     md = copy.deepcopy(model).double()
     xd = x.double()
-    res = ais_log_likelihood(
-        md, xd, chains=args.chains, temperatures=args.temperatures, seed=args.seed, return_samples=True
-    )
-    w = torch.softmax(res.log_weights, 0)  # [C, B]
-    md.zero_grad()
-    ((md.log_joint(xd.expand(args.chains, -1, -1), res.samples) * w).sum() / xd.shape[0]).backward()
-    ref = {k: p.grad.clone() for k, p in md.named_parameters() if p.grad is not None}
+    names = list(model.latent_names)
+    refs, means, nlls, ess = [], [], [], []
+    for r in range(args.repeats):  # independent AIS runs: their agreement is the reference's own accuracy
+        res = ais_log_likelihood(
+            model, x, chains=args.chains, temperatures=args.temperatures, seed=args.seed + r, return_samples=True
+        )
+        w = torch.softmax(res.log_weights, 0)  # [C, B]
+        zs = [z.double() for z in res.samples]
+        md.zero_grad()
+        ((md.log_joint(xd.expand(args.chains, -1, -1), zs) * w).sum() / xd.shape[0]).backward()
+        refs.append({k: p.grad.clone() for k, p in md.named_parameters() if p.grad is not None})
+        means.append({n: torch.einsum("cb,cbd->bd", w, z) for n, z in zip(names, zs, strict=True)})
+        nlls.append(res.nll)
+        ess.append(float(res.ess.median()))
     out: dict = {
         "run": str(args.run),
         "points": args.points,
         "chains": args.chains,
         "temperatures": args.temperatures,
-        "ais_nll": res.nll,
-        "ais_ess_median": float(res.ess.median()),
+        "repeats": args.repeats,
+        "ais_nll": nlls,
+        "ais_ess_median": ess,
         "blocks": {},
         "posterior_means": {},
     }
-    print(f"AIS: NLL {res.nll:.2f} on these images, ESS median {res.ess.median():.1f} of {args.chains} chains")
-    for k, r in ref.items():
+    print(f"AIS: NLL {nlls} on these images, ESS median {ess} of {args.chains} chains, {args.repeats} runs")
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(a @ b / (a.norm() * b.norm()))
+
+    for k in refs[0]:
         if k not in est:
             continue
-        a, r = est[k].flatten(), r.flatten()
+        a = est[k].flatten()
+        r = torch.stack([ref[k].flatten() for ref in refs]).mean(0)  # the mean of the runs
         row = {
-            "cosine": float(a @ r / (a.norm() * r.norm())),
+            "cosine": cosine(a, r),
             "relative_error": float((a - r).norm() / r.norm()),
             "norm_ddc": float(a.norm()),
             "norm_reference": float(r.norm()),
             "reference_along_ddc": float(a @ r / a.norm()),
         }
+        if args.repeats > 1:  # two runs' references against each other, and DDC-HM against each
+            row["cosine_reference_runs"] = cosine(refs[0][k].flatten(), refs[1][k].flatten())
+            row["cosine_per_run"] = [cosine(a, ref[k].flatten()) for ref in refs]
         out["blocks"][k] = row
         print(
-            f"{k}: cosine {row['cosine']:.3f}, relative error {row['relative_error']:.3f}, norm DDC-HM "
-            f"{row['norm_ddc']:.3g} reference {row['norm_reference']:.3g}, reference along DDC-HM's direction "
-            f"{row['reference_along_ddc']:.3g}"
+            f"{k}: cosine {row['cosine']:.3f}"
+            + (
+                f" (per run {', '.join(f'{c:.3f}' for c in row['cosine_per_run'])}; run 1 vs run 2 "
+                f"{row['cosine_reference_runs']:.3f})"
+                if args.repeats > 1
+                else ""
+            )
+            + f", relative error {row['relative_error']:.3f}, norm DDC-HM {row['norm_ddc']:.3g} reference "
+            f"{row['norm_reference']:.3g}, reference along DDC-HM's direction {row['reference_along_ddc']:.3g}"
         )
-    names = list(model.latent_names)
-    for name, z in zip(names, res.samples, strict=True):
-        ais_mean = torch.einsum("cb,cbd->bd", w, z.double())
+    for name in names:
+        ais_mean = torch.stack([m[name] for m in means]).mean(0)
         guess = ais_mean.mean(0, keepdim=True).expand_as(ais_mean)
         row = {
             "mae_ddc": float((q_means[name] - ais_mean).abs().mean()),
             "mae_constant_guess": float((guess - ais_mean).abs().mean()),
             "ddc_outside_0_1": float(((q_means[name] < 0) | (q_means[name] > 1)).double().mean()),
         }
+        if args.repeats > 1:
+            row["mae_reference_runs"] = float((means[0][name] - means[1][name]).abs().mean())
         out["posterior_means"][name] = row
         print(
             f"E[{name} | x]: mean |DDC-HM - AIS| {row['mae_ddc']:.3f}, data-independent guess "
-            f"{row['mae_constant_guess']:.3f}, DDC-HM means outside [0, 1]: {100 * row['ddc_outside_0_1']:.1f} %"
+            f"{row['mae_constant_guess']:.3f}"
+            + (f", run 1 vs run 2 {row['mae_reference_runs']:.3f}" if args.repeats > 1 else "")
+            + f", DDC-HM means outside [0, 1]: {100 * row['ddc_outside_0_1']:.1f} %"
         )
     out["seconds"] = time.perf_counter() - t0
     print(f"{out['seconds']:.0f} s")
