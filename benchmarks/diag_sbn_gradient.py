@@ -3,7 +3,8 @@ sampling (docs/RESULTS.md, "Session 8": why DDC-HM's SBN has the lower test like
 
 For the first ``--points`` training images (binarised as in training) the script compares, at the trained
 parameters of a DDC-HM entry of ``wakesleep experiment sbn`` (``--run DIR/<dataset>/ddc_hm``: its config.yaml and
-checkpoint/), after ``--sleeps`` sleep phases at those parameters:
+checkpoint/), after ``--sleeps`` sleep phases at those parameters (``--set`` changes the entry's config first,
+e.g. ``algorithm.sleep_samples``):
 
 * DDC-HM's wake gradient (the mean over the images, as one wake phase computes it) with the reference
   grad log p(x) = E[grad log p(x, z) | x], from the final states of ``--chains`` AIS chains per image weighted by
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from wakesleep.config import parse_overrides
 from wakesleep.eval import ais_log_likelihood
 from wakesleep.experiments._entries import _load_finished
 from wakesleep.runtime import keep_freed_memory
@@ -48,11 +50,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2, help="independent AIS runs (seeds seed, seed + 1, ...)")
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the entry's config, e.g. algorithm.sleep_samples=10000 (the sleep phases run with it)",
+    )
     args = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
+    for key, value in parse_overrides(args.set):
+        section, _, name = key.partition(".")
+        cfg[section][name] = value
     model, algo = _load_finished(cfg, args.run / "checkpoint")
     data = load_data(cfg, model)
     x = (data.draw_train() if hasattr(data, "draw_train") else data)[: args.points].to(model.dtype)
@@ -85,6 +97,7 @@ def main() -> None:
         "chains": args.chains,
         "temperatures": args.temperatures,
         "repeats": args.repeats,
+        "overrides": args.set,
         "ais_nll": nlls,
         "ais_ess_median": ess,
         "blocks": {},
