@@ -420,11 +420,11 @@ def _summary(rows: dict[str, dict[str, Any]], candidate: str = "ddc_hm", referen
     r_cpu = r["curve"][-1].get("train_cpu_seconds") if r["curve"] else None
     hit_cpu = hit.get("train_cpu_seconds") if hit else None
     out["time_to_target_fraction_cpu"] = hit_cpu / r_cpu if hit_cpu is not None and r_cpu else None
-    a, b = c.get("ais_nll"), r.get("ais_nll")
-    if a and b and len(a["log_px"]) == len(b["log_px"]):  # candidate minus reference, on the same images
-        d = torch.tensor(b["log_px"], dtype=torch.float64) - torch.tensor(a["log_px"], dtype=torch.float64)
-        sem = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else float("nan")
-        out["ais_nll_difference"] = {"mean": float(d.mean()), "sem": sem}
+    from wakesleep.experiments.patches import paired_nll_difference
+
+    diff = paired_nll_difference(c.get("ais_nll"), r.get("ais_nll"))  # candidate minus reference, same images
+    if diff is not None:
+        out["ais_nll_difference"] = diff
     out["goal_epoch_speedup_5x"] = out["epoch_speedup"] >= 5
     out["goal_time_to_target_one_fifth"] = bool(hit) and out["time_to_target_fraction"] <= 0.2
     return out
