@@ -399,7 +399,7 @@ def _independent_pixels(args: argparse.Namespace, row: dict[str, Any]) -> dict[s
         row["mmd_samples"],
         args.nll_points,
         row["bandwidth"],
-        ais_points=max(args.ais_points, 0),
+        ais_points=args.ais_points,
     )
 
 
