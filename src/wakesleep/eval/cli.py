@@ -4,8 +4,9 @@ Metrics (``--metrics``, comma-separated; default ``mmd,nll,plots``):
 
 * ``mmd``: unbiased MMD^2 (Gaussian kernel, median-heuristic bandwidth unless ``--bandwidth``) between the
   reference data and as many model samples (at most ``--n-samples``), with its H1 variance.
-* ``nll``: negative log-likelihood of ``--nll-points`` reference points, plus the exact value where the model
-  is tractable (small binary, or linear-Gaussian), by the estimator ``--nll-method``:
+* ``nll``: negative log-likelihood of ``--nll-points`` reference points drawn at random without replacement
+  (seeded by ``--seed``: the same points for every run with the same reference data), plus the exact value where
+  the model is tractable (small binary, or linear-Gaussian), by the estimator ``--nll-method``:
 
   - ``proposal`` (default, any model, binary latents included): importance sampling with ``--k`` particles from
     an evaluation-only proposal trained for ``--proposal-steps`` steps with the model frozen
@@ -19,7 +20,7 @@ Metrics (``--metrics``, comma-separated; default ``mmd,nll,plots``):
 
   ``eval.json``'s ``nll`` entry records the method and its settings, ``nll``, ``sem``, ``ess_mean``,
   ``ess_median`` (of the importance weights, or of the AIS weights over the chains), ``log_px`` per point (in the
-  reference data's order, for paired comparisons of runs on the same points) and, for AIS, its
+  order drawn, for paired comparisons of runs evaluated with the same ``--seed``) and, for AIS, its
   ``kernel`` (``hmc`` or ``gibbs``) and per latent layer (top first) the mean HMC acceptance rate, or with Gibbs
   sweeps the mean fraction of units changed per sweep (``acceptance_mean``).
 * ``plots``: ``samples.png`` (model samples beside data), ``learning_curves.png`` (from ``metrics.jsonl``).
@@ -53,7 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="mmd,nll,plots", help=f"comma-separated, from {', '.join(METRICS)}")
     p.add_argument("--n-samples", type=int, default=10000, help="model samples (and data points) for MMD")
     p.add_argument("--bandwidth", default="median", help="MMD bandwidth: a number, 'median' or 'power'")
-    p.add_argument("--nll-points", type=int, default=1000, help="reference points scored by the NLL")
+    p.add_argument(
+        "--nll-points",
+        type=int,
+        default=1000,
+        help="reference points scored by the NLL (drawn at random, seeded by --seed)",
+    )
     p.add_argument("--k", type=int, default=1000, help="importance samples per point for the NLL")
     p.add_argument("--proposal-steps", type=int, default=2000, help="training steps of the evaluation proposal")
     p.add_argument(
@@ -244,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
                 "ess_mean": float(res.ess.mean()),
                 "ess_median": float(res.ess.median()),
                 "seconds": time.perf_counter() - t0,
-                "log_px": res.log_px.tolist(),  # per point, in order: paired comparisons between runs
+                "log_px": res.log_px.tolist(),  # per point, in the order drawn: paired comparisons between runs
             }
         )
         result["nll"] = entry
