@@ -19,7 +19,9 @@ import time
 import torch
 
 import wakesleep
-from wakesleep.experiments.gradient import _metrics, _per_point, quadrature_gradient
+from wakesleep.experiments.gradient import gradient_metrics as _metrics
+from wakesleep.experiments.gradient import per_point_gradients as _per_point
+from wakesleep.experiments.gradient import quadrature_gradient
 from wakesleep.models.zoo import softplus_gradient_model
 
 

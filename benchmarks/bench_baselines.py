@@ -15,7 +15,7 @@ is O(1/200) of it). With R = K*B particle rows, a linear map n_in -> n_out costs
 the same again backward: the particles of these score-function / importance-weighted estimators are leaves, so
 only weight gradients are formed. The count is divided by the best measured float32 product rate on this
 machine (best over the run of a large ``torch.mm``, which is MKL, and of the oneDNN products that
-``wakesleep.models._linear.linear`` uses for float32 layers when it can). Cases with the same K are timed
+``wakesleep.ops.linear`` uses for float32 layers when it can). Cases with the same K are timed
 round-robin, one iteration of each in turn, so that on a shared machine they see the same background load;
 besides the wall-clock median, the median CPU time of the timing thread (``time.thread_time``) is reported,
 which is less sensitive to other processes taking the core.
@@ -60,7 +60,7 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
 
 def onednn_rate(n: int = 2048, reps: int = 5) -> float:
     """Measured float32 rate of the oneDNN product behind ``wakesleep``'s linear layers (0 if not used)."""
-    from wakesleep.models._linear import _mm, onednn_enabled
+    from wakesleep.ops import _mm, onednn_enabled
 
     if not onednn_enabled():
         return 0.0

@@ -36,8 +36,9 @@ import yaml
 
 from wakesleep.config import parse_overrides
 from wakesleep.experiments import experiment_config
-from wakesleep.experiments._entries import _load_finished
-from wakesleep.experiments.patches import algorithm_entries, architecture_config
+from wakesleep.experiments.entries import algorithm_entries
+from wakesleep.experiments.entries import load_finished as _load_finished
+from wakesleep.experiments.patches import architecture_config
 from wakesleep.runtime import keep_freed_memory
 from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data
 

@@ -25,8 +25,10 @@ import torch
 
 from wakesleep.data import load_dataset
 from wakesleep.eval import median_bandwidth, mmd
+from wakesleep.eval.compare import draw_samples
 from wakesleep.experiments import experiment_config
-from wakesleep.experiments.patches import algorithm_entries, architecture_config, draw_samples
+from wakesleep.experiments.entries import algorithm_entries
+from wakesleep.experiments.patches import architecture_config
 from wakesleep.train import train_from_config
 
 

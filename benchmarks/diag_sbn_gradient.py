@@ -35,7 +35,7 @@ import yaml
 
 from wakesleep.config import parse_overrides
 from wakesleep.eval import ais_log_likelihood
-from wakesleep.experiments._entries import _load_finished
+from wakesleep.experiments.entries import load_finished as _load_finished
 from wakesleep.runtime import keep_freed_memory
 from wakesleep.train import load_data
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from wakesleep.eval import fit_proposal, log_likelihood
-from wakesleep.experiments._entries import _load_finished
+from wakesleep.experiments.entries import load_finished as _load_finished
 from wakesleep.runtime import keep_freed_memory
 from wakesleep.train import load_data
 

@@ -58,6 +58,7 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
     r = cli("train", "--config", str(cfg), "--out", str(out), "--set", "train.samples=10000")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [
+        ".wakesleep",
         "checkpoint",
         "config.yaml",
         "metrics.jsonl",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import wakesleep
-from wakesleep.algorithms.ridge import fit_ridge, with_intercept
+from wakesleep.algorithms.ddc_hm.ridge import fit_ridge, with_intercept
 from wakesleep.train import adam
 
 from oracles import (

@@ -10,7 +10,7 @@ import pytest
 from test_cli import assert_user_error
 from test_experiments_paper import TINY_PATCHES
 
-import wakesleep.train as wtrain
+import wakesleep.runs as wtrain
 from wakesleep.cli import main
 from wakesleep.experiments import run_experiment
 
@@ -102,7 +102,7 @@ def test_patches_crash_in_second_entry_then_resume(tmp_path, monkeypatch, capsys
     metrics = (first / "metrics.jsonl").read_text()
 
     calls = count_training(monkeypatch)
-    import wakesleep.experiments.patches as patches_mod
+    import wakesleep.eval.compare as patches_mod
 
     real_ais, ais_calls = patches_mod.model_ais_nll, []
     monkeypatch.setattr(patches_mod, "model_ais_nll", lambda *a, **k: ais_calls.append(1) or real_ais(*a, **k))
@@ -157,7 +157,7 @@ def test_sbn_crash_then_resume_keeps_first_entry_results(tmp_path, monkeypatch, 
     assert set(done["evaluation"]) == {"mmd2", "nll", "ais_nll"}  # the long evaluation is saved with the entry
 
     calls = count_training(monkeypatch)
-    import wakesleep.experiments.patches as patches_mod
+    import wakesleep.eval.compare as patches_mod
 
     real_ais, ais_calls = patches_mod.model_ais_nll, []
     monkeypatch.setattr(patches_mod, "model_ais_nll", lambda *a, **k: ais_calls.append(1) or real_ais(*a, **k))

@@ -29,9 +29,12 @@ def _finite(obj) -> bool:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_file_matches_default(name):
-    module = get_experiment(name)
-    assert (ROOT / "configs" / f"{name}.yaml").read_text() == module.DEFAULT_CONFIG
-    assert set(yaml.safe_load(module.DEFAULT_CONFIG)["experiment"]) == set(module.EXPERIMENT_DEFAULTS)
+    from wakesleep.schema import fields_of
+
+    experiment = get_experiment(name)
+    assert (ROOT / "configs" / f"{name}.yaml").read_text() == experiment.defaults_text()
+    section = yaml.safe_load(experiment.defaults_text())["experiment"]
+    assert set(section) == set(fields_of(experiment.Options)) | {"quick"}
 
 
 # --------------------------------------------------------------------------------------------------------

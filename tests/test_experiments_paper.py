@@ -89,7 +89,7 @@ def test_gaussian_references_and_the_variance_ratio():
     """The reference Gaussians reproduce the training moments (diagonal / full covariance, 20000 draws: relative
     Frobenius error < 5 %), and the variance ratio is 1 for the full Gaussian, about the ratio of pixel to
     leading-direction variance for independent pixels, and 4 for samples blown up by 2."""
-    from wakesleep.experiments.patches import gaussian_references, principal_directions, variance_ratio
+    from wakesleep.eval.compare import gaussian_references, principal_directions, variance_ratio
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(8, 8, generator=g, dtype=torch.float64)
@@ -151,7 +151,7 @@ def test_sbn_tiny(tmp_path):
 
 def test_independent_pixel_reference():
     """Exact NLL of the marginal model; its MMD^2 is near 0 on independent data and large on correlated data."""
-    from wakesleep.experiments.sbn import independent_pixels
+    from wakesleep.eval.compare import independent_pixels
 
     g = torch.Generator().manual_seed(0)
     p = torch.rand(30, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -168,7 +168,7 @@ def test_independent_pixel_reference():
 
 def test_train_options_apply_to_one_entry_only():
     from wakesleep.errors import WakesleepError
-    from wakesleep.experiments.patches import algorithm_entries
+    from wakesleep.experiments.entries import algorithm_entries
 
     config = experiment_config("sbn", None, False, [])
     entries = algorithm_entries(config, "test")

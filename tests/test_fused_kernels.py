@@ -2,7 +2,7 @@
 
 * ``bernoulli_log_prob_sum`` (``Bernoulli.log_prob_sum``): value, gradients (also with broadcast logits or
   observations), double backward and batched (vmapped) gradients;
-* ``wakesleep.models._linear.linear`` (float32 CPU products by oneDNN): forward, weight/input/bias gradients for
+* ``wakesleep.ops.linear`` (float32 CPU products by oneDNN): forward, weight/input/bias gradients for
   both operand orientations of the weight gradient, double backward, batched gradients, the float64 fallback;
 * a float32 sigmoid belief network: ``log_joint`` and the proposal's ``log_prob`` (both through the fused
   kernels) and their gradients against the unfused ``natural_params`` + ``family.log_prob`` route.
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import wakesleep
 from wakesleep.families import Bernoulli
 from wakesleep.families.standard import bernoulli_log_prob_sum
-from wakesleep.models import _linear
-from wakesleep.models._linear import linear, onednn_enabled
+from wakesleep import ops as _linear
+from wakesleep.ops import linear, onednn_enabled
 
 from oracles import sbn_config
 

@@ -90,6 +90,25 @@ def test_init_file_sets_parameters(tmp_path):
         (lambda c: c.update(depth=3), "model.depth"),
         (lambda c: c["layers"][1].update(link="linear"), "positive parameter"),
         (lambda c: c.update(init="/nonexistent/params.npz"), "model.init"),
+        # mistakes that once gave tracebacks (or passed silently)
+        (lambda c: c["layers"][2].update(family="categorical"), "model.layers[2] (x).categories"),
+        (lambda c: c["layers"][2].update(family=["gaussian"]), "model.layers[2] (x).family"),
+        (lambda c: c.update(seed=2**70), "model.seed"),
+        (lambda c: c.update(seed=-1), "model.seed"),
+        (lambda c: c["layers"][0].update(std=float("nan")), "model.layers[0] (z2).std"),
+        (lambda c: c["layers"][0].update(means=[[3.0], [-3.0, 1.0]]), "model.layers[0] (z2).means"),
+        (lambda c: c["layers"][0].update(weights=[1.0, "a"]), "model.layers[0] (z2).weights[1]"),
+        (lambda c: c["layers"][2].update(variance="big"), "model.layers[2] (x).variance"),
+        (lambda c: c["layers"][2].update(variance=float("inf")), "model.layers[2] (x).variance"),
+        (lambda c: c["layers"][2].update(learn_variance="no"), "model.layers[2] (x).learn_variance"),
+        (lambda c: c["layers"][2].update(mean=1.0), "model.layers[2] (x).mean"),  # top-only key
+        (lambda c: c["layers"][2].update(hidden=[]), "model.layers[2] (x).hidden"),
+        (lambda c: c["layers"][2].update(dim=10**12), "model.layers[2] (x)"),
+        (lambda c: c["layers"][2].update(name="train"), "model.layers[2].name"),
+        (lambda c: c["layers"][1].update(init_std=1e300), "model: layers.z1.link.weight is not finite"),
+        (lambda c: c["layers"].__setitem__(1, ["z1", "laplace", 2]), "model.layers[1]"),
+        (lambda c: c.update(layers={"z1": {"family": "laplace"}}), "model.layers"),
+        (lambda c: c.update(init=3), "model.init"),
     ],
 )
 def test_bad_model_config_names_the_field(mutate, needle):
@@ -100,3 +119,29 @@ def test_bad_model_config_names_the_field(mutate, needle):
     with pytest.raises(wakesleep.WakesleepError) as err:
         wakesleep.build_model(cfg)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_layer_options_come_from_the_family():
+    """Each family's keys, defaults and top-only keys (issue 18): the builder has no table of its own."""
+    from wakesleep.families import FAMILIES, PRIORS
+    from wakesleep.schema import fields_of
+
+    keys = {name: set(fields_of(cls.Options)) for name, cls in {**FAMILIES, **PRIORS}.items()}
+    assert keys["gaussian"] == {"variance", "learn_variance", "mean", "learn"}
+    assert keys["categorical"] == {"categories", "learn"}
+    assert keys["mog"] == {"means", "std", "weights", "learn"}
+    for name, cls in {**FAMILIES, **PRIORS}.items():
+        assert set(cls.top_only) <= keys[name] and "learn" in cls.top_only
+    model = wakesleep.build_model(
+        {
+            "layers": [
+                {"name": "z", "family": "gamma", "dim": 2, "mean": 2.0, "shape": 3.0, "learn_shape": False},
+                {"name": "x", "family": "categorical", "dim": 3, "categories": 4, "link": "mlp", "hidden": [5]},
+            ]
+        }
+    )
+    z = model.layers["z"]
+    torch.testing.assert_close(torch.nn.functional.softplus(z.link.value), torch.full((2,), 2.0))
+    torch.testing.assert_close(z.log_shape, torch.full((2,), np.log(3.0), dtype=torch.float32))
+    assert "layers.z.log_shape" not in dict(model.named_parameters())
+    assert model.layers["x"].family.categories == 4 and model.layers["x"].link.net[-1].out_features == 12

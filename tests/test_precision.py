@@ -13,7 +13,7 @@ import torch
 import wakesleep
 from wakesleep.config import resolve_config
 from wakesleep.errors import WakesleepError
-from wakesleep.models._linear import autocast, linear
+from wakesleep.ops import autocast, linear
 from wakesleep.train import Trainer
 
 from oracles import build, enumerate_loglik, sbn_config

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import wakesleep
-from wakesleep.algorithms.ridge import cholesky_factor, penalty
+from wakesleep.algorithms.ddc_hm.ridge import cholesky_factor, penalty
 
 from oracles import (
     build,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import wakesleep
-from wakesleep.algorithms.ridge import PhaseSums, RunningMoments, prediction_error, with_intercept
+from wakesleep.algorithms.ddc_hm.ridge import PhaseSums, RunningMoments, prediction_error, with_intercept
 from wakesleep.errors import WakesleepError
 
 MODEL = {  # the paper's synthetic model (eq. 13)
@@ -198,7 +198,7 @@ def test_data_parallel_choice_equals_single_process_on_the_union():
 
 
 def test_prequential_ridge_option_chooses_from_the_grid():
-    from wakesleep.algorithms.ridge import RIDGE_GRID
+    from wakesleep.algorithms.ddc_hm.ridge import RIDGE_GRID
 
     torch.manual_seed(1)
     algo = wakesleep.build_algorithm("ddc_hm", _model(), **OPTS)
@@ -210,8 +210,8 @@ def test_prequential_ridge_option_chooses_from_the_grid():
 
 
 def test_ridge_reselection_searches_the_neighbours_of_the_previous_choice():
-    from wakesleep.algorithms.recognition import neighbours
-    from wakesleep.algorithms.ridge import RIDGE_GRID
+    from wakesleep.algorithms.ddc_hm.recognition import neighbours
+    from wakesleep.algorithms.ddc_hm.ridge import RIDGE_GRID
 
     assert neighbours(RIDGE_GRID, 1e-3) == (1e-4, 1e-3, 1e-2)
     assert neighbours(RIDGE_GRID, RIDGE_GRID[0]) == RIDGE_GRID[:2]  # at an end of the grid: two points

@@ -120,6 +120,30 @@ def test_nan_guard_stops_with_clear_error():
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step was not applied
 
 
+class WakeAwareAlgo(ExactGaussianAlgo):
+    """``step_recognition`` takes ``wake``: the Trainer passes the object ``wake_gradient`` returned."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.returned, self.received = [], []
+
+    def wake_gradient(self, x):
+        grads = super().wake_gradient(x)
+        self.returned.append(grads)
+        return grads
+
+    def step_recognition(self, x, *, wake=None):
+        self.received.append(wake)
+        return super().step_recognition(x)
+
+
+def test_step_recognition_gets_the_wake_gradient_when_it_takes_wake():
+    model = tiny_model()
+    algo = WakeAwareAlgo(model)
+    Trainer(algo, epochs=1, batch_size=10, monitor_samples=0, progress=False).fit(model.sample(30)[-1])
+    assert len(algo.received) == 3 and all(a is b for a, b in zip(algo.returned, algo.received, strict=True))
+
+
 def test_ddc_hm_end_to_end_from_config(tmp_path):
     cfg = resolve_config(
         {
@@ -194,9 +218,9 @@ def test_staged_dir(tmp_path):
     with wio.staged_dir(out) as tmp:
         (tmp / "a.txt").write_text("x")
         assert not out.exists()
-    assert os.listdir(out) == ["a.txt"] and os.listdir(tmp_path) == ["run"]
+    assert sorted(os.listdir(out)) == [".wakesleep", "a.txt"] and os.listdir(tmp_path) == ["run"]
     with pytest.raises(WakesleepError, match="not empty"):
         wio.check_output_dir(out)
     with wio.staged_dir(out, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("y")
-    assert os.listdir(out) == ["b.txt"] and os.listdir(tmp_path) == ["run"]
+    assert sorted(os.listdir(out)) == [".wakesleep", "b.txt"] and os.listdir(tmp_path) == ["run"]

@@ -15,6 +15,7 @@ exits with status 2, without a traceback and without creating ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -64,67 +65,119 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------------------
 # subcommands
 # --------------------------------------------------------------------------------------------------------
+#: train settings that a resumed run may change: the length, and what does not change the trajectory
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.max_iters",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.samples",
+    "train.threads",
+    "train.on_divergence",
+    "train.max_rollbacks",
+)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from wakesleep.config import load_config
-    from wakesleep.io import check_output_dir, staged_dir
-    from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data, train_from_config
+    """``train``: a fresh run in ``DIR.partial`` (kept if interrupted), promoted to ``--out`` at the end."""
+    from wakesleep.io import check_output_dir, resumable_dir
+    from wakesleep.runs import prepare
+    from wakesleep.spec import RunSpec
 
     if args.resume:
         return _resume_train(args)
-    check_output_dir(args.out, args.overwrite)
-    config = load_config(args.config, args.overrides)
-    # validate everything that can fail on the user's input before anything is written
-    model = build_model_from_config(config)
-    data = load_data(config, model)
-    build_algorithm_from_config(config, model)
+    check_output_dir(args.out, args.overwrite, kind="run")
+    run = prepare(RunSpec.load(args.config, args.overrides))  # everything the user gave is checked here
     t0 = time.perf_counter()
-    with staged_dir(args.out, args.overwrite) as tmp:
-        _, _, trainer, _ = train_from_config(config, tmp, progress=args.progress, data=data)
-    last = trainer.history_[-1] if trainer.history_ else {}
-    gap = f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
-    print(f"wrote {args.out} ({trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s{gap})")
+    with _kept_notice(args), resumable_dir(args.out, args.overwrite, kind="run") as stage:
+        stage.mark_started()
+        trainer = run.fit(stage.path, progress=args.progress, handle_signals=True)
+    print(f"wrote {args.out} ({trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s{_gap(trainer)})")
     return 0
 
 
 def _resume_train(args: argparse.Namespace) -> int:
-    """``train --resume``: continue the run in ``--out`` from ``--out/checkpoint``, in place.
+    """``train --resume``: continue a finished run in ``--out`` or an interrupted one in ``--out``.partial.
 
-    Everything that can fail on the user's input (config, data, and whether the checkpoint fits them) is
-    checked by :meth:`~wakesleep.train.Trainer.fit` before anything in ``--out`` changes; the checkpoint is
-    replaced atomically as a whole, ``metrics.jsonl`` is appended to, and ``config.yaml``,
-    ``model.safetensors`` and ``samples.npz`` are rewritten (atomically) when training has finished.
+    The config must equal the run's saved ``config.yaml`` but for :data:`RESUMABLE_CHANGES`. An interrupted
+    run continues from its checkpoint, or from the start if it was stopped before its first one, and becomes
+    ``--out`` when training has finished. Everything that can fail on the user's input is checked before
+    anything in the run changes.
     """
-    from wakesleep.config import load_config
-    from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data, train_from_config
+    from wakesleep.io import find_resumable, partial_dir, resumable_dir
+    from wakesleep.runs import prepare
+    from wakesleep.spec import RunSpec
+    from wakesleep.training.checkpoint import checkpoint_step
 
     if args.overwrite:
         raise WakesleepError("--resume: cannot be combined with --overwrite (resuming continues the run in --out)")
-    out = Path(args.out)
-    if not out.is_dir():
+    found = find_resumable(args.out)
+    if found is None:
         raise WakesleepError(
-            f"--out: {out}: directory not found (--resume continues a run written by 'wakesleep train')"
+            f"--out: {args.out}: directory not found (--resume continues a run written by 'wakesleep train')"
         )
-    config = load_config(args.config, args.overrides)
-    model = build_model_from_config(config)
-    data = load_data(config, model)
-    build_algorithm_from_config(config, model)
+    spec = RunSpec.load(args.config, args.overrides)
+    saved = found / "config.yaml"
+    if saved.is_file():
+        key = spec.first_difference(RunSpec.load(saved), ignore=RESUMABLE_CHANGES)
+        if key is not None:
+            raise WakesleepError(
+                f"--resume: the config differs from the run's ({saved}) in {key}; only "
+                f"{', '.join(RESUMABLE_CHANGES)} may change"
+            )
+    run = prepare(spec)
     t0 = time.perf_counter()
-    _, _, trainer, _ = train_from_config(config, out, progress=args.progress, data=data, resume_from=out / "checkpoint")
-    last = trainer.history_[-1] if trainer.history_ else {}
-    gap = f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
+    if found != partial_dir(args.out):  # a finished run: continue in place
+        trainer = run.fit(found, progress=args.progress, resume_from=found / "checkpoint", handle_signals=True)
+    else:
+        with _kept_notice(args), resumable_dir(args.out, overwrite=True, resume=True, kind="run") as stage:
+            ckpt = stage.path / "checkpoint"
+            step = checkpoint_step(ckpt)
+            if step is not None and step >= run.total_iterations():  # stopped while writing the run's files
+                run.finish_from_checkpoint(stage.path, ckpt)
+                print(f"wrote {args.out} (training had finished at iteration {step})")
+                return 0
+            if step is None:  # killed before its first checkpoint: start again
+                (stage.path / "metrics.jsonl").unlink(missing_ok=True)
+            resume_from = ckpt if step is not None else None
+            trainer = run.fit(stage.path, progress=args.progress, resume_from=resume_from, handle_signals=True)
     done = trainer.n_iter_ - trainer.start_iter_
     print(
-        f"wrote {out} (resumed at iteration {trainer.start_iter_}: {done} more, {trainer.n_iter_} in all, "
-        f"in {time.perf_counter() - t0:.1f} s{gap})"
+        f"wrote {args.out} (resumed at iteration {trainer.start_iter_}: {done} more, {trainer.n_iter_} in all, "
+        f"in {time.perf_counter() - t0:.1f} s{_gap(trainer)})"
     )
     return 0
+
+
+def _gap(trainer) -> str:
+    last = trainer.history_[-1] if trainer.history_ else {}
+    return f", cov_gap {last['cov_gap']:.3g}" if "cov_gap" in last else ""
+
+
+@contextlib.contextmanager
+def _kept_notice(args: argparse.Namespace):
+    """On any failure after training started, say that ``--resume`` continues the kept ``DIR.partial``."""
+    from wakesleep.io import partial_dir
+
+    try:
+        yield
+    except BaseException:
+        partial = partial_dir(args.out)
+        if partial.is_dir() and any(partial.iterdir()):
+            print(
+                f"kept the unfinished run in {partial}: 'wakesleep train --config {args.config} --out {args.out} "
+                "--resume' (with the same --set options) continues it",
+                file=sys.stderr,
+            )
+        raise
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from wakesleep.io import save_npz
-    from wakesleep.train import _sample_x, load_run
+    from wakesleep.runs import load_run
+    from wakesleep.training import sample_observations
 
     if args.n <= 0:
         raise WakesleepError(f"-n: must be a positive integer, got {args.n}")
@@ -140,7 +193,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for name, z in zip(model.latent_names, values[:-1], strict=True):
             arrays[f"latent_{name}"] = z
     else:
-        arrays = {"x": _sample_x(model, args.n, gen)}
+        arrays = {"x": sample_observations(model, args.n, gen)}
     save_npz(out, **arrays)
     print(f"wrote {out} ({args.n} samples)")
     return 0
@@ -297,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from wakesleep.training import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):  # SIGINT or SIGTERM: the checkpoint is written
+            print(f"stopped: {exc}", file=sys.stderr)
+            return 128 + exc.signum
         print("error: interrupted", file=sys.stderr)
         return 130
 

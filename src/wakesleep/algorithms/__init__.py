@@ -1,16 +1,32 @@
-"""Learning algorithms, one module each, all with ``sleep()`` and ``wake_gradient(x)``.
+"""Learning algorithms, one module (DDC-HM: one package) each, all with ``sleep()`` and ``wake_gradient(x)``.
 
-The registry maps a name to ``"module:Class"``; modules are imported only when used.
+The registry maps a name to ``"module:Class"``; modules are imported only when used. Every class declares its
+hyperparameters as ``Options`` (:func:`options_class`, :func:`default_options`, :func:`parse_options`) and what
+it offers as ``capabilities`` (:class:`~wakesleep.algorithms.base.Capabilities`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from wakesleep.algorithms.base import Algorithm, Capabilities, WakeGradient
 from wakesleep.errors import WakesleepError
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "Capabilities",
+    "WakeGradient",
+    "algorithm_class",
+    "build_algorithm",
+    "default_options",
+    "options_class",
+    "parse_options",
+]
 
 ALGORITHMS: dict[str, str] = {
     "ddc_hm": "wakesleep.algorithms.ddc_hm:DDCHelmholtzMachine",
@@ -39,7 +55,28 @@ def algorithm_class(name: str) -> type:
     return getattr(module, cls_name)
 
 
-def build_algorithm(name: str, model: torch.nn.Module, **options: Any):
+def options_class(name: str) -> type:
+    """The frozen dataclass of the options of algorithm ``name`` (fields declared with ``schema.option``)."""
+    return algorithm_class(name).Options
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """Every option of algorithm ``name`` with its default, as plain values (what a resolved config lists)."""
+    return algorithm_class(name).default_options()
+
+
+def parse_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """Validate ``options`` for algorithm ``name`` and return its ``Options`` record (defaults filled in).
+
+    Raises
+    ------
+    WakesleepError
+        One line naming ``algorithm.<key>``: an unknown option, a wrong type or a value out of range.
+    """
+    return algorithm_class(name).parse_options(options)
+
+
+def build_algorithm(name: str, model: torch.nn.Module, **options: Any) -> Algorithm:
     """Build the algorithm ``name`` for ``model`` with hyperparameters ``options``.
 
     Parameters
@@ -49,18 +86,8 @@ def build_algorithm(name: str, model: torch.nn.Module, **options: Any):
     model : torch.nn.Module
         The generative model (see ``docs/DESIGN.md``, model contract).
     **options
-        Hyperparameters of the algorithm; an unknown one raises :class:`WakesleepError`.
+        Hyperparameters of the algorithm, validated against its ``Options`` (:func:`parse_options`); an
+        unknown one, a wrong type or a value out of range raises :class:`WakesleepError` naming it.
     """
     cls = algorithm_class(name)
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not accepts_kwargs:
-        unknown = sorted(set(options) - set(params) - {"self"})
-        if unknown:
-            raise WakesleepError(
-                f"algorithm.{unknown[0]}: unknown option for {name!r} "
-                f"(known: {', '.join(k for k in params if k not in ('self', 'model'))})"
-            )
-    return cls(model, **options)
+    return cls.from_options(model, cls.parse_options(options))

@@ -39,11 +39,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from wakesleep.algorithms.base import Algorithm
+from wakesleep.algorithms.base import Algorithm, WakeGradient
 from wakesleep.algorithms.krr import (
     BANDWIDTH_FACTORS,
     KERNELS,
@@ -53,6 +55,7 @@ from wakesleep.algorithms.krr import (
     select_hyperparameters,
 )
 from wakesleep.errors import WakesleepError
+from wakesleep.schema import SEED_MAX, option
 
 __all__ = ["AmortisedLearningWakeSleep"]
 
@@ -168,67 +171,81 @@ class AmortisedLearningWakeSleep(Algorithm):
 
     name = "al_ws"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        sleep_samples: int = 1000,
-        kernel: str = "exact",
-        n_components: int = 500,
-        bandwidth: float | str = "auto",
-        ridge: float | str = "auto",
-        variant: str = "direct",
-        input_map: str = "auto",
-        input_features: int = 200,
-        input_scale: float = 1.0,
-        standardize: bool = True,
-        intercept: bool = False,
-        select_every: int = 1,
-        select_target: str = "grad",
-        select_directions: int | str = "blocks",
-        val_fraction: float = 0.2,
-        select_samples: int | None = None,
-        bandwidth_factors: list | None = None,
-        ridge_grid: list | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(model)
+    @dataclass(frozen=True)
+    class Options:
+        """The options of ``al_ws``; documented in the class's ``Parameters``."""
+
+        sleep_samples: int = option(1000, minimum=4, doc="N, sleep samples per sleep phase (the regression's data)")
+        kernel: str = option(
+            "exact", choices=KERNELS, doc="exact Gaussian-kernel ridge, random Fourier features or Nystrom"
+        )
+        n_components: int = option(500, minimum=1, doc="M, features or landmarks of rff / nystrom")
+        bandwidth: float | Literal["auto"] = option(
+            "auto",
+            minimum=0.0,
+            exclusive_minimum=True,
+            doc="Gaussian-kernel bandwidth (auto: chosen on held-out samples)",
+        )
+        ridge: float | Literal["auto"] = option(
+            "auto", minimum=0.0, exclusive_minimum=True, doc="lam of (K + N lam I) (auto: chosen on held-out samples)"
+        )
+        variant: Literal["direct", "expfam"] = option(
+            "direct", doc="regress log p(z, x) (direct) or the observation layer's natural parameters (expfam)"
+        )
+        input_map: Any = option(
+            "auto", doc="kernel input: auto, identity, random (a fixed tanh layer) or a callable (Python API)"
+        )
+        input_features: int = option(200, minimum=1, doc="width of the random input map")
+        input_scale: float = option(1.0, minimum=0.0, doc="weight scale of the random input map")
+        standardize: bool = option(True, doc="standardise the kernel input with the sleep samples' moments")
+        intercept: bool = option(False, doc="an unpenalised constant in the regression (weights sum to one)")
+        select_every: int = option(1, minimum=1, doc="re-select bandwidth and ridge every this many sleep phases")
+        select_target: Literal["grad", "logjoint"] = option(
+            "grad", doc="held-out criterion: random directional derivatives of the log joint, or the log joint"
+        )
+        select_directions: int | Literal["blocks"] = option(
+            "blocks", minimum=1, doc="directions of select_target grad: one per parameter tensor, or this many"
+        )
+        val_fraction: float = option(
+            0.2, minimum=0.0, exclusive_minimum=True, doc="fraction of sleep samples held out, in (0, 0.9)"
+        )
+        select_samples: int | None = option(
+            None, minimum=1, doc="sleep samples used by the selection (null: 1000 for exact, else all)"
+        )
+        bandwidth_factors: list[float] | None = option(
+            None, minimum=0.0, exclusive_minimum=True, doc="selection grid, times the median heuristic"
+        )
+        ridge_grid: list[float] | None = option(None, minimum=0.0, doc="selection grid of the ridge")
+        seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of random features, landmarks, directions")
+
+        def validate(self, prefix: str) -> None:
+            if not callable(self.input_map) and self.input_map not in INPUT_MAPS:
+                raise WakesleepError(
+                    f"{prefix}.input_map must be one of {', '.join(INPUT_MAPS)} or a callable, got {self.input_map!r}"
+                )
+            if not self.val_fraction < 0.9:
+                raise WakesleepError(f"{prefix}.val_fraction must be in (0, 0.9), got {self.val_fraction!r}")
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        o = self.options
         if not callable(getattr(model, "sample", None)) or not callable(getattr(model, "log_joint", None)):
             raise WakesleepError("al_ws: the model needs sample(n) and log_joint(x, zs)")
-        if int(sleep_samples) < 4:
-            raise WakesleepError("algorithm.sleep_samples: must be at least 4")
-        if kernel not in KERNELS:
-            raise WakesleepError(f"algorithm.kernel: must be one of {', '.join(KERNELS)}, got {kernel!r}")
-        if variant not in ("direct", "expfam"):
-            raise WakesleepError(f"algorithm.variant: must be 'direct' or 'expfam', got {variant!r}")
-        if not callable(input_map) and input_map not in INPUT_MAPS:
-            raise WakesleepError(f"algorithm.input_map: must be one of {', '.join(INPUT_MAPS)}, got {input_map!r}")
-        if select_target not in ("grad", "logjoint"):
-            raise WakesleepError(f"algorithm.select_target: must be 'grad' or 'logjoint', got {select_target!r}")
-        for name, v in (("bandwidth", bandwidth), ("ridge", ridge)):
-            if v != "auto" and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
-                raise WakesleepError(f"algorithm.{name}: must be 'auto' or a positive number, got {v!r}")
-        if not 0.0 < float(val_fraction) < 0.9:
-            raise WakesleepError(f"algorithm.val_fraction: must be in (0, 0.9), got {val_fraction!r}")
-        if int(n_components) < 1 or int(select_every) < 1:
-            raise WakesleepError("algorithm: n_components and select_every must be positive")
-        if select_directions != "blocks" and (
-            isinstance(select_directions, bool) or not isinstance(select_directions, int) or select_directions < 1
-        ):
-            raise WakesleepError(f"algorithm.select_directions: 'blocks' or a positive int, got {select_directions!r}")
-        self.sleep_samples, self.kernel, self.n_components = int(sleep_samples), kernel, int(n_components)
-        self.bandwidth, self.ridge, self.variant = bandwidth, ridge, variant
-        self.standardize, self.intercept = bool(standardize), bool(intercept)
-        self.select_every, self.select_target = int(select_every), select_target
-        self.select_directions, self.val_fraction = select_directions, float(val_fraction)
+        self.sleep_samples, self.kernel, self.n_components = o.sleep_samples, o.kernel, o.n_components
+        self.bandwidth, self.ridge, self.variant = o.bandwidth, o.ridge, o.variant
+        self.standardize, self.intercept = o.standardize, o.intercept
+        self.select_every, self.select_target = o.select_every, o.select_target
+        self.select_directions, self.val_fraction = o.select_directions, o.val_fraction
+        select_samples = o.select_samples
         if select_samples is None:
-            select_samples = 1000 if kernel == "exact" else self.sleep_samples
+            select_samples = 1000 if o.kernel == "exact" else self.sleep_samples
         self.select_samples = max(int(select_samples), 10)
-        self.bandwidth_factors = tuple(float(f) for f in (bandwidth_factors or BANDWIDTH_FACTORS))
-        self.ridge_grid = tuple(float(r) for r in (ridge_grid or RIDGE_GRID))
-        self.seed = int(seed)
+        self.bandwidth_factors = tuple(float(f) for f in (o.bandwidth_factors or BANDWIDTH_FACTORS))
+        self.ridge_grid = tuple(float(r) for r in (o.ridge_grid or RIDGE_GRID))
+        self.seed = o.seed
         self.gen = torch.Generator().manual_seed(self.seed)
-        self.input = _InputMap(input_map, self.standardize, input_features, input_scale, self.seed)
-        if variant == "expfam":
+        self.input = _InputMap(o.input_map, self.standardize, o.input_features, o.input_scale, self.seed)
+        if o.variant == "expfam":
             with torch.random.fork_rng(devices=[]):
                 self._obs_parts(self._sample_nograd(2)[:-1])  # fail early if not expressible
         self._n_sleep = 0
@@ -366,23 +383,29 @@ class AmortisedLearningWakeSleep(Algorithm):
         m = w @ sx / x.shape[0]  # [N, Dx*S]
         return (m * eta.reshape(eta.shape[0], -1)).sum() - (a * (fam.log_normalizer(eta).sum(-1) - prior)).sum()
 
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of ``grad_theta (1/B) sum_b log p_theta(x_b)``, keyed by parameter name."""
         with torch.enable_grad():
             return self._grad_dict(self.surrogate(x))
 
-    def state_dict(self) -> dict[str, Tensor]:
-        if self._hyper is None:
-            return {}
-        return {
-            "hyper": torch.tensor(self._hyper, dtype=torch.float64),
-            "n_sleep": torch.tensor(self._n_sleep, dtype=torch.int64),
-            "generator": self.gen.get_state(),  # random components and validation splits continue on resume
-        }
+    # --- checkpoints: the selected hyperparameters and the generator, once a sleep phase has run -------
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._hyper is not None:
+            destination[prefix + "hyper"] = torch.tensor(self._hyper, dtype=torch.float64)
+            destination[prefix + "n_sleep"] = torch.tensor(self._n_sleep, dtype=torch.int64)
+            # random components and validation splits continue on resume
+            destination[prefix + "generator"] = self.gen.get_state()
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if "hyper" in state:
-            self._hyper = tuple(float(v) for v in state["hyper"])
-            self._n_sleep = int(state.get("n_sleep", torch.tensor(1)))
-        if "generator" in state:
-            self.gen.set_state(state["generator"].to(dtype=torch.uint8, device="cpu"))
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        own = {
+            k[len(prefix) :]: state_dict.pop(k)
+            for k in list(state_dict)
+            if k.startswith(prefix) and k[len(prefix) :] in ("hyper", "n_sleep", "generator")
+        }
+        if "hyper" in own:
+            self._hyper = tuple(float(v) for v in own["hyper"])
+            self._n_sleep = int(own.get("n_sleep", torch.tensor(1)))
+        if "generator" in own:
+            self.gen.set_state(own["generator"].to(dtype=torch.uint8, device="cpu"))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

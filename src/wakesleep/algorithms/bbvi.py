@@ -25,24 +25,28 @@ Rao-Blackwellisation (the paper's other variance reduction) is not implemented: 
 proposal are sampled jointly, and every layer's score multiplies the whole log weight.
 
 The recognition update runs in :meth:`BBVI.step_recognition`, reusing the particles of the wake gradient of
-the same minibatch; ``sleep()`` does nothing.
+the same minibatch when given its result (``wake=``); ``sleep()`` does nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import Tensor
 
-from wakesleep.algorithms.base import Algorithm
-from wakesleep.algorithms.proposals import ProposalAlgorithm, log_weights
+from wakesleep.algorithms.base import WakeGradient
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
 from wakesleep.errors import WakesleepError
+from wakesleep.schema import option
 
 __all__ = ["BBVI"]
 
 CONTROL_VARIATES = ("ranganath", "loo", "none")
 
 
-class BBVI(ProposalAlgorithm, Algorithm):
+class BBVI(ProposalAlgorithm):
     """Score-function (black-box) variational inference with a layered proposal.
 
     Parameters
@@ -50,7 +54,7 @@ class BBVI(ProposalAlgorithm, Algorithm):
     model : HierarchicalModel
         Any model whose latent layers :class:`~wakesleep.algorithms.proposals.LayeredProposal` supports.
     k : int
-        Particles per data point.
+        Particles per data point (at least 2 unless ``control_variate="none"``).
     control_variate : {"ranganath", "loo", "none"}
         See the module docstring.
     proposal_hidden : int or list of int
@@ -61,23 +65,25 @@ class BBVI(ProposalAlgorithm, Algorithm):
 
     name = "bbvi"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        k: int = 5,
-        control_variate: str = "ranganath",
-        proposal_hidden: int | list[int] | None = 0,
-        proposal_activation: str = "tanh",
-    ) -> None:
-        super().__init__(model)
-        if control_variate not in CONTROL_VARIATES:
-            raise WakesleepError(
-                f"algorithm.control_variate: must be one of {', '.join(CONTROL_VARIATES)}, got {control_variate!r}"
-            )
-        self.control_variate = control_variate
-        self.k = self._check_k(k, minimum=1 if control_variate == "none" else 2)
-        self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, Tensor | list[Tensor], Tensor] | None = None
+    @dataclass(frozen=True)
+    class Options(ProposalOptions):
+        """The options of ``bbvi`` (``k`` at least 2 unless ``control_variate`` is ``none``; see ``Parameters``)."""
+
+        control_variate: Literal["ranganath", "loo", "none"] = option(
+            "ranganath", doc="control variate of the score-function estimator (module docstring)"
+        )
+
+        def validate(self, prefix: str) -> None:
+            minimum = 1 if self.control_variate == "none" else 2
+            if self.k < minimum:
+                raise WakesleepError(f"{prefix}.k must be an integer >= {minimum}, got {self.k!r}")
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        self.control_variate, self.k = self.options.control_variate, self.options.k
+        self._require_hierarchical()
+        self._set_proposal_options()
+        self.proposal = self._build_proposal()
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, signal)``: grad_theta of the first is the ELBO gradient (batch mean);
@@ -87,12 +93,12 @@ class BBVI(ProposalAlgorithm, Algorithm):
         signal = log_p.detach() - log_q.detach()
         return log_p.mean(0).mean(), log_q, signal
 
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of grad_theta F (batch mean): ``(1/K) sum_k grad_theta log p(x, z_k)``.
 
         With ``control_variate`` ``loo`` or ``none`` the recognition gradient of the same particles is taken in
-        the same backward pass and kept for :meth:`step_recognition` on the same ``x``; ``ranganath`` keeps
-        ``log_q`` with its graph for the per-particle gradients instead.
+        the same backward pass and returned in the result's ``cache`` for :meth:`step_recognition` (``wake=``)
+        on the same ``x``; ``ranganath`` keeps ``log_q`` with its graph for the per-particle gradients instead.
         """
         with torch.enable_grad():
             objective, log_q, signal = self.surrogate(x)
@@ -100,8 +106,8 @@ class BBVI(ProposalAlgorithm, Algorithm):
                 grads, kept = self._joint_gradients(objective)[0], log_q
             else:
                 grads, kept = self._joint_gradients(objective, self._score_objective(log_q, signal))
-        self._cache = (x, kept, signal)
-        return grads
+        grads.cache = (kept, signal)
+        return self._keep_wake(x, grads)
 
     def _score_objective(self, log_q: Tensor, signal: Tensor) -> Tensor:
         """Scalar whose grad_phi is the ``none``/``loo`` score-function estimate of grad_phi F (batch mean)."""
@@ -129,12 +135,17 @@ class BBVI(ProposalAlgorithm, Algorithm):
             out.append((f - a * h).mean(0).reshape(g.shape[1:]))
         return out
 
-    def step_recognition(self, x: Tensor) -> dict[str, float]:
-        """Fill ``.grad`` of the proposal parameters with ``-`` the ELBO gradient estimate (Trainer steps Adam)."""
-        cached, self._cache = self._cache, None
+    def step_recognition(self, x: Tensor, wake: WakeGradient | None = None) -> dict[str, float]:
+        """Fill ``.grad`` of the proposal parameters with ``-`` the ELBO gradient estimate (Trainer steps Adam).
+
+        With ``wake`` (what :meth:`wake_gradient` returned for the same ``x``) its particles are reused;
+        without it, new particles are drawn (unless the last :meth:`wake_gradient` was given this very tensor
+        ``x``: ``ProposalAlgorithm._wake_cache``).
+        """
+        cached = self._wake_cache(x, wake)
         with torch.enable_grad():
-            if cached is not None and cached[0] is x:
-                _, kept, signal = cached
+            if cached is not None:
+                kept, signal = cached
                 grads = self.recognition_gradient(kept, signal) if self.control_variate == "ranganath" else kept
             else:
                 _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)

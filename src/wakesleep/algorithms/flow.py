@@ -30,12 +30,16 @@ estimated by -log q_0 at the same samples). Training is as in :mod:`wakesleep.al
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import Tensor, nn
 
-from wakesleep.algorithms.flows import FLOW_TYPES, FlowCascade
-from wakesleep.algorithms.vae import ReparameterizedBound, elbo_reduce
+from wakesleep.algorithms.flows import FlowCascade
+from wakesleep.algorithms.vae import ReparameterizedBound, ReparameterizedOptions, elbo_reduce
 from wakesleep.errors import WakesleepError
+from wakesleep.schema import option
 
 __all__ = ["FlowProposal", "FlowVAE"]
 
@@ -136,46 +140,46 @@ class FlowVAE(ReparameterizedBound):
     proposal_hidden, proposal_activation, structure, seed, warmup
         See :class:`wakesleep.algorithms.vae.ReparameterizedBound` (``proposal_hidden`` also sets the feature MLP of
         amortised flows).
+    recognition_gradient : {"total"}
+        Only ``total``: the flow posterior has no ``log_prob`` at arbitrary z (module docstring).
     proposal : nn.Module, optional
         A custom *base* proposal (default: :class:`LayeredProposal`).
     """
 
     name = "flow"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        flow_type: str = "planar",
-        flow_length: int = 4,
-        amortized: bool = True,
-        k: int = 1,
-        proposal_hidden: list[int] | int = (100,),
-        proposal_activation: str = "tanh",
-        structure: str = "bottom_up",
-        proposal: nn.Module | None = None,
-        seed: int | None = None,
-        warmup: int = 0,
-    ) -> None:
-        if flow_type not in FLOW_TYPES:
-            raise WakesleepError(f"algorithm.flow_type: must be one of {', '.join(FLOW_TYPES)}, got {flow_type!r}")
-        if isinstance(flow_length, bool) or not isinstance(flow_length, int) or flow_length < 1:
-            raise WakesleepError(f"algorithm.flow_length: must be a positive integer, got {flow_length!r}")
-        self.flow_type, self.flow_length, self.amortized = flow_type, int(flow_length), bool(amortized)
-        self._base = proposal
-        super().__init__(
-            model,
-            k=k,
-            proposal_hidden=proposal_hidden,
-            proposal_activation=proposal_activation,
-            structure=structure,
-            recognition_gradient="total",
-            proposal=None,
-            seed=seed,
-            warmup=warmup,
+    @dataclass(frozen=True)
+    class Options(ReparameterizedOptions):
+        """The options of ``flow``: those of ``vae`` (``recognition_gradient`` only ``total``, ``proposal`` the
+        base) and the flows' (see ``Parameters``)."""
+
+        recognition_gradient: Literal["total"] = option(
+            "total", doc="only total: a flow posterior has no log_prob at arbitrary z, which dreg needs"
         )
+        proposal: Any = option(None, doc="a custom base proposal module, pushed through the flows (Python API only)")
+        flow_type: Literal["planar", "radial"] = option(
+            "planar", doc="R&M eqs. 10-12 (planar) or eq. 14 (radial), constrained to be invertible"
+        )
+        flow_length: int = option(4, minimum=1, doc="flows per real-valued latent layer")
+        amortized: bool = option(True, doc="flow parameters from recognition features of x (true) or global")
+
+    @property
+    def flow_type(self) -> str:
+        return self.options.flow_type
+
+    @property
+    def flow_length(self) -> int:
+        return self.options.flow_length
+
+    @property
+    def amortized(self) -> bool:
+        return self.options.amortized
+
+    def _given_proposal(self) -> nn.Module | None:
+        return None  # the ``proposal`` option is the flows' base (``_build_proposal``)
 
     def _build_proposal(self) -> nn.Module:
-        base = self._base if self._base is not None else super()._build_proposal()
+        base = self.options.proposal if self.options.proposal is not None else super()._build_proposal()
         return FlowProposal(
             self.model, base, self.flow_type, self.flow_length, self.amortized, self.hidden, self.activation
         )

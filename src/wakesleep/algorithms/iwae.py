@@ -20,9 +20,12 @@ Everything else (posterior structure, supported families, the one-backward Train
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass
 
-from wakesleep.algorithms.vae import ReparameterizedBound, iwae_reduce
+from torch import Tensor
+
+from wakesleep.algorithms.vae import ReparameterizedBound, ReparameterizedOptions, iwae_reduce
+from wakesleep.schema import option
 
 __all__ = ["IWAE"]
 
@@ -35,7 +38,7 @@ class IWAE(ReparameterizedBound):
     model : HierarchicalModel
         Every latent layer must be real-valued or positive.
     k : int
-        Number of importance samples (Burda et al. use 1, 5, 50; ``k = 1`` is the VAE).
+        Number of importance samples (Burda et al. use 1, 5, 50; ``k = 1`` is the VAE). Default 5.
     proposal_hidden, proposal_activation, structure, recognition_gradient, proposal, seed, warmup
         See :class:`wakesleep.algorithms.vae.ReparameterizedBound`. With ``recognition_gradient="dreg"`` the
         phi-gradient is ``sum_s sg(w~_s^2) d log w_s / d z^s dz^s/dphi`` (Tucker et al. 2019, DReG).
@@ -43,29 +46,11 @@ class IWAE(ReparameterizedBound):
 
     name = "iwae"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        k: int = 5,
-        proposal_hidden: list[int] | int = (100,),
-        proposal_activation: str = "tanh",
-        structure: str = "bottom_up",
-        recognition_gradient: str = "total",
-        proposal: nn.Module | None = None,
-        seed: int | None = None,
-        warmup: int = 0,
-    ) -> None:
-        super().__init__(
-            model,
-            k=k,
-            proposal_hidden=proposal_hidden,
-            proposal_activation=proposal_activation,
-            structure=structure,
-            recognition_gradient=recognition_gradient,
-            proposal=proposal,
-            seed=seed,
-            warmup=warmup,
-        )
+    @dataclass(frozen=True)
+    class Options(ReparameterizedOptions):
+        """The options of ``iwae``: those of ``vae`` with ``k`` defaulting to 5 (see ``Parameters``)."""
+
+        k: int = option(5, minimum=1, doc="importance samples (Burda et al. use 1, 5, 50; k = 1 is the VAE)")
 
     def reduce(self, log_w: Tensor) -> Tensor:
         return iwae_reduce(log_w)

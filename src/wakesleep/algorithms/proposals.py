@@ -32,16 +32,28 @@ raises ``NotImplementedError`` for it so that a caller can fall back cleanly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.distributions as D
 from torch import Tensor, nn
 
+from wakesleep.algorithms.base import Algorithm, Capabilities, WakeGradient
 from wakesleep.errors import WakesleepError
 from wakesleep.families.standard import bernoulli_log_prob_sum
-from wakesleep.models._linear import linear
+from wakesleep.ops import linear
+from wakesleep.schema import option
 
-__all__ = ["LayeredProposal", "proposal_kind", "STRUCTURES"]
+__all__ = [
+    "LayeredProposal",
+    "ProposalAlgorithm",
+    "ProposalOptions",
+    "hidden_widths",
+    "log_weights",
+    "proposal_kind",
+    "STRUCTURES",
+]
 
 STRUCTURES = ("bottom_up", "top_down")
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
@@ -91,7 +103,7 @@ class _Factor(nn.Module):
                 self.net[-1].bias.zero_()
 
     def params(self, u: Tensor) -> Tensor:
-        for mod in self.net:  # the affine maps through wakesleep.models._linear.linear (oneDNN for float32)
+        for mod in self.net:  # the affine maps through wakesleep.ops.linear (oneDNN for float32)
             u = linear(u, mod.weight, mod.bias) if isinstance(mod, nn.Linear) else mod(u)
         return u
 
@@ -303,63 +315,105 @@ class LayeredProposal(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------
-# shared plumbing of the algorithms with a sampling recognition model
+# the base of the algorithms with a sampling recognition model
 # --------------------------------------------------------------------------------------------------------
-def _hidden_option(value, where: str) -> tuple[int, ...]:
-    if value is None or value == 0:
+ACTIVATIONS = tuple(_ACTIVATIONS)
+
+
+def hidden_widths(value: Any, where: str = "algorithm.proposal_hidden") -> tuple[int, ...]:
+    """Hidden widths of a proposal's factors: ``None``/``0``/``[]`` -> ``()`` (affine), an int -> one layer.
+
+    Raises
+    ------
+    WakesleepError
+        For a width that is not a positive integer (one line naming ``where``).
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
         return ()
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    try:
-        out = tuple(int(h) for h in value)
-    except (TypeError, ValueError):
-        raise WakesleepError(f"algorithm.{where}: must be an int or a list of ints, got {value!r}") from None
-    if any(h <= 0 for h in out):
-        raise WakesleepError(f"algorithm.{where}: widths must be positive, got {list(out)}")
-    return out
+    if not isinstance(value, list | tuple) or not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+        raise WakesleepError(f"{where}: must be an int or a list of ints, got {value!r}")
+    if any(h <= 0 for h in value):
+        raise WakesleepError(f"{where}: widths must be positive, got {list(value)}")
+    return tuple(int(h) for h in value)
 
 
-class ProposalAlgorithm:
-    """Mixin for algorithms whose recognition model is a :class:`LayeredProposal` trained by the Trainer.
+@dataclass(frozen=True)
+class ProposalOptions:
+    """Options shared by every algorithm with a sampling recognition model (the proposal)."""
 
-    Gives ``algo.proposal`` (the proposal protocol of DESIGN.md), ``recognition_parameters()``,
-    ``state_dict``/``load_state_dict`` (keys ``proposal.<name>``) and input checks. Subclasses also derive
-    from :class:`wakesleep.algorithms.base.Algorithm`.
+    k: int = option(5, minimum=1, doc="particles (importance samples) per data point")
+    proposal_hidden: int | list[int] | None = option(
+        0, minimum=0, doc="hidden widths of each proposal factor's MLP (0 or []: affine factors)"
+    )
+    proposal_activation: Literal["tanh", "relu", "softplus", "sigmoid"] = option(
+        "tanh", doc="hidden nonlinearity of the proposal"
+    )
+
+
+class ProposalAlgorithm(Algorithm):
+    """Base of the algorithms whose recognition model is a proposal q(z | x) trained by the Trainer.
+
+    Gives ``algo.proposal`` (the proposal protocol of ``docs/DESIGN.md``, a registered submodule, so
+    ``state_dict`` keys are ``proposal.<name>``), ``recognition_parameters()``, the shared checks (a
+    ``HierarchicalModel``, the minibatch's shape) and the score-function plumbing of the discrete-latent
+    methods (one backward pass for theta and phi, dreaming, the sleep-phase loss). Subclasses set
+    ``self.hidden`` and ``self.activation`` (:meth:`_set_proposal_options`) and build the proposal with
+    :meth:`_build_proposal`.
     """
 
-    proposal: LayeredProposal
+    capabilities = Capabilities(proposal=True, trained_recognition=True)
+    Options = ProposalOptions
+    proposal: nn.Module
 
-    def _build_proposal(self, model: nn.Module, hidden, activation: str) -> None:
-        if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
+    def _require_hierarchical(self) -> None:
+        """The proposals read the model's layers: a ``HierarchicalModel`` (``wakesleep.build_model``)."""
+        if not hasattr(self.model, "layers") or not hasattr(self.model, "latent_names"):
             raise WakesleepError(f"{self.name}: needs a HierarchicalModel (wakesleep.build_model)")
-        self.proposal = LayeredProposal(model, _hidden_option(hidden, "proposal_hidden"), activation)
+
+    def _set_proposal_options(self) -> None:
+        """``self.hidden`` (a tuple of widths) and ``self.activation`` from the options."""
+        self.hidden = hidden_widths(self.options.proposal_hidden)
+        self.activation = self.options.proposal_activation
+
+    def _build_proposal(self) -> nn.Module:
+        """The bottom-up :class:`LayeredProposal` of ``self.hidden`` and ``self.activation``."""
+        return LayeredProposal(self.model, self.hidden, self.activation)
 
     def _check_x(self, x: Tensor) -> Tensor:
         d = self.model.obs_dim
-        if x.ndim != 2 or x.shape[1] != d:
-            raise WakesleepError(f"{self.name}: x must be [batch, {d}], got shape {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != d:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise WakesleepError(f"{self.name}: x must be [batch, {d}], got shape {shape}")
         return x.to(device=self.model.device, dtype=self.model.dtype)
 
-    def _check_k(self, k, where: str = "k", minimum: int = 1) -> int:
-        if isinstance(k, bool) or not isinstance(k, int) or k < minimum:
-            raise WakesleepError(f"algorithm.{where}: must be an integer >= {minimum}, got {k!r}")
-        return int(k)
-
     def recognition_parameters(self) -> list[nn.Parameter]:
-        return list(self.proposal.parameters())
+        return [p for p in self.proposal.parameters() if p.requires_grad]
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {f"proposal.{k}": v for k, v in self.proposal.state_dict().items()}
+    # --- the wake step's work, reused by step_recognition ----------------------------------------------
+    _last_wake: tuple[Tensor, WakeGradient] | None = None
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.proposal.load_state_dict({k[len("proposal.") :]: v for k, v in state.items() if k.startswith("proposal.")})
+    def _keep_wake(self, x: Tensor, grads: WakeGradient) -> WakeGradient:
+        """Remember ``wake_gradient``'s result for a ``step_recognition(x)`` that is not given ``wake``."""
+        self._last_wake = (x, grads)
+        return grads
 
-    def _trained_recognition_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.recognition_parameters() if p.requires_grad]
+    def _wake_cache(self, x: Tensor, wake: WakeGradient | None) -> Any:
+        """The cache of ``wake`` (what ``wake_gradient`` returned for ``x``), or None: recompute.
+
+        TRANSITION: without ``wake``, the cache of the last ``wake_gradient`` call is used when it was given
+        this very tensor ``x`` (callers that predate ``wake=``, e.g. a Trainer that does not pass it, keep the
+        one-backward design). Either way the remembered result is dropped, as a stash consumed once.
+        """
+        last, self._last_wake = self._last_wake, None
+        if wake is None and last is not None and last[0] is x:
+            wake = last[1]
+        return getattr(wake, "cache", None)
 
     def _joint_gradients(
         self, objective: Tensor, rec_objective: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], list[Tensor] | None]:
+    ) -> tuple[WakeGradient, list[Tensor] | None]:
         """Gradients of ``objective`` w.r.t. the model parameters (keyed by name, zeros where unused, as
         ``Algorithm._grad_dict``) and of ``rec_objective`` w.r.t. the recognition parameters, in one backward pass.
 
@@ -367,11 +421,13 @@ class ProposalAlgorithm:
         gradient of their sum w.r.t. (theta, phi) is the pair of gradients.
         """
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        rec = [] if rec_objective is None else self._trained_recognition_parameters()
+        rec = [] if rec_objective is None else self.recognition_parameters()
         outputs = [objective] if rec_objective is None else [objective, rec_objective]
         grads = torch.autograd.grad(outputs, [p for _, p in named] + rec, allow_unused=True)
         theta_grads = grads[: len(named)]
-        theta = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, theta_grads, strict=True)}
+        theta = WakeGradient(
+            {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, theta_grads, strict=True)}
+        )
         if rec_objective is None:
             return theta, None
         phi = [torch.zeros_like(p) if g is None else g for p, g in zip(rec, grads[len(named) :], strict=True)]
@@ -379,7 +435,7 @@ class ProposalAlgorithm:
 
     def _descend(self, ascent: list[Tensor]) -> None:
         """Add ``-ascent`` to ``.grad`` of the recognition parameters (the Trainer's Adam then descends)."""
-        for p, g in zip(self._trained_recognition_parameters(), ascent, strict=True):
+        for p, g in zip(self.recognition_parameters(), ascent, strict=True):
             p.grad = -g if p.grad is None else p.grad - g
 
     def dream(self, n: int) -> tuple[list[Tensor], Tensor]:

@@ -12,21 +12,24 @@ self-normalised to ``w~_k = w_k / sum_j w_j``:
   classic sleep phase, ``-grad_phi KL(p(z, x) || q(z | x) p(x))``).
 
 Both q updates run in :meth:`ReweightedWakeSleep.step_recognition` (Trainer contract: the Trainer zeroes and
-steps the recognition optimiser); ``sleep()`` does nothing. The wake-phase q update reuses the particles and
-weights drawn for the wake gradient of the same minibatch (one set of K particles per iteration, as in the
-paper), so the weights are those of the model before the trainer's generative step.
+steps the recognition optimiser); ``sleep()`` does nothing. Given the wake step's result
+(``step_recognition(x, wake=grads)``), the wake-phase q update reuses the particles and weights drawn for the
+wake gradient of the same minibatch (one set of K particles per iteration, as in the paper), so the weights are
+those of the model before the trainer's generative step.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from wakesleep.algorithms.base import Algorithm
-from wakesleep.algorithms.proposals import ProposalAlgorithm, log_weights
-from wakesleep.errors import WakesleepError
+from wakesleep.algorithms.base import WakeGradient
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
+from wakesleep.schema import option
 
 __all__ = ["ReweightedWakeSleep", "iw_diagnostics"]
 
@@ -40,7 +43,7 @@ def iw_diagnostics(log_w: Tensor) -> dict[str, float]:
     return {"bound": float(bound.mean()), "ess": float(ess.mean())}
 
 
-class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
+class ReweightedWakeSleep(ProposalAlgorithm):
     """Reweighted wake-sleep with a layered proposal (Bornschein & Bengio 2015).
 
     Parameters
@@ -62,23 +65,24 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
 
     name = "rws"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        k: int = 5,
-        q_update: str = "both",
-        sleep_samples: int | None = None,
-        proposal_hidden: int | list[int] | None = 0,
-        proposal_activation: str = "tanh",
-    ) -> None:
-        super().__init__(model)
-        self.k = self._check_k(k)
-        if q_update not in ("wake", "sleep", "both"):
-            raise WakesleepError(f"algorithm.q_update: must be wake, sleep or both, got {q_update!r}")
-        self.q_update = q_update
-        self.sleep_samples = None if sleep_samples is None else self._check_k(sleep_samples, "sleep_samples")
-        self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, list[Tensor] | None, Tensor] | None = None
+    @dataclass(frozen=True)
+    class Options(ProposalOptions):
+        """The options of ``rws``; documented in the class's ``Parameters``."""
+
+        q_update: Literal["wake", "sleep", "both"] = option(
+            "both", doc="recognition updates: wake-phase (importance weighted), sleep-phase (dreams), or both"
+        )
+        sleep_samples: int | None = option(
+            None, minimum=1, doc="dreamt samples per sleep-phase q update (null: the minibatch size)"
+        )
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        o = self.options
+        self.k, self.q_update, self.sleep_samples = o.k, o.q_update, o.sleep_samples
+        self._require_hierarchical()
+        self._set_proposal_options()
+        self.proposal = self._build_proposal()
 
     # --- wake -----------------------------------------------------------------------------------------
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,18 +97,18 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
         w = torch.softmax(log_w, dim=0)
         return (w * log_p).sum(0).mean(), log_q, log_w
 
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of grad_theta (1/B) sum_b log p(x_b): the self-normalised importance-weighted gradient.
 
         The wake-phase q update uses the same particles and weights; its gradient is taken in the same backward
-        pass and kept for :meth:`step_recognition` on the same ``x``.
+        pass and returned in the result's ``cache`` for :meth:`step_recognition` (``wake=``) on the same ``x``.
         """
         with torch.enable_grad():
             objective, log_q, log_w = self.surrogate(x)
             wake_q = self._wake_q_objective(log_q, log_w) if self.q_update in ("wake", "both") else None
             grads, q_grads = self._joint_gradients(objective, wake_q)
-        self._cache = (x, q_grads, log_w)
-        return grads
+        grads.cache = (q_grads, log_w)
+        return self._keep_wake(x, grads)
 
     # --- recognition ----------------------------------------------------------------------------------
     @staticmethod
@@ -113,7 +117,7 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
         return (torch.softmax(log_w, dim=0) * log_q).sum(0).mean()
 
     def _fresh_wake_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(wake-phase objective, log_w)`` on new particles (when ``x`` is not the wake phase's minibatch)."""
+        """``(wake-phase objective, log_w)`` on new particles (when the wake phase's are not given)."""
         with torch.enable_grad():
             _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
         log_w = log_p.detach() - log_q.detach()
@@ -135,17 +139,22 @@ class ReweightedWakeSleep(ProposalAlgorithm, Algorithm):
             info["sleep_nll"] = float(sleep_loss.detach())
         return loss, info
 
-    def step_recognition(self, x: Tensor) -> dict[str, float]:
-        """Fill ``.grad`` of the proposal parameters with the q-update loss gradient (the Trainer steps Adam)."""
-        cached, self._cache = self._cache, None
+    def step_recognition(self, x: Tensor, wake: WakeGradient | None = None) -> dict[str, float]:
+        """Fill ``.grad`` of the proposal parameters with the q-update loss gradient (the Trainer steps Adam).
+
+        With ``wake`` (what :meth:`wake_gradient` returned for the same ``x``) the wake-phase update reuses its
+        particles, weights and gradient; without it, new particles are drawn (unless the last
+        :meth:`wake_gradient` was given this very tensor ``x``: ``ProposalAlgorithm._wake_cache``).
+        """
+        cached = self._wake_cache(x, wake)
         info: dict[str, float] = {}
         with torch.enable_grad():
             if self.q_update in ("wake", "both"):
-                if cached is not None and cached[0] is x:  # the wake phase's particles and its gradient
-                    _, q_grads, log_w = cached
+                if cached is not None:  # the wake phase's particles and its gradient
+                    q_grads, log_w = cached
                 else:
                     wake_q, log_w = self._fresh_wake_q(x)
-                    q_grads = list(torch.autograd.grad(wake_q, self._trained_recognition_parameters()))
+                    q_grads = list(torch.autograd.grad(wake_q, self.recognition_parameters()))
                 self._descend(q_grads)
                 info.update(iw_diagnostics(log_w))
             if self.q_update in ("sleep", "both"):

@@ -26,29 +26,39 @@ Poisson) have no reparameterised sampler: building the algorithm raises ``Wakesl
 
 Trainer protocol and the one-backward design
 ---------------------------------------------
-The Trainer calls ``wake_gradient(x)``, steps theta, then ``step_recognition(x)`` with the *same* tensor x.
+The Trainer calls ``grads = wake_gradient(x)``, steps theta, then ``step_recognition(x, wake=grads)``.
 ``wake_gradient`` evaluates the bound once and differentiates it w.r.t. theta *and* phi in one backward pass;
-the theta part is returned, the phi part is stashed with a reference to x. ``step_recognition(x)`` writes
-``-grad_phi`` into ``.grad`` when x is that same tensor (and recomputes the bound otherwise, e.g. when called
-on its own). So both parameter sets move along the gradient of the same Monte Carlo bound at the same
-(theta, phi): exactly the joint update of a standard VAE step (Kingma & Welling 2014, Algorithm 1), at the
-cost of one forward and one backward pass per minibatch. (Recomputing the bound after the theta step would
-be an alternating scheme at twice the cost, with a gradient of the bound at the new theta.)
+the theta part is returned, the phi part travels in the result's ``cache`` (a :class:`WakeGradient`).
+``step_recognition(x, wake=grads)`` writes that ``-grad_phi`` into ``.grad`` (and recomputes the bound when
+``wake`` is not given, e.g. when called on its own). So both parameter sets move along the gradient of the
+same Monte Carlo bound at the same (theta, phi): exactly the joint update of a standard VAE step (Kingma &
+Welling 2014, Algorithm 1), at the cost of one forward and one backward pass per minibatch. (Recomputing the
+bound after the theta step would be an alternating scheme at twice the cost, with a gradient of the bound at
+the new theta.)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from wakesleep.algorithms.base import Algorithm
+from wakesleep.algorithms.base import WakeGradient
+from wakesleep.algorithms.proposals import (
+    _ACTIVATIONS,
+    LayeredProposal,
+    ProposalAlgorithm,
+    ProposalOptions,
+    _Factor,
+    proposal_kind,
+)
 from wakesleep.errors import WakesleepError
+from wakesleep.schema import SEED_MAX, option
 
-__all__ = ["VAE", "ReparameterizedBound", "TopDownProposal", "elbo_reduce", "iwae_reduce"]
+__all__ = ["VAE", "ReparameterizedBound", "ReparameterizedOptions", "TopDownProposal", "elbo_reduce", "iwae_reduce"]
 
 GRADIENTS = ("total", "dreg")
 
@@ -76,23 +86,10 @@ class _LogQ(nn.Module):
 
 @dataclass
 class _Stash:
-    x: Tensor
+    """What :meth:`ReparameterizedBound.wake_gradient` keeps for ``step_recognition`` (``WakeGradient.cache``)."""
+
     grads: list[Tensor | None]
     info: dict[str, float]
-
-
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WakesleepError(f"{where}: must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _hidden(value: Any, where: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) if value > 0 else ()
-    if isinstance(value, list | tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value):
-        return tuple(int(h) for h in value)
-    raise WakesleepError(f"{where}: must be a list of positive layer widths, got {value!r}")
 
 
 class TopDownProposal(nn.Module):
@@ -114,8 +111,6 @@ class TopDownProposal(nn.Module):
 
     def __init__(self, model: nn.Module, hidden: tuple[int, ...] = (100,), activation: str = "tanh") -> None:
         super().__init__()
-        from wakesleep.algorithms.proposals import _ACTIVATIONS, _Factor, proposal_kind
-
         layers = list(model.layers.values())
         self._layers = layers  # plain list: the model is not a submodule
         self.n_latent = len(layers) - 1
@@ -173,7 +168,35 @@ class TopDownProposal(nn.Module):
         return total
 
 
-class ReparameterizedBound(Algorithm):
+@dataclass(frozen=True)
+class ReparameterizedOptions(ProposalOptions):
+    """Options of the reparameterised-bound methods (``vae``, ``iwae``, ``flow``)."""
+
+    k: int = option(1, minimum=1, doc="samples per data point")
+    proposal_hidden: int | list[int] = option(
+        (100,), minimum=0, doc="hidden widths of each recognition factor's MLP ([]: affine factors)"
+    )
+    structure: Literal["bottom_up", "top_down"] = option(
+        "bottom_up", doc="order of q: bottom_up q(z_1 | x) q(z_2 | z_1) ..., or top_down q(z_L | x) ..."
+    )
+    recognition_gradient: Literal["total", "dreg"] = option(
+        "total", doc="total: through the samples; dreg: doubly reparameterised (Tucker et al. 2019)"
+    )
+    proposal: Any = option(None, doc="a reparameterised proposal module to use instead (Python API only)")
+    seed: int | None = option(
+        None, minimum=0, maximum=SEED_MAX, doc="seed of the recognition network's initial weights (null: global RNG)"
+    )
+    warmup: int = option(0, minimum=0, doc="initial minibatches during which only the recognition model learns")
+
+    def validate(self, prefix: str) -> None:
+        if self.proposal is not None and not isinstance(self.proposal, nn.Module):
+            raise WakesleepError(
+                f"{prefix}.proposal must be a torch.nn.Module with sample(x, k) (Python API only), "
+                f"got {type(self.proposal).__name__}"
+            )
+
+
+class ReparameterizedBound(ProposalAlgorithm):
     """Shared machinery of the reparameterised-bound methods (``vae``, ``iwae``, ``flow``).
 
     Subclasses choose the bound (:meth:`reduce`) and the proposal (:meth:`_build_proposal`).
@@ -202,66 +225,54 @@ class ReparameterizedBound(Algorithm):
         Number of initial minibatches during which only the recognition model learns: ``wake_gradient``
         returns zeros (the model stays put) while ``step_recognition`` fits q to the current model. Useful
         when training starts from good generative parameters (the Fig. 1 comparison starts at the truth)
-        and an untrained q would otherwise push them away during its first steps. Default 0 (off).
+        and an untrained q would otherwise push them away during its first steps. Default 0 (off). The
+        number of wake steps taken is the buffer ``n_wake`` (in the ``state_dict``).
     """
 
     name = "reparameterized_bound"
+    Options = ReparameterizedOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        k: int = 1,
-        proposal_hidden: list[int] | int = (100,),
-        proposal_activation: str = "tanh",
-        structure: str = "bottom_up",
-        recognition_gradient: str = "total",
-        proposal: nn.Module | None = None,
-        seed: int | None = None,
-        warmup: int = 0,
-    ) -> None:
-        super().__init__(model)
-        if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
-            raise WakesleepError(f"{self.name}: needs a HierarchicalModel (wakesleep.build_model)")
-        self.k = _positive_int(k, "algorithm.k")
-        self.hidden = _hidden(proposal_hidden, "algorithm.proposal_hidden")
-        if proposal_activation not in ("tanh", "relu", "softplus", "sigmoid"):
-            raise WakesleepError(
-                f"algorithm.proposal_activation: unknown activation {proposal_activation!r} "
-                "(known: tanh, relu, softplus, sigmoid)"
-            )
-        self.activation = proposal_activation
-        if structure not in ("bottom_up", "top_down"):
-            raise WakesleepError(f"algorithm.structure: must be bottom_up or top_down, got {structure!r}")
-        self.structure = structure
-        if recognition_gradient not in GRADIENTS:
-            raise WakesleepError(
-                f"algorithm.recognition_gradient: must be one of {', '.join(GRADIENTS)}, got {recognition_gradient!r}"
-            )
-        self.recognition_gradient = recognition_gradient
-        self.seed = seed
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise WakesleepError(f"algorithm.warmup: must be a non-negative integer, got {warmup!r}")
-        self.warmup = int(warmup)
-        self.n_wake_ = 0
+    def __init__(self, model: nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        o = self.options
+        self._require_hierarchical()
+        self.k = o.k
+        self._set_proposal_options()
+        self.structure, self.recognition_gradient, self.seed, self.warmup = (
+            o.structure,
+            o.recognition_gradient,
+            o.seed,
+            o.warmup,
+        )
+        self.register_buffer("n_wake", torch.zeros((), dtype=torch.int64))
+        proposal = self._given_proposal()
         if proposal is None:
             self._check_latents()
-            if seed is None:
+            if self.seed is None:
                 proposal = self._build_proposal()
             else:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(seed))
+                    torch.manual_seed(int(self.seed))
                     proposal = self._build_proposal()
         elif not getattr(proposal, "reparameterized", True):
             raise WakesleepError(f"{self.name}: the proposal has no reparameterised sampler; use vimco, rws or bbvi")
         self.proposal = proposal
-        if recognition_gradient == "dreg" and not hasattr(self.proposal, "log_prob"):
+        if self.recognition_gradient == "dreg" and not callable(getattr(self.proposal, "log_prob", None)):
             raise WakesleepError(
                 f"algorithm.recognition_gradient: 'dreg' needs a proposal with log_prob "
                 f"({type(self.proposal).__name__} has none); use 'total'"
             )
-        self._stash: _Stash | None = None
+
+    @property
+    def n_wake_(self) -> int:
+        """Wake steps taken so far (the buffer ``n_wake``)."""
+        return int(self.n_wake)
 
     # --- construction ---------------------------------------------------------------------------------
+    def _given_proposal(self) -> nn.Module | None:
+        """The proposal passed as an option (Python API), or None to build the default."""
+        return self.options.proposal
+
     def _check_latents(self) -> None:
         """Every latent layer needs a reparameterised posterior factor (real or positive support)."""
         layers = list(self.model.layers.values())
@@ -272,8 +283,6 @@ class ReparameterizedBound(Algorithm):
                 raise WakesleepError(f"{self.name}: latent {lname} is {support}; use vimco, rws or bbvi")
 
     def _build_proposal(self) -> nn.Module:
-        from wakesleep.algorithms.proposals import LayeredProposal
-
         if self.structure == "top_down":
             return TopDownProposal(self.model, hidden=self.hidden, activation=self.activation)
         return LayeredProposal(self.model, hidden=self.hidden, activation=self.activation, structure=self.structure)
@@ -282,12 +291,6 @@ class ReparameterizedBound(Algorithm):
     def reduce(self, log_w: Tensor) -> Tensor:
         """Bound per data point from log weights ``[k, B]``."""
         raise NotImplementedError
-
-    def _check_x(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.model.obs_dim:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise WakesleepError(f"{self.name}: x must be [batch, {self.model.obs_dim}], got {shape}")
-        return x.to(device=self.model.device, dtype=self.model.dtype)
 
     def log_weights(self, x: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """Draw ``k`` reparameterised particles: ``(log w [k, B], zs, log_q [k, B])``, log w = log p(x, z) - log q."""
@@ -337,31 +340,34 @@ class ReparameterizedBound(Algorithm):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     # --- algorithm contract ---------------------------------------------------------------------------
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Gradient of the bound (1/B) sum_b F_b w.r.t. every model parameter (the ascent direction).
 
-        The recognition gradient of the same bound is stashed for :meth:`step_recognition` (module docstring).
+        The recognition gradient of the same bound is returned in the result's ``cache`` for
+        :meth:`step_recognition` (``wake=``; module docstring).
         """
         xx = self._check_x(x)
-        learn_model = self.n_wake_ >= self.warmup
-        self.n_wake_ += 1
+        learn_model = self.warmup == 0 or self.n_wake_ >= self.warmup
+        self.n_wake.add_(1)
         g_theta, g_phi, info = self._gradients(xx, need_theta=learn_model)
-        self._stash = _Stash(x, [None if g is None else g.detach() for g in g_phi], info)
+        stash = _Stash([None if g is None else g.detach() for g in g_phi], info)
         if not learn_model:
-            return {n: torch.zeros_like(p) for n, p in self._model_params()}
-        out = {}
+            return self._keep_wake(x, WakeGradient({n: torch.zeros_like(p) for n, p in self._model_params()}, stash))
+        out = WakeGradient(cache=stash)
         for (n, p), g in zip(self._model_params(), g_theta, strict=True):
             out[n] = torch.zeros_like(p) if g is None else g.detach()
-        return out
+        return self._keep_wake(x, out)
 
-    def step_recognition(self, x: Tensor) -> dict[str, float]:
+    def step_recognition(self, x: Tensor, wake: WakeGradient | None = None) -> dict[str, float]:
         """Fill ``.grad`` of the recognition parameters with minus the bound's gradient (the Trainer steps Adam).
 
-        Uses the gradient stashed by :meth:`wake_gradient` when called with the same tensor ``x``; otherwise
-        evaluates the bound afresh. Never touches the model's ``.grad``.
+        Uses the gradient in ``wake``'s cache (what :meth:`wake_gradient` returned for the same ``x``) when
+        given (or, without ``wake``, when the last :meth:`wake_gradient` was given this very tensor ``x``:
+        ``ProposalAlgorithm._wake_cache``); otherwise evaluates the bound afresh. Never touches the model's
+        ``.grad``.
         """
-        stash, self._stash = self._stash, None
-        if stash is not None and stash.x is x:
+        stash = self._wake_cache(x, wake)
+        if stash is not None:
             grads, info = stash.grads, stash.info
         else:
             _, grads, info = self._gradients(self._check_x(x), need_theta=False)
@@ -370,19 +376,6 @@ class ReparameterizedBound(Algorithm):
                 continue
             p.grad = -g if p.grad is None else p.grad - g
         return info
-
-    def recognition_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.proposal.parameters() if p.requires_grad]
-
-    def state_dict(self) -> dict[str, Tensor]:
-        state = {f"proposal.{k}": v for k, v in self.proposal.state_dict().items()}
-        state["n_wake"] = torch.tensor(self.n_wake_, dtype=torch.int64)
-        return state
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.proposal.load_state_dict({k[len("proposal.") :]: v for k, v in state.items() if k.startswith("proposal.")})
-        if "n_wake" in state:
-            self.n_wake_ = int(state["n_wake"])
 
 
 class VAE(ReparameterizedBound):

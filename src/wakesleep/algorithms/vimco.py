@@ -18,19 +18,22 @@ and both gradients are estimated from the same K particles:
   particles (the part of the gradient that does not go through the sampling distribution).
 
 The recognition update runs in :meth:`VIMCO.step_recognition` (Trainer contract), reusing the particles of
-the wake gradient of the same minibatch; ``sleep()`` does nothing.
+the wake gradient of the same minibatch when given its result (``wake=``); ``sleep()`` does nothing.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from wakesleep.algorithms.base import Algorithm
-from wakesleep.algorithms.proposals import ProposalAlgorithm, log_weights
+from wakesleep.algorithms.base import WakeGradient
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
 from wakesleep.algorithms.rws import iw_diagnostics
+from wakesleep.schema import option
 
 __all__ = ["VIMCO", "vimco_signals"]
 
@@ -55,7 +58,7 @@ def vimco_signals(log_w: Tensor) -> tuple[Tensor, Tensor]:
     return bound.unsqueeze(0) - baseline, torch.softmax(log_w, 0)
 
 
-class VIMCO(ProposalAlgorithm, Algorithm):
+class VIMCO(ProposalAlgorithm):
     """VIMCO (Mnih & Rezende 2016) with a layered proposal.
 
     Parameters
@@ -74,17 +77,18 @@ class VIMCO(ProposalAlgorithm, Algorithm):
 
     name = "vimco"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        k: int = 5,
-        proposal_hidden: int | list[int] | None = 0,
-        proposal_activation: str = "tanh",
-    ) -> None:
-        super().__init__(model)
-        self.k = self._check_k(k, minimum=2)
-        self._build_proposal(model, proposal_hidden, proposal_activation)
-        self._cache: tuple[Tensor, list[Tensor], Tensor] | None = None
+    @dataclass(frozen=True)
+    class Options(ProposalOptions):
+        """The options of ``vimco`` (``k`` at least 2); documented in the class's ``Parameters``."""
+
+        k: int = option(5, minimum=2, doc="particles per data point (the leave-one-out baseline needs two)")
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        self.k = self.options.k
+        self._require_hierarchical()
+        self._set_proposal_options()
+        self.proposal = self._build_proposal()
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, log_w)``: grad_theta of the first is the wake gradient (batch mean)."""
@@ -94,33 +98,38 @@ class VIMCO(ProposalAlgorithm, Algorithm):
         w = torch.softmax(log_w, 0)
         return (w * log_p).sum(0).mean(), log_q, log_w
 
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of grad_theta L_K (batch mean): ``sum_k w~_k grad_theta log p(x, z_k)``.
 
-        The recognition gradient of the same particles is taken in the same backward pass and kept for
-        :meth:`step_recognition` on the same ``x``.
+        The recognition gradient of the same particles is taken in the same backward pass and returned in the
+        result's ``cache`` for :meth:`step_recognition` (``wake=``) on the same ``x``.
         """
         with torch.enable_grad():
             objective, log_q, log_w = self.surrogate(x)
             grads, q_grads = self._joint_gradients(objective, self.recognition_objective(log_q, log_w))
-        self._cache = (x, q_grads, log_w)
-        return grads
+        grads.cache = (q_grads, log_w)
+        return self._keep_wake(x, grads)
 
     def recognition_objective(self, log_q: Tensor, log_w: Tensor) -> Tensor:
         """Scalar whose grad_phi is the VIMCO estimate of grad_phi L_K (batch mean)."""
         signal, w = vimco_signals(log_w)
         return ((signal - w) * log_q).sum(0).mean()
 
-    def step_recognition(self, x: Tensor) -> dict[str, float]:
-        """Fill ``.grad`` of the proposal parameters with ``-`` the VIMCO gradient (the Trainer steps Adam)."""
-        cached, self._cache = self._cache, None
-        if cached is not None and cached[0] is x:  # the wake phase's particles and its gradient
-            _, q_grads, log_w = cached
+    def step_recognition(self, x: Tensor, wake: WakeGradient | None = None) -> dict[str, float]:
+        """Fill ``.grad`` of the proposal parameters with ``-`` the VIMCO gradient (the Trainer steps Adam).
+
+        With ``wake`` (what :meth:`wake_gradient` returned for the same ``x``) its particles and gradient are
+        reused; without it, new particles are drawn (unless the last :meth:`wake_gradient` was given this
+        very tensor ``x``: ``ProposalAlgorithm._wake_cache``).
+        """
+        cached = self._wake_cache(x, wake)
+        if cached is not None:  # the wake phase's particles and its gradient
+            q_grads, log_w = cached
         else:
             with torch.enable_grad():
                 _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
                 log_w = log_p.detach() - log_q.detach()
                 objective = self.recognition_objective(log_q, log_w)
-                q_grads = list(torch.autograd.grad(objective, self._trained_recognition_parameters()))
+                q_grads = list(torch.autograd.grad(objective, self.recognition_parameters()))
         self._descend(q_grads)
         return iw_diagnostics(log_w)

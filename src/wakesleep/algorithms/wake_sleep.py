@@ -57,13 +57,17 @@ belief networks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wakesleep.algorithms.base import Algorithm
-from wakesleep.algorithms.proposals import ProposalAlgorithm
+from wakesleep.algorithms.base import WakeGradient
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions
 from wakesleep.errors import WakesleepError
+from wakesleep.schema import option
 
 __all__ = ["WakeSleep", "eq11_activation"]
 
@@ -110,7 +114,7 @@ def eq11_activation(q_above: Tensor, weight: Tensor, bias: Tensor | None) -> tup
     return p, clipped
 
 
-class WakeSleep(ProposalAlgorithm, Algorithm):
+class WakeSleep(ProposalAlgorithm):
     """The classic Helmholtz machine trained by wake-sleep (seed ``003`` eqs. 7-12).
 
     Parameters
@@ -136,34 +140,39 @@ class WakeSleep(ProposalAlgorithm, Algorithm):
 
     name = "wake_sleep"
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        variant: str = "sampled",
-        k: int = 1,
-        q_update: str = "sleep",
-        generative_activation: bool = False,
-        sleep_samples: int | None = None,
-        proposal_hidden: int | list[int] | None = 0,
-        proposal_activation: str = "tanh",
-    ) -> None:
-        super().__init__(model)
-        if variant not in ("sampled", "mean_field"):
-            raise WakesleepError(f"algorithm.variant: must be 'sampled' or 'mean_field', got {variant!r}")
-        if q_update not in ("sleep", "free_energy"):
-            raise WakesleepError(f"algorithm.q_update: must be 'sleep' or 'free_energy', got {q_update!r}")
-        if q_update == "free_energy" and variant != "mean_field":
-            raise WakesleepError("algorithm.q_update: 'free_energy' needs variant: mean_field")
-        self.variant, self.q_update = variant, q_update
-        self.k = self._check_k(k)
-        self.generative_activation = bool(generative_activation)
-        self.sleep_samples = None if sleep_samples is None else self._check_k(sleep_samples, "sleep_samples")
-        self._build_proposal(model, proposal_hidden, proposal_activation)
+    @dataclass(frozen=True)
+    class Options(ProposalOptions):
+        """The options of ``wake_sleep`` (``k`` defaults to 1); documented in the class's ``Parameters``."""
+
+        k: int = option(1, minimum=1, doc="recognition samples per data point in the sampled wake phase")
+        variant: Literal["sampled", "mean_field"] = option(
+            "sampled", doc="stochastic wake-sleep (Hinton et al. 1995) or the mean-field machine (eq. 9)"
+        )
+        q_update: Literal["sleep", "free_energy"] = option(
+            "sleep", doc="recognition update: the sleep phase, or (mean_field only) descent on eq. 12"
+        )
+        generative_activation: bool = option(False, doc="eq. 11 for p_j^l in the free energy")
+        sleep_samples: int | None = option(
+            None, minimum=1, doc="dreamt samples per sleep phase (null: the minibatch size)"
+        )
+
+        def validate(self, prefix: str) -> None:
+            if self.q_update == "free_energy" and self.variant != "mean_field":
+                raise WakesleepError(f"{prefix}.q_update 'free_energy' needs variant mean_field")
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        o = self.options
+        self.variant, self.q_update, self.k = o.variant, o.q_update, o.k
+        self.generative_activation, self.sleep_samples = o.generative_activation, o.sleep_samples
+        self._require_hierarchical()
+        self._set_proposal_options()
+        self.proposal = self._build_proposal()
         layers = list(model.layers.values())
         self.is_sbn = all(
             getattr(layer, "family", None) is not None and layer.family.name == "bernoulli" for layer in layers
         )
-        if (variant == "mean_field" or self.generative_activation) and not self.is_sbn:
+        if (self.variant == "mean_field" or self.generative_activation) and not self.is_sbn:
             raise WakesleepError(
                 "wake_sleep: variant mean_field and generative_activation need a sigmoid belief network "
                 "(every layer bernoulli)"
@@ -225,7 +234,7 @@ class WakeSleep(ProposalAlgorithm, Algorithm):
             zs, _ = self.proposal.sample(x, self.k)
         return self.model.log_joint(x, zs).mean()
 
-    def wake_gradient(self, x: Tensor) -> dict[str, Tensor]:
+    def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Wake phase: ``grad_theta log p(x, z)`` at z ~ q (sampled) or ``-grad_theta F`` of eq. 12 (mean field)."""
         with torch.enable_grad():
             return self._grad_dict(self.surrogate(x))
@@ -244,8 +253,11 @@ class WakeSleep(ProposalAlgorithm, Algorithm):
             loss = loss + (F.softplus(logit) - z * logit).sum(-1).mean()
         return loss
 
-    def step_recognition(self, x: Tensor) -> dict[str, float]:
-        """Fill ``.grad`` of the recognition parameters (never the model's); report eq. 12's free energy."""
+    def step_recognition(self, x: Tensor, wake: WakeGradient | None = None) -> dict[str, float]:
+        """Fill ``.grad`` of the recognition parameters (never the model's); report eq. 12's free energy.
+
+        The sleep phase dreams its own samples: ``wake`` is accepted for the common signature and not used.
+        """
         params = self.recognition_parameters()
         with torch.enable_grad():
             loss = self.recognition_loss(x)

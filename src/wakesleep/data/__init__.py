@@ -1,4 +1,4 @@
-"""Data: IDX / MNIST / Fashion-MNIST readers, binarisation schemes, natural image patches, ``load_dataset``.
+"""Data: IDX / MNIST / Fashion-MNIST readers, binarisation, natural image patches, ``load_dataset``, checks.
 
 See ``docs/data.md`` for where the data come from and how they are preprocessed.
 """
@@ -6,6 +6,7 @@ See ``docs/data.md`` for where the data come from and how they are preprocessed.
 from __future__ import annotations
 
 from wakesleep.data.binarize import SCHEME_FORMS, Binarizer, binarize, check_unit_interval, parse_scheme
+from wakesleep.data.checks import check_dataset, check_observations
 from wakesleep.data.dataset import KNOWN_SOURCES, DataSet, load_array, load_dataset
 from wakesleep.data.idx import read_idx, write_idx
 from wakesleep.data.mnist import (
@@ -41,6 +42,8 @@ __all__ = [
     "SCHEME_FORMS",
     "binarize",
     "builtin_images",
+    "check_dataset",
+    "check_observations",
     "check_unit_interval",
     "download_mnist",
     "extract_patches",

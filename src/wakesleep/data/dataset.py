@@ -25,20 +25,25 @@ Data drawn from the model itself (``source: model``) is handled by the trainer, 
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from wakesleep.data.binarize import Binarizer, check_unit_interval, parse_scheme
 from wakesleep.data.binarize import binarize as binarize_array
+from wakesleep.data.checks import as_rows as _rows
+from wakesleep.data.checks import check_dataset, check_numeric
+from wakesleep.data.files import load_array
 from wakesleep.data.mnist import FASHION_MNIST_DEFAULT_ROOT, load_fashion_mnist, load_mnist
 from wakesleep.data.patches import load_patches
 from wakesleep.errors import WakesleepError
+
+if TYPE_CHECKING:
+    from wakesleep.families import ExponentialFamily
 
 __all__ = ["DataSet", "KNOWN_SOURCES", "load_array", "load_dataset"]
 
@@ -134,10 +139,8 @@ class DataSet:
         dtype = dtype or torch.get_default_dtype()
         scheme = "none" if binarize is None else str(binarize)
         kind, _ = parse_scheme(scheme)
-        tr = torch.as_tensor(np.asarray(train) if not isinstance(train, torch.Tensor) else train).to(dtype)
-        te = None
-        if test is not None:
-            te = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test).to(dtype)
+        tr = _real(train, f"{what} (training values)").to(dtype)
+        te = None if test is None else _real(test, f"{what} (test values)").to(dtype)
         info = dict(kwargs.pop("info", {}) or {})
         if kind != "none":
             check_unit_interval(tr, f"{what}.binarize ({what} training values)")
@@ -238,86 +241,6 @@ class DataSet:
             yield self.binarizer(self.train[order[start : start + batch_size]])
 
 
-# ---------------------------------------------------------------------- arrays from files
-def load_array(path: str | os.PathLike, key: str | None = "x", what: str = "data.path") -> np.ndarray:
-    """Read a numeric array from ``.npz`` (array ``key``), ``.npy`` or ``.csv``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file.
-    key : str, default "x"
-        Array name inside an ``.npz``.
-    what : str
-        Config field named in error messages.
-
-    Returns
-    -------
-    numpy.ndarray
-        The array as stored (not yet validated for shape or finiteness).
-
-    Raises
-    ------
-    WakesleepError
-        On a missing, unreadable or non-numeric file, naming the field and the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WakesleepError(f"{what}: file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                if key not in npz.files:
-                    raise WakesleepError(
-                        f"{what}: {path} has no array {key!r} (arrays: {', '.join(npz.files) or 'none'})"
-                    )
-                arr = npz[key]
-        elif suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix == ".csv":
-            try:
-                arr = np.loadtxt(path, delimiter=",", ndmin=2)
-            except ValueError:
-                arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
-        else:
-            raise WakesleepError(f"{what}: {path}: unsupported file type {suffix!r} (use .npz, .npy or .csv)")
-    except WakesleepError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WakesleepError(f"{what}: cannot read {path}: {msg}") from None
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise WakesleepError(f"{what}: {path} holds non-numeric data (dtype {arr.dtype})")
-    return arr
-
-
-def _rows(arr: np.ndarray, what: str, expected_dim: int | None) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """Validate an array and return it as ``[N, D]`` float64 with the per-row image shape (if any)."""
-    arr = np.asarray(arr)
-    image_shape = None
-    if arr.ndim == 0:
-        raise WakesleepError(f"{what}: expected rows of data, got a scalar")
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    elif arr.ndim > 2:
-        image_shape = tuple(int(s) for s in arr.shape[1:])
-        arr = arr.reshape(arr.shape[0], -1)
-    arr = arr.astype(np.float64, copy=False)
-    if arr.shape[0] == 0:
-        raise WakesleepError(f"{what}: holds no rows")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        kind = "NaN" if np.isnan(arr[r, c]) else "inf"
-        raise WakesleepError(f"{what}: {int(bad.sum())} non-finite value(s) (first: {kind} at row {r}, column {c})")
-    if expected_dim is not None and arr.shape[1] != int(expected_dim):
-        raise WakesleepError(
-            f"{what}: data have {arr.shape[1]} columns but the model's observation dimension is {expected_dim}"
-        )
-    return arr, image_shape
-
-
 def _int(spec: Mapping[str, Any], key: str, default: int | None, field_: str, minimum: int = 0) -> int | None:
     value = spec.get(key, default)
     if value is None:
@@ -337,6 +260,17 @@ def _head(x: np.ndarray, n: int | None, key: str, field_: str) -> np.ndarray:
     return x[:n]
 
 
+def _real(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    """``x`` as a tensor of real numbers; complex or non-numeric values are an error, not a silent cast."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise WakesleepError(f"{what}: data are complex (dtype {x.dtype}); observations must be real numbers")
+        return x
+    x = np.asarray(x)
+    check_numeric(x, what)
+    return torch.as_tensor(x)
+
+
 # ---------------------------------------------------------------------- load_dataset
 def load_dataset(
     spec: Mapping[str, Any],
@@ -345,6 +279,7 @@ def load_dataset(
     base_dir: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
     field_name: str = "data",
+    family: ExponentialFamily | None = None,
 ) -> DataSet:
     """Load the data set described by a config's ``data:`` section.
 
@@ -364,6 +299,9 @@ def load_dataset(
         Floating dtype of the tensors (default: torch's default dtype).
     field_name : str, default "data"
         Prefix of the field names in error messages.
+    family : ExponentialFamily, optional
+        The model's observation family (``wakesleep.models.build.observation_family(model)``): the data as
+        the model sees them (after binarisation) must lie in its support, e.g. 0/1 for Bernoulli.
 
     Returns
     -------
@@ -372,8 +310,9 @@ def load_dataset(
     Raises
     ------
     WakesleepError
-        On an unknown source or key, a missing/corrupt file, NaN/inf values, a wrong number of columns, or
-        binarisation of data outside [0, 1]; the message names the field or file.
+        On an unknown source or key, a missing/corrupt file, NaN/inf or complex values, a wrong number of
+        columns, fewer than two training rows, binarisation of data outside [0, 1], or a value outside the
+        family's support; the message names the field or file (and the row and column of a bad value).
     """
     f = field_name
     if not isinstance(spec, Mapping):
@@ -420,8 +359,10 @@ def load_dataset(
         x = load_array(path, key, f"{f}.path")
         x, image_shape = _rows(x, f"{f}.path ({path})", expected_dim)
         x_test = None
+        test_field, test_file = "test_key", path
         if "test_path" in spec:
             tpath = resolve("test_path")
+            test_field, test_file = "test_path", tpath
             x_test = load_array(
                 tpath, spec.get("test_key", "x_test") if tpath.suffix == ".npz" else None, f"{f}.test_path"
             )
@@ -438,7 +379,10 @@ def load_dataset(
         if x_test is not None:
             x_test = _head(x_test, n_test, "n_test", f)
         info = {"source": "file", "path": str(path)}
-        return DataSet.create(x, x_test, name=path.stem, info=info, image_shape=image_shape, **common)
+        ds = DataSet.create(x, x_test, name=path.stem, info=info, image_shape=image_shape, **common)
+        test_where = None if x_test is None else f"{f}.{test_field} ({test_file})"
+        check_dataset(ds, family, f"{f}.path ({path})", test_where, dim=expected_dim)
+        return ds
 
     if source in ("mnist", "fashion_mnist"):
         split = spec.get("split", "train")
@@ -474,7 +418,7 @@ def load_dataset(
             "split": split,
             "scale": "grey levels / 255",
         }
-        return DataSet.create(
+        ds = DataSet.create(
             x,
             x_test,
             name=source,
@@ -484,6 +428,8 @@ def load_dataset(
             test_labels=None if t_labels is None else torch.as_tensor(t_labels.astype(np.int64)),
             **common,
         )
+        check_dataset(ds, family, f"{f} ({source} {split} split)", f"{f} ({source} test split)", dim=expected_dim)
+        return ds
 
     # patches / van_hateren
     kwargs: dict[str, Any] = {k: spec[k] for k in _PATCH_KEYS if k in spec}
@@ -504,4 +450,6 @@ def load_dataset(
         )
     side = int(kwargs.get("size", 16))
     image_shape = (side, side) if ps.train.shape[1] == side * side else None
-    return DataSet.create(ps.train, ps.test, name=source, info=ps.info, image_shape=image_shape, **common)
+    ds = DataSet.create(ps.train, ps.test, name=source, info=ps.info, image_shape=image_shape, **common)
+    check_dataset(ds, family, f"{f} ({source})", f"{f} ({source} test patches)", dim=expected_dim)
+    return ds

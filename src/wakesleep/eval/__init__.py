@@ -11,6 +11,8 @@
 * :func:`nuts_posterior`, :func:`gaussian_posterior`, :func:`enumerate_posterior`: posteriors p(z | x).
 * :func:`recovery_error`, :func:`model_recovery_error`: parameter recovery up to permutation and sign.
 * :mod:`wakesleep.eval.plots`: samples beside data, learning curves, posterior corner plots.
+* :mod:`wakesleep.eval.compare`: the evaluation steps experiments share (seeded sample draws, NLL estimates with
+  per-point values and their paired differences, reference models: fitted Gaussians, independent pixels).
 """
 
 from wakesleep.eval.ais import AISResult, ais_kernel, ais_log_likelihood, sigmoid_schedule

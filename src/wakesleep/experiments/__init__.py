@@ -1,39 +1,36 @@
 """Experiments, one module each, run by ``wakesleep experiment NAME --out DIR [--quick] [--set key=value]``.
 
-The registry :data:`EXPERIMENTS` maps a name to a module, imported only when used. An experiment module
-provides
+The registry :data:`EXPERIMENTS` maps a name to the module that defines it (imported only when used), whose
+``EXPERIMENT`` is an :class:`~wakesleep.experiments.base.Experiment`: its ``Options`` (the ``experiment:``
+section's keys, types and ranges), ``run(ctx)`` and ``report(results)``. Its defaults are one YAML file,
+``wakesleep/experiments/configs/NAME.yaml`` (package data; ``configs/NAME.yaml`` at the repository root links
+to it): the usual sections ``model``, ``algorithm``, ``train``, ``data`` plus the ``experiment`` section, whose
+``quick`` mapping holds the dotted overrides ``--quick`` applies. :mod:`wakesleep.experiments.base` says how to
+add one.
 
-- ``DEFAULT_CONFIG: str`` - its configuration as YAML text (the same as ``configs/NAME.yaml``); the usual
-  sections ``model``, ``algorithm``, ``train``, ``data`` plus an ``experiment`` section of its own keys,
-  including ``quick``: a mapping of dotted overrides applied by ``--quick``;
-- ``EXPERIMENT_DEFAULTS: dict`` - the allowed keys of its ``experiment`` section and their defaults;
-- ``run(config: dict, out_dir: pathlib.Path, progress: bool | None) -> dict`` - does the work, writes
-  ``results.json``, ``report.md`` and PNG plots into ``out_dir`` and returns the results.
-
-:func:`run_experiment` resolves the config (defaults <- ``--config`` file <- ``--quick`` <- ``--set``) and
-runs the experiment in a temporary directory next to ``--out`` that is renamed to ``--out`` only on success.
-The experiments of :data:`RESUMABLE` (``sbn``, ``patches``) run in ``<out>.partial`` instead and also take
-``runner`` (an :class:`~wakesleep.experiments._entries.EntryRunner`) in ``run``: a run that fails after its
-first algorithm entry started training is kept there, and ``--resume`` continues it.
+:func:`run_experiment` resolves the config (defaults <- ``--config`` file <- ``--quick`` <- ``--set``), checks
+it, and runs the experiment in a temporary directory next to ``--out`` that is renamed to ``--out`` only on
+success. Resumable experiments (``sbn``, ``patches``: ``Experiment.resumable``) run in ``<out>.partial``
+instead and train their entries through an :class:`~wakesleep.experiments.entries.EntryRunner`: a run that
+fails after its first algorithm entry started training is kept there, and ``--resume`` continues it.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import LEGACY_KEYS, QUICK_KEY, Experiment, ExperimentContext
 
-#: name -> module; later issues add their module here (a missing module reads "not available").
-EXPERIMENTS: dict[str, str] = {
+#: name -> module defining ``EXPERIMENT`` (or an :class:`Experiment` given to :func:`register`)
+EXPERIMENTS: dict[str, str | Experiment] = {
     "synthetic": "wakesleep.experiments.synthetic",
     "patches": "wakesleep.experiments.patches",
     "sbn": "wakesleep.experiments.sbn",
@@ -44,23 +41,40 @@ EXPERIMENTS: dict[str, str] = {
     "ica": "wakesleep.experiments.ica",
 }
 
-#: experiments whose interrupted runs ``--resume`` continues (``run`` takes ``runner``, an ``EntryRunner``)
-RESUMABLE: tuple[str, ...] = ("sbn", "patches")
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "ExperimentContext",
+    "register",
+    "get_experiment",
+    "available_experiments",
+    "resumable_experiments",
+    "experiment_config",
+    "run_experiment",
+]
 
-__all__ = ["EXPERIMENTS", "RESUMABLE", "get_experiment", "available_experiments", "experiment_config", "run_experiment"]
+
+def register(experiment: Experiment) -> None:
+    """Add (or replace) an experiment defined outside this package under ``experiment.name``."""
+    if not isinstance(experiment, Experiment) or not experiment.name:
+        raise TypeError("register: expected an Experiment instance with a name")
+    EXPERIMENTS[experiment.name] = experiment
 
 
-def get_experiment(name: str) -> ModuleType:
-    """Import and return the experiment module registered under ``name``."""
+def get_experiment(name: str) -> Experiment:
+    """The experiment registered under ``name`` (its module is imported now)."""
     if name not in EXPERIMENTS:
         raise WakesleepError(f"experiment: unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)})")
-    module_name = EXPERIMENTS[name]
+    target = EXPERIMENTS[name]
+    if isinstance(target, Experiment):
+        return target
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        if exc.name == module_name:
+        if exc.name == target:
             raise WakesleepError(f"experiment: {name!r} is not available in this version") from None
         raise
+    return module.EXPERIMENT
 
 
 def available_experiments() -> list[str]:
@@ -68,13 +82,18 @@ def available_experiments() -> list[str]:
     import importlib.util
 
     out = []
-    for name, module in EXPERIMENTS.items():
+    for name, target in EXPERIMENTS.items():
         try:
-            if importlib.util.find_spec(module) is not None:
+            if isinstance(target, Experiment) or importlib.util.find_spec(target) is not None:
                 out.append(name)
         except ModuleNotFoundError:
             pass
     return out
+
+
+def resumable_experiments() -> list[str]:
+    """Names of the experiments whose interrupted runs ``--resume`` continues."""
+    return [name for name in available_experiments() if get_experiment(name).resumable]
 
 
 def experiment_config(
@@ -83,47 +102,70 @@ def experiment_config(
     quick: bool = False,
     overrides: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Resolved config of experiment ``name`` (defaults <- file <- ``quick`` overrides <- ``overrides``)."""
-    from wakesleep.config import (
-        apply_overrides,
-        load_yaml,
-        parse_overrides,
-        resolve_config,
-        resolve_paths,
-    )
+    """Resolved config of experiment ``name`` (defaults <- file <- ``quick`` overrides <- ``overrides``).
 
-    module = get_experiment(name)
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EXPERIMENTS`.
+    config_path : path, optional
+        A YAML file replacing the shipped one; keys missing from its ``experiment`` section take the shipped
+        values.
+    quick : bool
+        Apply the ``experiment.quick`` overrides.
+    overrides : iterable of str
+        ``--set`` overrides ``dotted.key=value``.
+
+    Returns
+    -------
+    dict
+        The resolved config: ``model``, ``algorithm``, ``train``, ``data`` as in a run's config.yaml, and
+        ``experiment`` (every option, validated, and ``quick``).
+
+    Raises
+    ------
+    WakesleepError
+        One line naming the key and where it came from.
+    """
+    return _resolve(name, config_path, quick, overrides)[0]
+
+
+def _resolve(
+    name: str, config_path: str | os.PathLike | None, quick: bool, overrides: Iterable[str]
+) -> tuple[dict[str, Any], Any]:
+    """``(resolved config, Options record)`` (see :func:`experiment_config`)."""
+    from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_config, resolve_paths
+    from wakesleep.schema import fields_of, to_dict
+
+    experiment = get_experiment(name)
     source = f"experiment {name!r} defaults"
-    raw = yaml.safe_load(module.DEFAULT_CONFIG)
-    base = Path.cwd()
+    raw = experiment.defaults()
+    shipped = raw.get("experiment") or {}
     if config_path is not None:
         raw = load_yaml(config_path)
         resolve_paths(raw, Path(config_path).parent)
         source = str(config_path)
-    exp = raw.get("experiment") or {}
-    if not isinstance(exp, dict):
+    section = raw.get("experiment") or {}
+    if not isinstance(section, dict):
         raise WakesleepError(f"config: 'experiment' must be a mapping in {source}")
-    defaults = copy.deepcopy(module.EXPERIMENT_DEFAULTS)
-    exp = {k: v for k, v in exp.items() if k not in ("name", "quick_run")}  # written by a previous run
-    for key in exp:
-        if key not in defaults:
-            raise WakesleepError(f"config: unknown key 'experiment.{key}' in {source}")
+    known = set(fields_of(experiment.Options)) | {QUICK_KEY}
     user = parse_overrides(overrides)
-    for key, _ in user:  # experiment.* keys are checked here, the rest by resolve_config
+    for key, _ in user:  # experiment.* keys of --set are checked here, the rest by resolve_config
         parts = key.split(".")
-        if parts[0] == "experiment" and len(parts) > 1 and parts[1] not in defaults:
+        if parts[0] == "experiment" and len(parts) > 1 and parts[1] not in known:
             raise WakesleepError(f"config: unknown key '{'.'.join(parts[:2])}' in --set {key}")
-    raw["experiment"] = {**defaults, **exp}
+    raw["experiment"] = {**shipped, **{k: v for k, v in section.items() if k not in LEGACY_KEYS}}
+    quick_overrides = raw["experiment"].get(QUICK_KEY) or {}
+    if not isinstance(quick_overrides, dict):
+        raise WakesleepError(f"config: experiment.quick must be a mapping of dotted keys in {source}")
     if quick:
-        q = raw["experiment"].get("quick") or {}
-        if not isinstance(q, dict):
-            raise WakesleepError(f"config: experiment.quick must be a mapping of dotted keys in {source}")
-        raw = apply_overrides(raw, list(q.items()))
+        raw = apply_overrides(raw, list(quick_overrides.items()))
     raw = apply_overrides(raw, user)
-    config = resolve_config(raw, source=source, base_dir=base)
-    config["experiment"]["quick_run"] = bool(quick)
-    config["experiment"]["name"] = name
-    return config
+    options = experiment.parse_options(raw["experiment"], source)
+    config = resolve_config(raw, source=source, base_dir=Path.cwd())
+    config["experiment"] = {**to_dict(options), QUICK_KEY: raw["experiment"].get(QUICK_KEY) or {}}
+    experiment.check(config, options)
+    return config, options
 
 
 def run_experiment(
@@ -151,28 +193,35 @@ def run_experiment(
     overwrite : bool, default False
         Replace an existing non-empty ``out``.
     resume : bool, default False
-        Continue the interrupted run kept in ``<out>.partial`` (experiments of :data:`RESUMABLE` only): the
-        requested config must equal the one saved there; finished entries are reloaded, not retrained.
+        Continue the interrupted run kept in ``<out>.partial`` (resumable experiments only): the requested
+        config must equal the one saved there; finished entries are reloaded, not retrained.
+
+    Returns
+    -------
+    dict
+        The results, as saved in ``results.json``.
 
     Notes
     -----
-    The experiments of :data:`RESUMABLE` work in ``<out>.partial`` (``config.yaml`` first): a failure or
-    interrupt after the first algorithm entry started training keeps it (one line on stderr says so), a
-    failure before that (a bad config, missing data) removes it.
+    Resumable experiments work in ``<out>.partial`` (``config.yaml`` first): a failure or interrupt after
+    the first algorithm entry started training keeps it (one line on stderr says so), a failure before that
+    (a bad config, missing data) removes it.
     """
     from wakesleep.io import check_output_dir, partial_dir, resumable_dir, staged_dir
 
     check_output_dir(out, overwrite)
-    if resume and name in EXPERIMENTS and name not in RESUMABLE:
-        raise WakesleepError(f"--resume: supported for experiments {' and '.join(RESUMABLE)} only, not {name!r}")
-    module = get_experiment(name)
-    config = experiment_config(name, config_path, quick, overrides)
-    if name not in RESUMABLE:
+    experiment = get_experiment(name)
+    if resume and not experiment.resumable:
+        raise WakesleepError(
+            f"--resume: supported for experiments {' and '.join(resumable_experiments())} only, not {name!r}"
+        )
+    config, options = _resolve(name, config_path, quick, overrides)
+    if not experiment.resumable:
         with staged_dir(out, overwrite) as tmp:
-            return module.run(config, Path(tmp), progress=progress)
+            return _run(ExperimentContext(experiment, config, options, Path(tmp), quick, progress))
 
     from wakesleep.config import dump_config
-    from wakesleep.experiments._entries import EntryRunner
+    from wakesleep.experiments.entries import EntryRunner
     from wakesleep.io import write_text
 
     if resume:
@@ -183,7 +232,7 @@ def run_experiment(
             if not resume:  # saved first, so that --resume can check it
                 write_text(stage.path / "config.yaml", dump_config(config))
             runner = EntryRunner(resume=resume, progress=progress, on_start=stage.mark_started)
-            return module.run(config, stage.path, progress=progress, runner=runner)
+            return _run(ExperimentContext(experiment, config, options, stage.path, quick, progress, runner))
     except BaseException:
         if stage is not None and stage.kept is not None:
             print(
@@ -192,6 +241,15 @@ def run_experiment(
                 file=sys.stderr,
             )
         raise
+
+
+def _run(ctx: ExperimentContext) -> dict[str, Any]:
+    """Run ``ctx.experiment`` (``train.threads`` torch threads) and write its results, report and config."""
+    from wakesleep.runs import threads
+
+    with threads(ctx.spec.train):
+        results = ctx.experiment.run(ctx)
+        return ctx.finish(results)
 
 
 def _check_same_config(saved_path: Path, config: dict[str, Any]) -> None:

@@ -20,57 +20,32 @@ model at initialisation, the MMD^2 between samples and held-out Gabors, a histog
 from __future__ import annotations
 
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wakesleep import io as wio
-from wakesleep.config import dump_config
-from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import Experiment, ExperimentContext, pyplot, save_figure, table
+from wakesleep.schema import SEED_MAX, option
 
-DEFAULT_CONFIG = """\
-# Latent on the unit circle (seed 004, experiment II): `wakesleep experiment circle --out DIR [--quick]`.
-# The model section is a deep exponential-family stand-in (used only by `wakesleep train`); the experiment builds
-# z ~ U[0, 2 pi), x | z ~ N(NN_w(cos z, sin z), sigma_x^2 I) (wakesleep.models.zoo.CircleModel) itself.
-model:
-  layers:
-    - {name: z, family: gaussian, dim: 2, learn: false, learn_variance: false}
-    - {name: x, family: gaussian, dim: 256, link: mlp, hidden: [64, 64], learn_variance: false}
-  dtype: float64
-algorithm: {name: al_ws, sleep_samples: 1000, kernel: exact, bandwidth: auto, ridge: auto, select_every: 20}
-train: {batch_size: 100, lr: 3.0e-3, seed: 0, max_iters: 3000, log_every: 250, threads: 1}
-experiment:
-  size: 16              # side of the Gabor images (pixels)
-  frequency: 0.15       # spatial frequency of the carrier (cycles per pixel)
-  envelope: 3.0         # standard deviation of the Gaussian envelope (pixels)
-  data_noise: 0.05      # white noise added to the training Gabors
-  n_train: 5000         # training filters
-  hidden: [64, 64]      # widths of NN_w
-  sigma_x: 0.1          # observation noise of the model (fixed)
-  learn_sigma: false
-  n_eval: 2000          # generated filters whose orientations are tested
-  bank_size: 180        # orientations in the matching bank
-  seed: 0
-  quick: {experiment.size: 12, experiment.envelope: 2.5, train.max_iters: 1500}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "size": 16,
-    "frequency": 0.15,
-    "envelope": 3.0,
-    "data_noise": 0.05,
-    "n_train": 5000,
-    "hidden": [64, 64],
-    "sigma_x": 0.1,
-    "learn_sigma": False,
-    "n_eval": 2000,
-    "bank_size": 180,
-    "seed": 0,
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/circle.yaml``)."""
+
+    size: int = option(minimum=2, doc="side of the Gabor images (pixels)")
+    frequency: float = option(minimum=0.0, exclusive_minimum=True, doc="spatial frequency (cycles per pixel)")
+    envelope: float = option(minimum=0.0, exclusive_minimum=True, doc="std of the Gaussian envelope (pixels)")
+    data_noise: float = option(minimum=0.0, doc="white noise added to the training Gabors")
+    n_train: int = option(minimum=1, doc="training filters")
+    hidden: list[int] = option(minimum=1, doc="widths of NN_w")
+    sigma_x: float = option(minimum=0.0, exclusive_minimum=True, doc="observation noise of the model")
+    learn_sigma: bool = option(doc="learn sigma_x too")
+    n_eval: int = option(minimum=2, doc="generated filters whose orientations are tested")
+    bank_size: int = option(minimum=3, doc="orientations in the matching bank")
+    seed: int = option(minimum=0, maximum=SEED_MAX, doc="seeds the data, the network and the evaluations")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -139,18 +114,8 @@ def uniformity(theta: np.ndarray) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# training
+# evaluation and outputs
 # --------------------------------------------------------------------------------------------------------
-def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
-    from wakesleep.train import trainer_from_config
-
-    t = config["train"]
-    epochs = int(t["epochs"]) if t["max_iters"] is None else 10**6  # max_iters, when set, ends the run
-    return trainer_from_config(
-        algo, config, epochs=epochs, progress=progress, callback=callback, monitor_samples=0
-    ).fit(data)
-
-
 def _evaluate(model, est: OrientationEstimator, n: int, seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -171,13 +136,9 @@ def _evaluate(model, est: OrientationEstimator, n: int, seed: int) -> dict[str, 
 
 
 def _plots(out: Path, data_theta, ev, shape, hist_bins: int = 36) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from wakesleep.eval.plots import plot_image_grid
 
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     bins = np.linspace(0, 180, hist_bins + 1)
     axes[0].hist(np.degrees(data_theta), bins=bins, density=True, alpha=0.5, label="training Gabors")
@@ -192,15 +153,14 @@ def _plots(out: Path, data_theta, ev, shape, hist_bins: int = 36) -> None:
     axes[1].set_xlabel("orientation (degrees)")
     axes[1].set_ylabel("empirical CDF")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "orientations.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "orientations.png", dpi=120)
     plot_image_grid(ev["means"][:64], out / "samples.png", shape, n=64, title="generated filters NN_w(z)")
     # the learned circle: z on a regular grid of angles
     plot_image_grid(ev["sweep"], out / "sweep.png", shape, n=len(ev["sweep"]), title="NN_w(z), z = 0 ... 2 pi")
 
 
-def _report(res: dict[str, Any]) -> str:
+def report(res: dict[str, Any]) -> str:
+    """The text of report.md."""
     e, tr, init = res["learned"]["mean_filters"], res["data"], res["initial"]["mean_filters"]
     a = res["algorithm"]
     lines = [
@@ -217,8 +177,6 @@ def _report(res: dict[str, Any]) -> str:
         f"matching a bank of {res['bank_size']} Gabors; estimator error on clean Gabors: max "
         f"{res['estimator_max_error_deg']:.2g} degrees.",
         "",
-        "| filters | KS statistic | KS p-value | Rayleigh R (2 theta) | Rayleigh p | mean peak correlation |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
     rows = [
         ("training Gabors", tr),
@@ -226,11 +184,21 @@ def _report(res: dict[str, Any]) -> str:
         ("learned model NN_w(z)", e),
         ("learned model, noisy x", res["learned"]["noisy_samples"]),
     ]
-    for name, s in rows:
-        lines.append(
-            f"| {name} | {s['ks_statistic']:.4f} | {s['ks_pvalue']:.3g} | {s['rayleigh_r']:.4f} | "
-            f"{s['rayleigh_pvalue']:.3g} | {s['peak_correlation']:.4f} |"
-        )
+    header = ["filters", "KS statistic", "KS p-value", "Rayleigh R (2 theta)", "Rayleigh p", "mean peak correlation"]
+    lines += table(
+        header,
+        [
+            [
+                name,
+                f"{s['ks_statistic']:.4f}",
+                f"{s['ks_pvalue']:.3g}",
+                f"{s['rayleigh_r']:.4f}",
+                f"{s['rayleigh_pvalue']:.3g}",
+                f"{s['peak_correlation']:.4f}",
+            ]
+            for name, s in rows
+        ],
+    )
     lines += [
         "",
         f"MMD^2 (Gaussian kernel, median bandwidth) between {res['n_eval']} model samples and held-out noisy Gabors: "
@@ -250,101 +218,77 @@ def _report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    from wakesleep.algorithms import build_algorithm
-    from wakesleep.eval import mmd
-    from wakesleep.models.zoo import CircleModel
-    from wakesleep.train import apply_threads
+class Circle(Experiment):
+    """AL-WS on Gabor filters of uniform orientation: are the learned filters' orientations uniform?"""
 
-    exp = config["experiment"]
-    apply_threads(config)
-    if config["algorithm"]["name"] != "al_ws":
-        raise WakesleepError("experiment circle: algorithm.name must be al_ws")
-    t_start = time.perf_counter()
-    size, freq, env = int(exp["size"]), float(exp["frequency"]), float(exp["envelope"])
-    seed = int(exp["seed"])
-    rng = np.random.default_rng(seed)
-    n = int(exp["n_train"])
-    n_eval = int(exp["n_eval"])
+    name = "circle"
+    Options = Options
+    algorithm = "al_ws"
 
-    def draw(m: int) -> tuple[np.ndarray, np.ndarray]:
-        th = rng.uniform(0, np.pi, m)
-        return gabor(th, size, freq, env) + float(exp["data_noise"]) * rng.standard_normal((m, size * size)), th
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Train the circle model with AL-WS and test the generated filters' orientations."""
+        from wakesleep.eval import mmd
+        from wakesleep.models.zoo import CircleModel
 
-    x_train, _ = draw(n)
-    x_test, _ = draw(n_eval)
-    x_floor, _ = draw(n_eval)
-    est = OrientationEstimator(size, freq, env, int(exp["bank_size"]))
-    probe = np.linspace(0, np.pi, 97, endpoint=False)
-    est_err = float(
-        np.degrees(np.abs(((est(gabor(probe, size, freq, env))[0] - probe) + np.pi / 2) % np.pi - np.pi / 2).max())
-    )
-    data_theta, data_c = est(x_train)
-    data_stats = {**uniformity(data_theta), "peak_correlation": float(data_c.mean())}
+        exp = ctx.options
+        size, freq, env, seed = exp.size, exp.frequency, exp.envelope, exp.seed
+        rng = np.random.default_rng(seed)
 
-    torch.manual_seed(int(config["train"]["seed"]))
-    model = CircleModel(
-        size * size,
-        hidden=tuple(int(h) for h in exp["hidden"]),
-        sigma_x=float(exp["sigma_x"]),
-        learn_sigma=bool(exp["learn_sigma"]),
-        seed=seed,
-    ).double()
-    initial = _evaluate(model, est, n_eval, seed + 1)
-    mmd_init = float(mmd(torch.as_tensor(initial["samples"]), torch.as_tensor(x_test)))
-    opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    algo = build_algorithm("al_ws", model, **opts)
-    history: list[dict[str, Any]] = []
+        def draw(m: int) -> tuple[np.ndarray, np.ndarray]:
+            th = rng.uniform(0, np.pi, m)
+            return gabor(th, size, freq, env) + exp.data_noise * rng.standard_normal((m, size * size)), th
 
-    def callback(trainer, rec):
-        ev = _evaluate(model, est, 500, seed + 2)
-        history.append(
-            {
-                "step": rec["step"],
-                "seconds": rec["seconds"],
-                "grad_norm": rec.get("grad_norm"),
-                "ks_statistic": ev["mean_filters"]["ks_statistic"],
-                "peak_correlation": ev["mean_filters"]["peak_correlation"],
-            }
-        )
+        x_train, _ = draw(exp.n_train)
+        x_test, _ = draw(exp.n_eval)
+        x_floor, _ = draw(exp.n_eval)
+        est = OrientationEstimator(size, freq, env, exp.bank_size)
+        probe = np.linspace(0, np.pi, 97, endpoint=False)
+        errors = ((est(gabor(probe, size, freq, env))[0] - probe) + np.pi / 2) % np.pi - np.pi / 2
+        data_theta, data_c = est(x_train)
+        data_stats = {**uniformity(data_theta), "peak_correlation": float(data_c.mean())}
 
-    t0 = time.perf_counter()
-    trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
-    train_seconds = time.perf_counter() - t0
-    ev = _evaluate(model, est, n_eval, seed + 3)
-    with torch.no_grad():
-        ev["sweep"] = model.mean(torch.linspace(0, 2 * math.pi, 25, dtype=model.dtype)[:-1, None]).numpy()
-    mmd_learned = float(mmd(torch.as_tensor(ev["samples"]), torch.as_tensor(x_test)))
-    mmd_floor = float(mmd(torch.as_tensor(x_floor), torch.as_tensor(x_test)))
-    _plots(out_dir, data_theta, ev, (size, size))
-    results = {
-        "experiment": "circle",
-        "quick": bool(exp.get("quick_run", False)),
-        "size": size,
-        "frequency": freq,
-        "envelope": env,
-        "data_noise": float(exp["data_noise"]),
-        "n_train": n,
-        "n_eval": n_eval,
-        "bank_size": int(exp["bank_size"]),
-        "hidden": list(exp["hidden"]),
-        "sigma_x": float(torch.exp(model.log_sigma)),
-        "algorithm": {k: v for k, v in config["algorithm"].items()},
-        "estimator_max_error_deg": est_err,
-        "data": data_stats,
-        "initial": {k: initial[k] for k in ("mean_filters", "noisy_samples")},
-        "learned": {k: ev[k] for k in ("mean_filters", "noisy_samples")},
-        "mmd2_learned": mmd_learned,
-        "mmd2_initial": mmd_init,
-        "mmd2_floor": mmd_floor,
-        "lr": float(config["train"]["lr"]),
-        "iterations": int(trainer.n_iter_),
-        "train_seconds": train_seconds,
-        "history": history,
-        "seconds": time.perf_counter() - t_start,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.write_text(out_dir / "report.md", _report(results))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    return results
+        torch.manual_seed(ctx.spec.train.seed)
+        hidden = tuple(exp.hidden)
+        model = CircleModel(size * size, hidden=hidden, sigma_x=exp.sigma_x, learn_sigma=exp.learn_sigma, seed=seed)
+        model = model.double()
+        initial = _evaluate(model, est, exp.n_eval, seed + 1)
+        mmd_init = float(mmd(torch.as_tensor(initial["samples"]), torch.as_tensor(x_test)))
+
+        def track() -> dict[str, float]:
+            ev = _evaluate(model, est, 500, seed + 2)
+            return {k: ev["mean_filters"][k] for k in ("ks_statistic", "peak_correlation")}
+
+        trainer, history = ctx.fit(ctx.algorithm(model), torch.as_tensor(x_train), track=track)
+        ev = _evaluate(model, est, exp.n_eval, seed + 3)
+        with torch.no_grad():
+            ev["sweep"] = model.mean(torch.linspace(0, 2 * math.pi, 25, dtype=model.dtype)[:-1, None]).numpy()
+        _plots(ctx.out_dir, data_theta, ev, (size, size))
+        return {
+            "size": size,
+            "frequency": freq,
+            "envelope": env,
+            "data_noise": exp.data_noise,
+            "n_train": exp.n_train,
+            "n_eval": exp.n_eval,
+            "bank_size": exp.bank_size,
+            "hidden": list(exp.hidden),
+            "sigma_x": float(torch.exp(model.log_sigma)),
+            "algorithm": ctx.config["algorithm"],
+            "estimator_max_error_deg": float(np.degrees(np.abs(errors).max())),
+            "data": data_stats,
+            "initial": {k: initial[k] for k in ("mean_filters", "noisy_samples")},
+            "learned": {k: ev[k] for k in ("mean_filters", "noisy_samples")},
+            "mmd2_learned": float(mmd(torch.as_tensor(ev["samples"]), torch.as_tensor(x_test))),
+            "mmd2_initial": mmd_init,
+            "mmd2_floor": float(mmd(torch.as_tensor(x_floor), torch.as_tensor(x_test))),
+            "lr": ctx.spec.train.lr,
+            "iterations": int(trainer.n_iter_),
+            "train_seconds": trainer.seconds_,
+            "history": history,
+            "seconds": ctx.seconds(),
+        }
+
+    report = staticmethod(report)
+
+
+EXPERIMENT = Circle()

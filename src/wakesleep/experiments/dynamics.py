@@ -19,57 +19,39 @@ distance between the true and learned delay distributions, the MMD^2 between hel
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wakesleep import io as wio
-from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import Experiment, ExperimentContext, pyplot, save_figure, table
+from wakesleep.schema import SEED_MAX, option
 
-DEFAULT_CONFIG = """\
-# Delayed population dynamics (seed 004, experiment III): `wakesleep experiment dynamics --out DIR [--quick]`.
-# The model section is a deep exponential-family stand-in (used only by `wakesleep train`); the experiment builds
-# the population model (wakesleep.models.zoo.PopulationDynamics) itself.
-model:
-  layers:
-    - {name: z, family: gaussian, dim: 4, learn: false, learn_variance: false}
-    - {name: x, family: gaussian, dim: 30, link: mlp, hidden: [32]}
-  dtype: float64
-algorithm: {name: al_ws, sleep_samples: 1000, kernel: exact, bandwidth: auto, ridge: auto, select_every: 20}
-train: {batch_size: 100, lr: 1.0e-2, seed: 0, max_iters: 2000, log_every: 100, threads: 1}
-experiment:
-  T: 30                  # observed steps
-  burn_in: 20            # unobserved steps before them
-  max_tau: 20            # delays 1..max_tau
-  z_init: 1.0
-  true_params: {P: 6.5, N0: 1.0, delta: 0.16, sigma_p: 0.3, sigma_d: 0.3, sigma_n: 0.1}
-  true_tau: 6            # centre of the true delay distribution m ...
-  true_tau_width: 1.0    # ... a discretised Gaussian bump of this width
-  init_params: {P: 3.0, N0: 2.0, delta: 0.3, sigma_p: 0.5, sigma_d: 0.5, sigma_n: 0.3}   # start of training (m uniform)
-  n_series: 2000         # training series from the true model
-  n_test: 1000           # held-out series (MMD)
-  seed: 0
-  quick: {experiment.n_series: 1000, train.max_iters: 800}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "T": 30,
-    "burn_in": 20,
-    "max_tau": 20,
-    "z_init": 1.0,
-    "true_params": {"P": 6.5, "N0": 1.0, "delta": 0.16, "sigma_p": 0.3, "sigma_d": 0.3, "sigma_n": 0.1},
-    "true_tau": 6,
-    "true_tau_width": 1.0,
-    "init_params": {"P": 3.0, "N0": 2.0, "delta": 0.3, "sigma_p": 0.5, "sigma_d": 0.5, "sigma_n": 0.3},
-    "n_series": 2000,
-    "n_test": 1000,
-    "seed": 0,
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/dynamics.yaml``)."""
+
+    T: int = option(minimum=1, doc="observed steps")
+    burn_in: int = option(minimum=0, doc="unobserved steps before them")
+    max_tau: int = option(minimum=1, doc="delays 1..max_tau")
+    z_init: float = option(minimum=0.0, exclusive_minimum=True, doc="the population before the first step")
+    true_params: dict = option(doc="P, N0, delta, sigma_p, sigma_d, sigma_n of the true model (missing: shipped)")
+    true_tau: int | float = option(doc="centre of the true delay distribution m")
+    true_tau_width: float = option(minimum=0.0, exclusive_minimum=True, doc="width of its Gaussian bump")
+    init_params: dict = option(doc="the parameters training starts at (m uniform)")
+    n_series: int = option(minimum=1, doc="training series from the true model")
+    n_test: int = option(minimum=2, doc="held-out series (MMD)")
+    seed: int = option(minimum=0, maximum=SEED_MAX, doc="seeds the simulated series")
+
+    def validate(self, prefix: str) -> None:
+        """The delay's centre inside 1..max_tau."""
+        if not 1 <= float(self.true_tau) <= self.max_tau:
+            raise WakesleepError(f"{prefix}.true_tau: must be in 1..{self.max_tau}")
+
 
 PARAMS = ("P", "N0", "delta", "sigma_p", "sigma_d", "sigma_n")
 
@@ -80,7 +62,7 @@ def tau_logits(center: float, width: float, max_tau: int) -> torch.Tensor:
     return -0.5 * ((t - center) / width) ** 2
 
 
-def _build(exp: dict[str, Any], values: dict[str, float], logits: torch.Tensor | None):
+def _build(exp: Options, values: dict[str, float], logits: torch.Tensor | None) -> Any:
     from wakesleep.models.zoo import PopulationDynamics
 
     unknown = set(values) - set(PARAMS)
@@ -90,10 +72,10 @@ def _build(exp: dict[str, Any], values: dict[str, float], logits: torch.Tensor |
         if not (isinstance(v, int | float) and v > 0):
             raise WakesleepError(f"experiment dynamics: parameter {k} must be a positive number, got {v!r}")
     return PopulationDynamics(
-        T=int(exp["T"]),
-        burn_in=int(exp["burn_in"]),
-        max_tau=int(exp["max_tau"]),
-        z_init=float(exp["z_init"]),
+        T=exp.T,
+        burn_in=exp.burn_in,
+        max_tau=exp.max_tau,
+        z_init=exp.z_init,
         tau_logits=logits,
         **{k: float(v) for k, v in values.items()},
     ).double()
@@ -118,24 +100,10 @@ def recovery(model, true_vals: dict[str, float], true_probs: torch.Tensor) -> di
     }
 
 
-def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
-    from wakesleep.train import trainer_from_config
-
-    t = config["train"]
-    epochs = int(t["epochs"]) if t["max_iters"] is None else 10**6  # max_iters, when set, ends the run
-    return trainer_from_config(
-        algo, config, epochs=epochs, progress=progress, callback=callback, monitor_samples=0
-    ).fit(data)
-
-
 def _plots(
     out: Path, history, true_vals, true_probs, rec, x_test: np.ndarray, x_model: np.ndarray, x_init: np.ndarray
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 4, figsize=(13, 5.5))
     steps = [h["step"] for h in history]
     for ax, k in zip(axes.flat[:6], PARAMS, strict=True):
@@ -156,9 +124,7 @@ def _plots(
     ax.plot(steps, [h["tau_tv"] for h in history])
     ax.set_title("TV(true m, learned m)")
     ax.set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(out / "parameters.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "parameters.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     tt = np.arange(x_test.shape[1])
@@ -175,12 +141,11 @@ def _plots(
         ax.set_xlabel("t")
     axes[0].set_ylabel("log x_t")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "series.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "series.png")
 
 
-def _report(res: dict[str, Any]) -> str:
+def report(res: dict[str, Any]) -> str:
+    """The text of report.md."""
     r, r0 = res["learned"], res["initial"]
     lines = [
         "# AL-WS: delayed population dynamics (seed 004, experiment III)",
@@ -191,19 +156,26 @@ def _report(res: dict[str, Any]) -> str:
         f"{res['iterations']} iterations in {res['train_seconds']:.0f} s. "
         f"{'Quick run' if res['quick'] else 'Full run'}, {res['seconds']:.0f} s in all.",
         "",
-        "| parameter | true | initial | learned | relative error (learned) | relative error (initial) |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for k in PARAMS:
         p, p0 = r["params"][k], r0["params"][k]
-        lines.append(
-            f"| {k} | {p['true']:.4g} | {p0['learned']:.4g} | {p['learned']:.4g} | {p['rel_error']:.3f} | "
-            f"{p0['rel_error']:.3f} |"
+        rows.append(
+            [
+                k,
+                f"{p['true']:.4g}",
+                f"{p0['learned']:.4g}",
+                f"{p['learned']:.4g}",
+                f"{p['rel_error']:.3f}",
+                f"{p0['rel_error']:.3f}",
+            ]
         )
+    rows.append(["delay m (total variation to the truth)", 0, f"{r0['tau_tv']:.3f}", f"{r['tau_tv']:.3f}", "", ""])
+    truth, learned = f"{res['true_tau']} / {res['true_tau_mean']:.2f}", f"{r['tau_mode']} / {r['tau_mean']:.2f}"
+    rows.append(["delay mode / mean", truth, "-", learned, "", ""])
+    header = ["parameter", "true", "initial", "learned", "relative error (learned)", "relative error (initial)"]
+    lines += table(header, rows)
     lines += [
-        f"| delay m (total variation to the truth) | 0 | {r0['tau_tv']:.3f} | {r['tau_tv']:.3f} | | |",
-        f"| delay mode / mean | {res['true_tau']} / {res['true_tau_mean']:.2f} | - | {r['tau_mode']} / "
-        f"{r['tau_mean']:.2f} | | |",
         "",
         f"Mean relative error over the six continuous parameters: {r['mean_rel_error']:.3f} (initial "
         f"{r0['mean_rel_error']:.3f}).",
@@ -220,92 +192,77 @@ def _report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    from wakesleep.algorithms import build_algorithm
-    from wakesleep.eval import mmd
-    from wakesleep.train import apply_threads
+class Dynamics(Experiment):
+    """AL-WS recovers the parameters and the delay distribution of a stochastic population model."""
 
-    exp = config["experiment"]
-    apply_threads(config)
-    if config["algorithm"]["name"] != "al_ws":
-        raise WakesleepError("experiment dynamics: algorithm.name must be al_ws")
-    t_start = time.perf_counter()
-    seed = int(exp["seed"])
-    true_vals = {**EXPERIMENT_DEFAULTS["true_params"], **(exp["true_params"] or {})}
-    init_vals = {**EXPERIMENT_DEFAULTS["init_params"], **(exp["init_params"] or {})}
-    max_tau = int(exp["max_tau"])
-    if not 1 <= float(exp["true_tau"]) <= max_tau:
-        raise WakesleepError(f"experiment.true_tau: must be in 1..{max_tau}")
-    logits = tau_logits(float(exp["true_tau"]), float(exp["true_tau_width"]), max_tau)
-    truth = _build(exp, true_vals, logits)
-    true_probs = torch.softmax(logits, 0)
-    g = torch.Generator().manual_seed(seed)
-    n, n_test = int(exp["n_series"]), int(exp["n_test"])
-    x_train = truth.sample(n, generator=g)[-1]
-    x_test = truth.sample(n_test, generator=g)[-1]
-    x_true2 = truth.sample(n_test, generator=g)[-1]
-    if not torch.isfinite(x_train).all():
-        raise WakesleepError("experiment dynamics: the true model produced non-finite series")
+    name = "dynamics"
+    Options = Options
+    algorithm = "al_ws"
 
-    def mmd_log(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(mmd(torch.log(a), torch.log(b)))
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Simulate from the true model, train from ``init_params``, compare (see the module docstring)."""
+        from wakesleep.eval import mmd
 
-    torch.manual_seed(int(config["train"]["seed"]))
-    model = _build(exp, init_vals, None)
-    initial = recovery(model, true_vals, true_probs)
-    x_init = model.sample(n_test, generator=torch.Generator().manual_seed(seed + 1))[-1]
-    mmd_init = mmd_log(x_init, x_test)
-    opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    algo = build_algorithm("al_ws", model, **opts)
-    history: list[dict[str, Any]] = []
+        exp = ctx.options
+        shipped = self.defaults()["experiment"]  # parameters a given mapping leaves out keep their shipped values
+        true_vals = {**shipped["true_params"], **(exp.true_params or {})}
+        init_vals = {**shipped["init_params"], **(exp.init_params or {})}
+        logits = tau_logits(float(exp.true_tau), exp.true_tau_width, exp.max_tau)
+        truth = _build(exp, true_vals, logits)
+        true_probs = torch.softmax(logits, 0)
+        g = torch.Generator().manual_seed(exp.seed)
+        x_train = truth.sample(exp.n_series, generator=g)[-1]
+        x_test = truth.sample(exp.n_test, generator=g)[-1]
+        x_true2 = truth.sample(exp.n_test, generator=g)[-1]
+        if not torch.isfinite(x_train).all():
+            raise WakesleepError("experiment dynamics: the true model produced non-finite series")
 
-    def callback(trainer, rec):
-        r = recovery(model, true_vals, true_probs)
-        history.append(
-            {
-                "step": rec["step"],
-                "seconds": rec["seconds"],
-                "grad_norm": rec.get("grad_norm"),
+        def mmd_log(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(mmd(torch.log(a), torch.log(b)))
+
+        torch.manual_seed(ctx.spec.train.seed)
+        model = _build(exp, init_vals, None)
+        initial = recovery(model, true_vals, true_probs)
+        x_init = model.sample(exp.n_test, generator=torch.Generator().manual_seed(exp.seed + 1))[-1]
+        mmd_init = mmd_log(x_init, x_test)
+
+        def track() -> dict[str, float]:
+            r = recovery(model, true_vals, true_probs)
+            return {
                 **{k: r["params"][k]["learned"] for k in PARAMS},
                 "tau_tv": r["tau_tv"],
                 "mean_rel_error": r["mean_rel_error"],
             }
-        )
 
-    t0 = time.perf_counter()
-    trainer = _train(algo, x_train, config, progress, callback)
-    train_seconds = time.perf_counter() - t0
-    learned = recovery(model, true_vals, true_probs)
-    x_model = model.sample(n_test, generator=torch.Generator().manual_seed(seed + 2))[-1]
-    mmd_learned = mmd_log(x_model, x_test)
-    mmd_true = mmd_log(x_true2, x_test)
-    _plots(out_dir, history, true_vals, true_probs.numpy(), learned, x_test.numpy(), x_model.numpy(), x_init.numpy())
-    results = {
-        "experiment": "dynamics",
-        "quick": bool(exp.get("quick_run", False)),
-        "T": int(exp["T"]),
-        "burn_in": int(exp["burn_in"]),
-        "max_tau": max_tau,
-        "true_tau": exp["true_tau"],
-        "true_tau_width": float(exp["true_tau_width"]),
-        "true_tau_mean": float((true_probs * torch.arange(1, max_tau + 1, dtype=torch.float64)).sum()),
-        "n_series": n,
-        "n_test": n_test,
-        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)),
-        "true": true_vals,
-        "init": init_vals,
-        "initial": initial,
-        "learned": learned,
-        "mmd2_learned": mmd_learned,
-        "mmd2_initial": mmd_init,
-        "mmd2_true": mmd_true,
-        "iterations": int(trainer.n_iter_),
-        "train_seconds": train_seconds,
-        "history": history,
-        "seconds": time.perf_counter() - t_start,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.write_text(out_dir / "report.md", _report(results))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    return results
+        trainer, history = ctx.fit(ctx.algorithm(model), x_train, track=track)
+        learned = recovery(model, true_vals, true_probs)
+        x_model = model.sample(exp.n_test, generator=torch.Generator().manual_seed(exp.seed + 2))[-1]
+        plot_args = (true_probs.numpy(), learned, x_test.numpy(), x_model.numpy(), x_init.numpy())
+        _plots(ctx.out_dir, history, true_vals, *plot_args)
+        return {
+            "T": exp.T,
+            "burn_in": exp.burn_in,
+            "max_tau": exp.max_tau,
+            "true_tau": exp.true_tau,
+            "true_tau_width": exp.true_tau_width,
+            "true_tau_mean": float((true_probs * torch.arange(1, exp.max_tau + 1, dtype=torch.float64)).sum()),
+            "n_series": exp.n_series,
+            "n_test": exp.n_test,
+            "sleep_samples": int(ctx.config["algorithm"].get("sleep_samples", 1000)),
+            "true": true_vals,
+            "init": init_vals,
+            "initial": initial,
+            "learned": learned,
+            "mmd2_learned": mmd_log(x_model, x_test),
+            "mmd2_initial": mmd_init,
+            "mmd2_true": mmd_log(x_true2, x_test),
+            "iterations": int(trainer.n_iter_),
+            "train_seconds": trainer.seconds_,
+            "history": history,
+            "seconds": ctx.seconds(),
+        }
+
+    report = staticmethod(report)
+
+
+EXPERIMENT = Dynamics()

@@ -18,64 +18,41 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wakesleep import io as wio
-from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import Experiment, ExperimentContext, pyplot, save_figure, table
+from wakesleep.schema import SEED_MAX, option
 
-DEFAULT_CONFIG = """\
-# AL-WS gradient estimation (seed 004, experiment I): `wakesleep experiment gradient --out DIR [--quick]`.
-# The model section is the closest deep exponential-family stand-in (used only by `wakesleep train`); the
-# experiment builds z ~ N(0, I_2), x | z ~ N(softplus(b . z) - |b|^2, sigma_x^2) itself for each grid cell.
-model:
-  layers:
-    - {name: z, family: gaussian, dim: 2, learn: false, learn_variance: false}
-    - {name: x, family: gaussian, dim: 1, link: mlp, hidden: [8], learn_variance: false}
-  dtype: float64
-algorithm: {name: al_ws, kernel: exact, bandwidth: auto, ridge: auto}
-train: {threads: 2}
-experiment:
-  b_grid: [[0.5, 0.5], [1.0, -0.5], [1.5, 1.0]]   # values of b (one grid axis)
-  sigma_grid: [0.1, 0.3, 1.0]                      # values of sigma_x (the other)
-  sleep_sizes: [100, 300, 1000, 3000, 10000, 30000]  # N
-  points: 50                                       # observations per cell
-  repeats: 2                                       # independent sleep phases per (cell, N)
-  algorithms: [al_ws, ddc_hm, vae, iwae]
-  algorithm_options:
-    ddc_hm: {features: 100, extra_stats: quadratic, recognition_input: quadratic, recognition_hidden: 100}
-    vae: {}
-    iwae: {}
-  exact_max: 3000          # AL-WS with kernel: exact switches to Nystrom above this N ...
-  n_components: 1000       # ... with this many landmarks
-  recognition_steps: 500   # Adam steps of the VAE/IWAE encoders at the fixed model before estimating
-  quad_nodes: 800          # Gauss-Legendre nodes per axis of the 2-D quadrature on [-quad_range, quad_range]^2
-  quad_range: 8.0
-  seed: 0
-  quick: {experiment.sleep_sizes: [100, 1000, 10000], experiment.repeats: 1, experiment.points: 30,
-          experiment.quad_nodes: 500, experiment.recognition_steps: 200}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "b_grid": [[0.5, 0.5], [1.0, -0.5], [1.5, 1.0]],
-    "sigma_grid": [0.1, 0.3, 1.0],
-    "sleep_sizes": [100, 300, 1000, 3000, 10000, 30000],
-    "exact_max": 3000,
-    "n_components": 1000,
-    "points": 50,
-    "repeats": 2,
-    "algorithms": ["al_ws", "ddc_hm", "vae", "iwae"],
-    "algorithm_options": {},
-    "recognition_steps": 500,
-    "quad_nodes": 800,
-    "quad_range": 8.0,
-    "seed": 0,
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/gradient.yaml``)."""
+
+    b_grid: list[list[float]] = option(doc="values of b (one grid axis)")
+    sigma_grid: list[float] = option(minimum=0.0, exclusive_minimum=True, doc="values of sigma_x (the other)")
+    sleep_sizes: list[int] = option(minimum=1, doc="N")
+    points: int = option(minimum=1, doc="observations per cell")
+    repeats: int = option(minimum=1, doc="independent sleep phases per (cell, N)")
+    algorithms: list[str] = option(doc="estimators (one not in this library is reported as not run)")
+    algorithm_options: dict = option(doc="name -> options of the estimators other than al_ws")
+    exact_max: int = option(minimum=1, doc="AL-WS with kernel: exact switches to Nystrom above this N")
+    n_components: int = option(minimum=1, doc="Nystrom landmarks")
+    recognition_steps: int = option(minimum=0, doc="Adam steps of the VAE/IWAE encoders before estimating")
+    quad_nodes: int = option(minimum=1, doc="Gauss-Legendre nodes per axis of the 2-D quadrature")
+    quad_range: float = option(minimum=0.0, exclusive_minimum=True, doc="the quadrature covers [-range, range]^2")
+    seed: int = option(minimum=0, maximum=SEED_MAX, doc="seeds the cells' data and the repeats")
+
+    def validate(self, prefix: str) -> None:
+        """Each b is a 2-vector."""
+        for b in self.b_grid:
+            if len(b) != 2:
+                raise WakesleepError(f"{prefix}.b_grid: each entry must be [b1, b2], got {b!r}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -129,7 +106,8 @@ def quadrature_gradient_1d(b: torch.Tensor, sigma: float, x: torch.Tensor, nodes
 # --------------------------------------------------------------------------------------------------------
 # estimators
 # --------------------------------------------------------------------------------------------------------
-def _per_point(algo, x: torch.Tensor) -> torch.Tensor:
+def per_point_gradients(algo: Any, x: torch.Tensor) -> torch.Tensor:
+    """The estimate of grad_b log p(x) at each row of ``x`` (one ``wake_gradient`` call per point), ``[M, 2]``."""
     return torch.stack([algo.wake_gradient(x[i : i + 1])["layers.x.link.b"].detach() for i in range(x.shape[0])])
 
 
@@ -145,22 +123,23 @@ def _train_recognition(algo, model, steps: int, lr: float = 1e-3) -> None:
         opt.step()
 
 
-def _estimate(name: str, options: dict, model, x: torch.Tensor, n: int, exp: dict) -> torch.Tensor:
+def _estimate(name: str, options: dict, model: Any, x: torch.Tensor, n: int, exp: Options) -> torch.Tensor:
     from wakesleep.algorithms import build_algorithm
 
     opts = dict(options)
     if name in ("al_ws", "ddc_hm"):
         opts["sleep_samples"] = n
-    if name == "al_ws" and n > int(exp["exact_max"]) and opts.get("kernel", "exact") == "exact":
-        opts["kernel"], opts["n_components"] = "nystrom", int(exp["n_components"])
+    if name == "al_ws" and n > exp.exact_max and opts.get("kernel", "exact") == "exact":
+        opts["kernel"], opts["n_components"] = "nystrom", exp.n_components
     algo = build_algorithm(name, model, **opts)
     algo.sleep()
     if name not in ("al_ws", "ddc_hm"):
-        _train_recognition(algo, model, int(exp["recognition_steps"]))
-    return _per_point(algo, x)
+        _train_recognition(algo, model, exp.recognition_steps)
+    return per_point_gradients(algo, x)
 
 
-def _metrics(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+def gradient_metrics(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Cosine and relative error of the stacked estimate ``[M, 2]``, and the median per-point cosine."""
     e, t = est.reshape(-1), true.reshape(-1)
     cos = float(e @ t / (e.norm() * t.norm()).clamp_min(1e-300))
     rel = float((e - t).norm() / t.norm().clamp_min(1e-300))
@@ -172,11 +151,7 @@ def _metrics(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
 # outputs
 # --------------------------------------------------------------------------------------------------------
 def _plot(path: Path, summary: dict[str, dict[int, dict[str, float]]], sizes: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for name, by_n in summary.items():
         ns = [n for n in sizes if n in by_n]
@@ -199,12 +174,25 @@ def _plot(path: Path, summary: dict[str, dict[int, dict[str, float]]], sizes: li
     axes[1].set_ylabel("relative error")
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
-def _report(res: dict[str, Any]) -> str:
+def _summarise(raw: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str, dict[int, dict[str, float]]]:
+    summary: dict[str, dict[int, dict[str, float]]] = {}
+    for name, by_n in raw.items():
+        for n, ms in by_n.items():
+            summary.setdefault(name, {})[n] = {
+                "min_cosine": min(m["cosine"] for m in ms),
+                "mean_cosine": float(np.mean([m["cosine"] for m in ms])),
+                "mean_rel_error": float(np.mean([m["rel_error"] for m in ms])),
+                "min_median_point_cosine": min(m["median_point_cosine"] for m in ms),
+                "seconds": float(np.mean([m["seconds"] for m in ms])),
+            }
+    return summary
+
+
+def report(res: dict[str, Any]) -> str:
+    """The text of report.md."""
     lines = [
         "# AL-WS gradient estimation (seed 004, experiment I)",
         "",
@@ -219,110 +207,110 @@ def _report(res: dict[str, Any]) -> str:
         "Relative error ||g_hat - g|| / ||g|| of the stacked vectors, mean over cells. AL-WS uses exact KRR up to "
         f"N = {res['exact_max']} and Nystrom ({res['n_components']} landmarks) above.",
         "",
-        "| estimator | N | worst-cell cosine | mean cosine | worst-cell median per-point cosine | mean rel. error "
-        "| seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, by_n in res["summary"].items():
-        for n, s in sorted(by_n.items()):
-            lines.append(
-                f"| {name} | {n} | {s['min_cosine']:.4f} | {s['mean_cosine']:.4f} | "
-                f"{s['min_median_point_cosine']:.4f} | {s['mean_rel_error']:.3g} | {s['seconds']:.1f} |"
-            )
+    rows = [
+        [
+            name,
+            n,
+            f"{s['min_cosine']:.4f}",
+            f"{s['mean_cosine']:.4f}",
+            f"{s['min_median_point_cosine']:.4f}",
+            f"{s['mean_rel_error']:.3g}",
+            f"{s['seconds']:.1f}",
+        ]
+        for name, by_n in res["summary"].items()
+        for n, s in sorted(by_n.items(), key=lambda kv: int(kv[0]))
+    ]
+    header = ["estimator", "N", "worst-cell cosine", "mean cosine", "worst-cell median per-point cosine"]
+    lines += table([*header, "mean rel. error", "seconds"], rows)
     if res["unavailable"]:
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in res["unavailable"].items()) + "."]
     lines += ["", "![cosine and error against N](gradient.png)", ""]
     return "\n".join(lines)
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    from wakesleep.algorithms import algorithm_class
-    from wakesleep.models.zoo import softplus_gradient_model
-    from wakesleep.train import apply_threads
+class Gradient(Experiment):
+    """Accuracy of each estimator's grad_b log p(x) against quadrature, over a grid of models and N."""
 
-    exp = config["experiment"]
-    apply_threads(config)
-    t_start = time.perf_counter()
-    sizes = [int(n) for n in exp["sleep_sizes"]]
-    base_opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    if config["algorithm"]["name"] != "al_ws":
-        raise WakesleepError(
-            "experiment gradient: algorithm.name must be al_ws (the others go in experiment.algorithms)"
-        )
-    unavailable: dict[str, str] = {}
-    algos = []
-    for name in exp["algorithms"]:
-        try:
-            algorithm_class(name)
-            algos.append(name)
-        except WakesleepError as e:
-            unavailable[name] = str(e).split(": ", 1)[-1]
-    options = {
-        name: ({**base_opts} if name == "al_ws" else dict((exp["algorithm_options"] or {}).get(name) or {}))
-        for name in algos
-    }
-    cells, check = [], 0.0
-    raw: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in algos}
-    for ib, b in enumerate(exp["b_grid"]):
-        for js, sigma in enumerate(exp["sigma_grid"]):
-            torch.manual_seed(int(exp["seed"]) + 1000 * ib + js)
-            model = softplus_gradient_model(b, float(sigma))
-            x = model.sample(int(exp["points"]))[-1]
-            bt = torch.as_tensor(b, dtype=torch.float64)
-            _, true = quadrature_gradient(bt, float(sigma), x, int(exp["quad_nodes"]), float(exp["quad_range"]))
-            g1 = quadrature_gradient_1d(bt, float(sigma), x)
-            check = max(check, float((true - g1).norm() / g1.norm()))
-            cell: dict[str, Any] = {
-                "b": list(b),
-                "sigma_x": float(sigma),
-                "true_grad_norm": float(true.norm()),
-                "results": {},
-            }
-            for name in algos:
-                ns = sizes if name in ("al_ws", "ddc_hm") else [0]
-                for n in ns:
-                    for r in range(int(exp["repeats"])):
-                        torch.manual_seed(10_000 * (r + 1) + 100 * ib + js + n)
-                        t0 = time.perf_counter()
-                        try:
-                            est = _estimate(name, options[name], model, x, n, exp)
-                        except (WakesleepError, NotImplementedError, RuntimeError, TypeError) as e:
-                            unavailable[name] = f"failed: {e}"
-                            break
-                        m = _metrics(est, true)
-                        m["seconds"] = time.perf_counter() - t0
-                        raw[name].setdefault(n, []).append(m)
-                        cell["results"].setdefault(name, {}).setdefault(str(n), []).append(m)
-            cells.append(cell)
-    summary: dict[str, dict[int, dict[str, float]]] = {}
-    for name, by_n in raw.items():
-        for n, ms in by_n.items():
-            summary.setdefault(name, {})[n] = {
-                "min_cosine": min(m["cosine"] for m in ms),
-                "mean_cosine": float(np.mean([m["cosine"] for m in ms])),
-                "mean_rel_error": float(np.mean([m["rel_error"] for m in ms])),
-                "min_median_point_cosine": min(m["median_point_cosine"] for m in ms),
-                "seconds": float(np.mean([m["seconds"] for m in ms])),
-            }
-    _plot(out_dir / "gradient.png", summary, sizes)
-    results = {
-        "experiment": "gradient",
-        "quick": bool(exp.get("quick_run", False)),
-        "b_grid": exp["b_grid"],
-        "sigma_grid": exp["sigma_grid"],
-        "points": exp["points"],
-        "repeats": exp["repeats"],
-        "quad_nodes": exp["quad_nodes"],
-        "quadrature_check": check,
-        "exact_max": exp["exact_max"],
-        "n_components": exp["n_components"],
-        "summary": {k: {str(n): v for n, v in d.items()} for k, d in summary.items()},
-        "unavailable": unavailable,
-        "cells": cells,
-        "seconds": time.perf_counter() - t_start,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.write_text(out_dir / "report.md", _report({**results, "summary": summary}))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    return results
+    name = "gradient"
+    Options = Options
+
+    def check(self, config: dict[str, Any], options: Options) -> None:
+        """The ``algorithm`` section is AL-WS's."""
+        if config["algorithm"]["name"] != "al_ws":
+            raise WakesleepError(
+                "experiment gradient: algorithm.name must be al_ws (the others go in experiment.algorithms)"
+            )
+
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Every estimator at every cell, N and repeat (see the module docstring)."""
+        from wakesleep.algorithms import algorithm_class
+        from wakesleep.models.zoo import softplus_gradient_model
+
+        exp, config = ctx.options, ctx.config
+        sizes = list(exp.sleep_sizes)
+        base_opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
+        unavailable: dict[str, str] = {}
+        algos = []
+        for name in exp.algorithms:
+            try:
+                algorithm_class(name)
+                algos.append(name)
+            except WakesleepError as e:
+                unavailable[name] = str(e).split(": ", 1)[-1]
+        options = {
+            name: ({**base_opts} if name == "al_ws" else dict(exp.algorithm_options.get(name) or {})) for name in algos
+        }
+        cells, check = [], 0.0
+        raw: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in algos}
+        for ib, b in enumerate(exp.b_grid):
+            for js, sigma in enumerate(exp.sigma_grid):
+                torch.manual_seed(exp.seed + 1000 * ib + js)
+                model = softplus_gradient_model(b, float(sigma))
+                x = model.sample(exp.points)[-1]
+                bt = torch.as_tensor(b, dtype=torch.float64)
+                _, true = quadrature_gradient(bt, float(sigma), x, exp.quad_nodes, exp.quad_range)
+                g1 = quadrature_gradient_1d(bt, float(sigma), x)
+                check = max(check, float((true - g1).norm() / g1.norm()))
+                cell: dict[str, Any] = {
+                    "b": list(b),
+                    "sigma_x": float(sigma),
+                    "true_grad_norm": float(true.norm()),
+                    "results": {},
+                }
+                for name in algos:
+                    for n in sizes if name in ("al_ws", "ddc_hm") else [0]:
+                        for r in range(exp.repeats):
+                            torch.manual_seed(10_000 * (r + 1) + 100 * ib + js + n)
+                            t0 = time.perf_counter()
+                            try:
+                                est = _estimate(name, options[name], model, x, n, exp)
+                            except (WakesleepError, NotImplementedError, RuntimeError, TypeError) as e:
+                                unavailable[name] = f"failed: {e}"
+                                break
+                            m = gradient_metrics(est, true)
+                            m["seconds"] = time.perf_counter() - t0
+                            raw[name].setdefault(n, []).append(m)
+                            cell["results"].setdefault(name, {}).setdefault(str(n), []).append(m)
+                cells.append(cell)
+        summary = _summarise(raw)
+        _plot(ctx.out_dir / "gradient.png", summary, sizes)
+        return {
+            "b_grid": exp.b_grid,
+            "sigma_grid": exp.sigma_grid,
+            "points": exp.points,
+            "repeats": exp.repeats,
+            "quad_nodes": exp.quad_nodes,
+            "quadrature_check": check,
+            "exact_max": exp.exact_max,
+            "n_components": exp.n_components,
+            "summary": {k: {str(n): v for n, v in d.items()} for k, d in summary.items()},
+            "unavailable": unavailable,
+            "cells": cells,
+            "seconds": ctx.seconds(),
+        }
+
+    report = staticmethod(report)
+
+
+EXPERIMENT = Gradient()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +34,18 @@ import numpy as np
 import torch
 
 from wakesleep import io as wio
-from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import Experiment, ExperimentContext, pyplot, save_figure, table
+from wakesleep.schema import option
 
-DEFAULT_CONFIG = """\
-# ICA of natural image patches with AL-WS: `wakesleep experiment ica --out DIR [--quick]`.
-# The model section is the model: its dims are set to data.pca_dim by the experiment.
-model:
-  layers:
-    - {name: z, family: laplace, dim: 32, scale: 0.7071067811865476, learn: false}   # unit-variance sparse prior
-    - {name: x, family: gaussian, dim: 32, link: linear, bias: false, variance: 0.1, learn_variance: false,
-       init_std: 0.2}
-  dtype: float64
-algorithm: {name: al_ws, sleep_samples: 2000, kernel: exact, bandwidth: auto, ridge: auto, select_every: 20,
-            variant: expfam}
-train: {batch_size: 100, lr: 1.0e-3, seed: 0, max_iters: 3000, log_every: 250, threads: 1}
-data: {source: patches, size: 16, n: 30000, n_test: 5000, seed: 0, whiten: pca, pca_dim: 32}
-experiment:
-  fastica: true          # fit scikit-learn's FastICA on the same whitened patches as the reference
-  fastica_n: 10000       # patches it uses
-  n_show: 64             # basis functions shown per grid
-  quick: {data.pca_dim: 16, data.n: 20000, train.max_iters: 600, train.log_every: 100}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "fastica": True,
-    "fastica_n": 10000,
-    "n_show": 64,
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/ica.yaml``)."""
+
+    fastica: bool = option(doc="fit scikit-learn's FastICA on the same whitened patches as the reference")
+    fastica_n: int = option(minimum=1, doc="patches it uses")
+    n_show: int = option(minimum=1, doc="basis functions shown per grid")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -177,16 +160,6 @@ def _model_section(config: dict[str, Any], dim: int) -> dict[str, Any]:
     return section
 
 
-def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
-    from wakesleep.train import trainer_from_config
-
-    t = config["train"]
-    epochs = int(t["epochs"]) if t["max_iters"] is None else 10**6  # max_iters, when set, ends the run
-    return trainer_from_config(
-        algo, config, epochs=epochs, progress=progress, callback=callback, monitor_samples=0
-    ).fit(data)
-
-
 def _grid(basis: np.ndarray, path: Path, size: int, n: int, title: str) -> None:
     from wakesleep.eval.plots import plot_image_grid
 
@@ -195,11 +168,7 @@ def _grid(basis: np.ndarray, path: Path, size: int, n: int, title: str) -> None:
 
 
 def _curve(path: Path, history: list[dict[str, Any]], ref: dict[str, dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = [h["step"] for h in history]
     for ax, key in zip(axes, ("kurtosis", "gaussian_loglik"), strict=True):
@@ -209,12 +178,11 @@ def _curve(path: Path, history: list[dict[str, Any]], ref: dict[str, dict[str, f
         ax.set_xlabel("iteration")
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def _report(res: dict[str, Any]) -> str:
+def report(res: dict[str, Any]) -> str:
+    """The text of report.md."""
     lines = [
         "# AL-WS: ICA of natural image patches",
         "",
@@ -233,145 +201,136 @@ def _report(res: dict[str, Any]) -> str:
         "functions (pixels; smaller = more localised). Match: mean over filters of the best |cosine| with a "
         "FastICA filter; Amari: Amari index to FastICA (0 = same filters).",
         "",
-        "| basis | kurtosis | ICA log-lik | Gaussian log-lik | spread (px) | match to FastICA | Amari to FastICA |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, s in res["bases"].items():
-        lines.append(
-            f"| {name} | {s['kurtosis']:.3f} | {s['ica_loglik']:.4g} | {s['gaussian_loglik']:.3f} | "
-            f"{s['median_spread']:.2f} | "
-            f"{s.get('fastica_match', float('nan')):.3f} | {s.get('amari_to_fastica', float('nan')):.3f} |"
-        )
-    lines += [
-        "",
-        "![learned basis functions](basis_alws.png)",
-        "",
-        "![initial](basis_initial.png)",
-        "",
-        "![PCA](basis_pca.png)",
-        "",
+    rows = [
+        [
+            name,
+            f"{s['kurtosis']:.3f}",
+            f"{s['ica_loglik']:.4g}",
+            f"{s['gaussian_loglik']:.3f}",
+            f"{s['median_spread']:.2f}",
+            f"{s.get('fastica_match', float('nan')):.3f}",
+            f"{s.get('amari_to_fastica', float('nan')):.3f}",
+        ]
+        for name, s in res["bases"].items()
     ]
+    header = ["basis", "kurtosis", "ICA log-lik", "Gaussian log-lik", "spread (px)", "match to FastICA"]
+    lines += table([*header, "Amari to FastICA"], rows)
+    lines += ["", "![learned basis functions](basis_alws.png)", "", "![initial](basis_initial.png)", ""]
+    lines += ["![PCA](basis_pca.png)", ""]
     if "FastICA" in res["bases"]:
         lines += ["![FastICA](basis_fastica.png)", ""]
     lines += ["![training curve](training.png)", ""]
     return "\n".join(lines)
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    from wakesleep import build_model
-    from wakesleep.algorithms import build_algorithm
-    from wakesleep.data import load_patches
-    from wakesleep.train import apply_threads
+#: the image grid of each basis
+BASIS_FILES = {
+    "AL-WS": "basis_alws.png",
+    "initial": "basis_initial.png",
+    "PCA": "basis_pca.png",
+    "FastICA": "basis_fastica.png",
+}
 
-    exp = config["experiment"]
-    apply_threads(config)
-    if config["algorithm"]["name"] != "al_ws":
-        raise WakesleepError("experiment ica: algorithm.name must be al_ws")
-    data = config.get("data") or {}
-    if data.get("source") != "patches":
-        raise WakesleepError("experiment ica: data.source must be patches")
-    t_start = time.perf_counter()
-    size = int(data.get("size", 16))
-    kw = {k: data[k] for k in ("images", "log", "pca_dim", "eps", "test_fraction") if data.get(k) is not None}
-    ps = load_patches(
-        size=size,
-        n=int(data.get("n") or 30000),
-        n_test=int(data.get("n_test") or 5000),
-        seed=int(data.get("seed") or 0),
-        whiten="pca",
-        **kw,
-    )
-    x_train, x_test = ps.train, ps.test
-    dim = x_train.shape[1]
-    torch.manual_seed(int(config["train"]["seed"]))
-    model = build_model(_model_section(config, dim))
-    top = model.layers[model.latent_names[0]]
-    with torch.no_grad():
-        z = model.sample(20000)[0]
-    prior_scale = float(z.abs().mean())  # the Laplace scale b = E|z| (any sparse top prior: its mean |z|)
-    obs = model.layers["x"]
-    obs_var = float(torch.exp(obs.log_var).mean()) if hasattr(obs, "log_var") else float("nan")
-    del top
 
-    def mixing() -> np.ndarray:
-        return obs.link.weight.detach().cpu().double().numpy().copy()
+def _fastica(x: np.ndarray, dim: int) -> np.ndarray:
+    """FastICA's unmixing matrix (rows are filters; orthogonal on whitened data)."""
+    import warnings
 
-    reference = None
-    # baselines scaled so that their model covariance 2 b^2 A A^T + sigma^2 I matches the whitened data's (I)
-    c = math.sqrt(max(1.0 - obs_var, 0.01) / (2 * prior_scale**2))
-    bases_A: dict[str, np.ndarray] = {"initial": mixing(), "PCA": c * np.eye(dim)}
-    if exp["fastica"]:
-        import warnings
+    from sklearn.decomposition import FastICA
 
-        from sklearn.decomposition import FastICA
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ica = FastICA(n_components=dim, whiten=False, random_state=0, max_iter=500, tol=1e-4)
+        ica.fit(x)
+    return ica.components_
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ica = FastICA(n_components=dim, whiten=False, random_state=0, max_iter=500, tol=1e-4)
-            ica.fit(x_train[: int(exp["fastica_n"])])
-        reference = ica.components_  # unmixing (rows are filters), orthogonal on whitened data
-        bases_A["FastICA"] = c * np.linalg.inv(reference)
-    opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    algo = build_algorithm("al_ws", model, **opts)
-    history: list[dict[str, Any]] = []
-    x_mon = x_test[:2000]
 
-    def callback(trainer, rec):
-        A = mixing()
-        history.append(
-            {
-                "step": rec["step"],
-                "seconds": rec["seconds"],
-                "grad_norm": rec.get("grad_norm"),
+class Ica(Experiment):
+    """ICA of whitened natural image patches with AL-WS, against PCA and FastICA."""
+
+    name = "ica"
+    Options = Options
+    algorithm = "al_ws"
+
+    def check(self, config: dict[str, Any], options: Options) -> None:
+        """AL-WS on image patches."""
+        super().check(config, options)
+        if (config.get("data") or {}).get("source") != "patches":
+            raise WakesleepError("experiment ica: data.source must be patches")
+
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Train the mixing matrix with AL-WS and compare the bases (see the module docstring)."""
+        from wakesleep import build_model
+        from wakesleep.data import load_patches
+
+        exp, config = ctx.options, ctx.config
+        data = config["data"]
+        size = int(data.get("size", 16))
+        kw = {k: data[k] for k in ("images", "log", "pca_dim", "eps", "test_fraction") if data.get(k) is not None}
+        n, n_test, seed = int(data.get("n") or 30000), int(data.get("n_test") or 5000), int(data.get("seed") or 0)
+        ps = load_patches(size=size, n=n, n_test=n_test, seed=seed, whiten="pca", **kw)
+        x_train, x_test = ps.train, ps.test
+        dim = x_train.shape[1]
+        torch.manual_seed(ctx.spec.train.seed)
+        model = build_model(_model_section(config, dim))
+        with torch.no_grad():
+            z = model.sample(20000)[0]
+        prior_scale = float(z.abs().mean())  # the Laplace scale b = E|z| (any sparse top prior: its mean |z|)
+        obs = model.layers["x"]
+        obs_var = float(torch.exp(obs.log_var).mean()) if hasattr(obs, "log_var") else float("nan")
+
+        def mixing() -> np.ndarray:
+            return obs.link.weight.detach().cpu().double().numpy().copy()
+
+        reference = None
+        # baselines scaled so that their model covariance 2 b^2 A A^T + sigma^2 I matches the whitened data's (I)
+        c = math.sqrt(max(1.0 - obs_var, 0.01) / (2 * prior_scale**2))
+        bases_A: dict[str, np.ndarray] = {"initial": mixing(), "PCA": c * np.eye(dim)}
+        if exp.fastica:
+            reference = _fastica(x_train[: exp.fastica_n], dim)
+            bases_A["FastICA"] = c * np.linalg.inv(reference)
+        x_mon = x_test[:2000]
+
+        def track() -> dict[str, float]:
+            A = mixing()
+            return {
                 "kurtosis": mean_kurtosis(A, x_mon, obs_var),
                 "gaussian_loglik": gaussian_loglik(A, x_mon, 2 * prior_scale**2, obs_var),
             }
-        )
 
-    t0 = time.perf_counter()
-    trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
-    train_seconds = time.perf_counter() - t0
-    bases_A = {"AL-WS": mixing(), **bases_A}
-    bases = {
-        name: summarise(A, x_test, ps.whitening, size, prior_scale, obs_var, reference) for name, A in bases_A.items()
-    }
-    n_show = int(exp["n_show"])
-    files = {
-        "AL-WS": "basis_alws.png",
-        "initial": "basis_initial.png",
-        "PCA": "basis_pca.png",
-        "FastICA": "basis_fastica.png",
-    }
-    for name, A in bases_A.items():
-        B = pixel_basis(A, ps.whitening)
-        order = np.argsort(spatial_spread(B, size)) if name != "PCA" else np.arange(len(B))
-        _grid(B[order], out_dir / files[name], size, n_show, f"{name} basis functions")
-    _curve(out_dir / "training.png", history, {k: v for k, v in bases.items() if k in ("PCA", "FastICA")})
-    alg = config["algorithm"]
-    results = {
-        "experiment": "ica",
-        "quick": bool(exp.get("quick_run", False)),
-        "size": size,
-        "dim": dim,
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
-        "prior_scale": prior_scale,
-        "obs_variance": obs_var,
-        "variant": alg.get("variant", "direct"),
-        "sleep_samples": int(alg.get("sleep_samples", 1000)),
-        "kernel": alg.get("kernel", "exact"),
-        "bases": bases,
-        "iterations": int(trainer.n_iter_),
-        "train_seconds": train_seconds,
-        "history": history,
-        "patches": ps.info,
-        "seconds": time.perf_counter() - t_start,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.save_npz(
-        out_dir / "mixing.npz", **{k.replace("-", "_").lower(): v for k, v in bases_A.items()}, whitening=ps.whitening
-    )
-    wio.write_text(out_dir / "report.md", _report(results))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    return results
+        trainer, history = ctx.fit(ctx.algorithm(model), torch.as_tensor(x_train), track=track)
+        bases_A = {"AL-WS": mixing(), **bases_A}
+        bases = {
+            k: summarise(A, x_test, ps.whitening, size, prior_scale, obs_var, reference) for k, A in bases_A.items()
+        }
+        for name, A in bases_A.items():
+            B = pixel_basis(A, ps.whitening)
+            order = np.argsort(spatial_spread(B, size)) if name != "PCA" else np.arange(len(B))
+            _grid(B[order], ctx.out_dir / BASIS_FILES[name], size, exp.n_show, f"{name} basis functions")
+        _curve(ctx.out_dir / "training.png", history, {k: v for k, v in bases.items() if k in ("PCA", "FastICA")})
+        mixings = {k.replace("-", "_").lower(): v for k, v in bases_A.items()}
+        wio.save_npz(ctx.out_dir / "mixing.npz", **mixings, whitening=ps.whitening)
+        alg = config["algorithm"]
+        return {
+            "size": size,
+            "dim": dim,
+            "n_train": int(len(x_train)),
+            "n_test": int(len(x_test)),
+            "prior_scale": prior_scale,
+            "obs_variance": obs_var,
+            "variant": alg.get("variant", "direct"),
+            "sleep_samples": int(alg.get("sleep_samples", 1000)),
+            "kernel": alg.get("kernel", "exact"),
+            "bases": bases,
+            "iterations": int(trainer.n_iter_),
+            "train_seconds": trainer.seconds_,
+            "history": history,
+            "patches": ps.info,
+            "seconds": ctx.seconds(),
+        }
+
+    report = staticmethod(report)
+
+
+EXPERIMENT = Ica()

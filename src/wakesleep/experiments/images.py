@@ -26,7 +26,7 @@ Evaluation:
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,52 +35,32 @@ import torch
 import torch.nn.functional as F
 
 from wakesleep import io as wio
-from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments.base import Experiment, ExperimentContext, pyplot, save_figure, table
+from wakesleep.schema import SEED_MAX, option
 
-DEFAULT_CONFIG = """\
-# Uniform latents with Bernoulli pixels (seed 004, experiment IV): `wakesleep experiment images --out DIR [--quick]`.
-# The model section is a deep exponential-family stand-in (used only by `wakesleep train`); the experiment builds
-# z ~ U(0, 1)^K, x_i ~ Bernoulli(sigmoid(w_i . logit(z) + b_i)) (wakesleep.models.zoo.UniformLogitBernoulli).
-model:
-  layers:
-    - {name: z, family: gaussian, dim: 20, learn: false, learn_variance: false}
-    - {name: x, family: bernoulli, dim: 784, link: linear}
-  dtype: float64
-algorithm: {name: al_ws, sleep_samples: 2000, kernel: exact, bandwidth: auto, ridge: auto, select_every: 20}
-train: {batch_size: 100, lr: 3.0e-3, seed: 0, max_iters: 3000, log_every: 250, threads: 1}
-experiment:
-  root: null             # Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist)
-  downsample: 1          # average-pool factor before binarising (2: 14 x 14)
-  binarize: threshold0.5  # binarisation scheme (docs/data.md); deterministic, so denoising is well defined
-  n_train: 20000         # training images
-  n_test: 1000           # held-out images (MMD, reconstruction, denoising)
-  latent_dim: 20         # K
-  init_std: 0.1          # initial weights N(0, init_std^2); biases start at the data's marginal logits
-  n_mmd: 1000            # model samples for the MMD
-  infer_steps: 300       # Adam steps of the latent inference
-  infer_lr: 0.05
-  flip: 0.1              # fraction of pixels flipped for the denoising task
-  seed: 0
-  quick: {experiment.downsample: 2, experiment.n_train: 10000, experiment.n_test: 500, experiment.n_mmd: 500,
-          train.max_iters: 1500, algorithm.sleep_samples: 1000}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "downsample": 1,
-    "binarize": "threshold0.5",
-    "n_train": 20000,
-    "n_test": 1000,
-    "latent_dim": 20,
-    "init_std": 0.1,
-    "n_mmd": 1000,
-    "infer_steps": 300,
-    "infer_lr": 0.05,
-    "flip": 0.1,
-    "seed": 0,
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/images.yaml``)."""
+
+    root: str | None = option(doc="Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist)")
+    downsample: int = option(minimum=1, doc="average-pool factor before binarising (a divisor of 28)")
+    binarize: str = option(doc="binarisation scheme (docs/data.md)")
+    n_train: int = option(minimum=1, doc="training images")
+    n_test: int = option(minimum=1, doc="held-out images (MMD, reconstruction, denoising)")
+    latent_dim: int = option(minimum=1, doc="K")
+    init_std: float = option(minimum=0.0, doc="initial weights N(0, init_std^2)")
+    n_mmd: int = option(minimum=2, doc="model samples for the MMD")
+    infer_steps: int = option(minimum=0, doc="Adam steps of the latent inference")
+    infer_lr: float = option(minimum=0.0, exclusive_minimum=True, doc="its learning rate")
+    flip: float = option(minimum=0.0, maximum=1.0, doc="fraction of pixels flipped for the denoising task")
+    seed: int = option(minimum=0, maximum=SEED_MAX, doc="seeds the model and the evaluations")
+
+    def validate(self, prefix: str) -> None:
+        """The pooling factor divides 28."""
+        if 28 % self.downsample:
+            raise WakesleepError(f"{prefix}.downsample: must divide 28, got {self.downsample}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -156,24 +136,10 @@ def downstream(model, x_test: torch.Tensor, flip: float, steps: int, lr: float, 
 # --------------------------------------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------------------------------------
-def _train(algo, data: torch.Tensor, config: dict[str, Any], progress: bool | None, callback=None):
-    from wakesleep.train import trainer_from_config
-
-    t = config["train"]
-    epochs = int(t["epochs"]) if t["max_iters"] is None else 10**6  # max_iters, when set, ends the run
-    return trainer_from_config(
-        algo, config, epochs=epochs, progress=progress, callback=callback, monitor_samples=0
-    ).fit(data)
-
-
 def _plots(out: Path, ds: dict[str, Any], samples: np.ndarray, shape, history) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from wakesleep.eval.plots import plot_image_grid
 
+    plt = pyplot()
     plot_image_grid(samples[:64], out / "samples.png", shape, n=64, title="model samples")
     probs = ds["images"]
     k = 12
@@ -189,21 +155,18 @@ def _plots(out: Path, ds: dict[str, Any], samples: np.ndarray, shape, history) -
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "downstream.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "downstream.png")
     if history:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         ax.plot([r["step"] for r in history], [r["mmd2"] for r in history], "o-")
         ax.set_xlabel("iteration")
         ax.set_ylabel("MMD^2 (samples vs held-out)")
         ax.set_yscale("log")
-        fig.tight_layout()
-        fig.savefig(out / "mmd_curve.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / "mmd_curve.png")
 
 
-def _report(res: dict[str, Any]) -> str:
+def report(res: dict[str, Any]) -> str:
+    """The text of report.md."""
     d, r0 = res["downstream"], res["downstream_initial"]
     lines = [
         "# AL-WS: uniform latents, Bernoulli pixels (seed 004, experiment IV)",
@@ -216,11 +179,14 @@ def _report(res: dict[str, Any]) -> str:
         "",
         "## Sample quality",
         "",
-        "| samples vs held-out images | MMD^2 |",
-        "| --- | --- |",
-        f"| AL-WS model ({res['n_mmd']} samples) | {res['mmd2_learned']:.4g} |",
-        f"| model at initialisation (independent pixels at the data marginals) | {res['mmd2_initial']:.4g} |",
-        f"| training images (floor) | {res['mmd2_floor']:.4g} |",
+        *table(
+            ["samples vs held-out images", "MMD^2"],
+            [
+                [f"AL-WS model ({res['n_mmd']} samples)", f"{res['mmd2_learned']:.4g}"],
+                ["model at initialisation (independent pixels at the data marginals)", f"{res['mmd2_initial']:.4g}"],
+                ["training images (floor)", f"{res['mmd2_floor']:.4g}"],
+            ],
+        ),
         "",
         "## Downstream tasks",
         "",
@@ -228,13 +194,19 @@ def _report(res: dict[str, Any]) -> str:
         "probabilities thresholded at 0.5. Pixel error rate against the clean image (lower is better); "
         "BCE: mean binary cross-entropy per image of the decoded probabilities (nats).",
         "",
-        "| task | AL-WS model: pixel error | BCE | initial model: pixel error | BCE |",
-        "| --- | --- | --- | --- | --- |",
-        f"| reconstruct | {d['reconstruct']['pixel_error']:.4f} | {d['reconstruct']['bce_per_image']:.2f} | "
-        f"{r0['reconstruct']['pixel_error']:.4f} | {r0['reconstruct']['bce_per_image']:.2f} |",
-        f"| denoise ({res['flip']:.0%} flipped) | {d['denoise']['pixel_error']:.4f} | "
-        f"{d['denoise']['bce_per_image']:.2f} | {r0['denoise']['pixel_error']:.4f} | "
-        f"{r0['denoise']['bce_per_image']:.2f} |",
+    ]
+    rows = [
+        [
+            name,
+            f"{d[task]['pixel_error']:.4f}",
+            f"{d[task]['bce_per_image']:.2f}",
+            f"{r0[task]['pixel_error']:.4f}",
+            f"{r0[task]['bce_per_image']:.2f}",
+        ]
+        for task, name in (("reconstruct", "reconstruct"), ("denoise", f"denoise ({res['flip']:.0%} flipped)"))
+    ]
+    lines += table(["task", "AL-WS model: pixel error", "BCE", "initial model: pixel error", "BCE"], rows)
+    lines += [
         "",
         f"Baselines: the noisy image itself has pixel error {d['noisy_input_error']:.4f} against the clean one; "
         f"the thresholded marginal-mean image {res['mean_image_error']:.4f}.",
@@ -249,99 +221,81 @@ def _report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    from wakesleep.algorithms import build_algorithm
-    from wakesleep.eval import mmd
-    from wakesleep.models.zoo import UniformLogitBernoulli
-    from wakesleep.train import apply_threads
+class Images(Experiment):
+    """AL-WS on binarised Fashion-MNIST with uniform latents: sample quality, reconstruction, denoising."""
 
-    exp = config["experiment"]
-    apply_threads(config)
-    if config["algorithm"]["name"] != "al_ws":
-        raise WakesleepError("experiment images: algorithm.name must be al_ws")
-    ds_factor = int(exp["downsample"])
-    if ds_factor < 1 or 28 % ds_factor:
-        raise WakesleepError(f"experiment.downsample: must divide 28, got {ds_factor}")
-    t_start = time.perf_counter()
-    x_train = load_images(exp["root"], "train", int(exp["n_train"]), ds_factor, str(exp["binarize"]), 0)
-    x_test = load_images(exp["root"], "test", int(exp["n_test"]), ds_factor, str(exp["binarize"]), 1)
-    side = 28 // ds_factor
-    shape = (side, side)
-    seed = int(exp["seed"])
-    m = x_train.mean(0).clip(1e-3, 1 - 1e-3)
-    torch.manual_seed(int(config["train"]["seed"]))
-    model = UniformLogitBernoulli(
-        int(exp["latent_dim"]),
-        side * side,
-        init_std=float(exp["init_std"]),
-        seed=seed,
-        bias_init=torch.as_tensor(np.log(m / (1 - m)), dtype=torch.float32),
-    ).double()
-    xt = torch.as_tensor(x_test)
-    n_mmd = int(exp["n_mmd"])
-    ref = xt[:n_mmd]
+    name = "images"
+    Options = Options
+    algorithm = "al_ws"
 
-    def sample_mmd(k: int, s: int) -> float:
-        g = torch.Generator().manual_seed(s)
-        return float(mmd(model.sample(k, generator=g)[-1], ref))
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Train the model with AL-WS and evaluate it before and after (see the module docstring)."""
+        from wakesleep.eval import mmd
+        from wakesleep.models.zoo import UniformLogitBernoulli
 
-    mmd_init = sample_mmd(n_mmd, seed + 1)
-    steps, ilr, flip = int(exp["infer_steps"]), float(exp["infer_lr"]), float(exp["flip"])
-    ds0 = downstream(model, xt, flip, steps, ilr, seed + 5)
-    mean_err = float((((ds0["_mean"] > 0.5).to(xt.dtype)) != xt).to(torch.float64).mean())
-    opts = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    algo = build_algorithm("al_ws", model, **opts)
-    history: list[dict[str, Any]] = []
+        exp = ctx.options
+        x_train = load_images(exp.root, "train", exp.n_train, exp.downsample, exp.binarize, 0)
+        x_test = load_images(exp.root, "test", exp.n_test, exp.downsample, exp.binarize, 1)
+        side = 28 // exp.downsample
+        shape = (side, side)
+        seed = exp.seed
+        m = x_train.mean(0).clip(1e-3, 1 - 1e-3)
+        torch.manual_seed(ctx.spec.train.seed)
+        model = UniformLogitBernoulli(
+            exp.latent_dim,
+            side * side,
+            init_std=exp.init_std,
+            seed=seed,
+            bias_init=torch.as_tensor(np.log(m / (1 - m)), dtype=torch.float32),
+        ).double()
+        xt = torch.as_tensor(x_test)
+        n_mmd = exp.n_mmd
+        ref = xt[:n_mmd]
 
-    def callback(trainer, rec):
-        history.append(
-            {
-                "step": rec["step"],
-                "seconds": rec["seconds"],
-                "grad_norm": rec.get("grad_norm"),
-                "mmd2": sample_mmd(min(n_mmd, 500), seed + 2),
-            }
+        def sample_mmd(k: int, s: int) -> float:
+            g = torch.Generator().manual_seed(s)
+            return float(mmd(model.sample(k, generator=g)[-1], ref))
+
+        mmd_init = sample_mmd(n_mmd, seed + 1)
+        steps, ilr, flip = exp.infer_steps, exp.infer_lr, exp.flip
+        ds0 = downstream(model, xt, flip, steps, ilr, seed + 5)
+        mean_err = float((((ds0["_mean"] > 0.5).to(xt.dtype)) != xt).to(torch.float64).mean())
+        algorithm = ctx.algorithm(model)
+        trainer, history = ctx.fit(
+            algorithm, torch.as_tensor(x_train), track=lambda: {"mmd2": sample_mmd(min(n_mmd, 500), seed + 2)}
         )
+        g = torch.Generator().manual_seed(seed + 3)
+        samples = model.sample(n_mmd, generator=g)[-1]
+        ds = downstream(model, xt, flip, steps, ilr, seed + 5)
+        _plots(ctx.out_dir, ds, samples.numpy(), shape, history)
+        wio.save_npz(ctx.out_dir / "model.npz", weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
 
-    t0 = time.perf_counter()
-    trainer = _train(algo, torch.as_tensor(x_train), config, progress, callback)
-    train_seconds = time.perf_counter() - t0
-    g = torch.Generator().manual_seed(seed + 3)
-    samples = model.sample(n_mmd, generator=g)[-1]
-    mmd_learned = float(mmd(samples, ref))
-    mmd_floor = float(mmd(torch.as_tensor(x_train[:n_mmd]), ref))
-    ds = downstream(model, xt, flip, steps, ilr, seed + 5)
-    _plots(out_dir, ds, samples.numpy(), shape, history)
+        def strip(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k not in ("images", "_mean")}
 
-    def strip(d):
-        return {k: v for k, v in d.items() if k not in ("images", "_mean")}
+        return {
+            "image_shape": list(shape),
+            "binarize": exp.binarize,
+            "n_train": int(len(x_train)),
+            "n_test": int(len(x_test)),
+            "latent_dim": exp.latent_dim,
+            "n_mmd": n_mmd,
+            "sleep_samples": int(ctx.config["algorithm"].get("sleep_samples", 1000)),
+            "flip": flip,
+            "infer_steps": steps,
+            "mmd2_learned": float(mmd(samples, ref)),
+            "mmd2_initial": mmd_init,
+            "mmd2_floor": float(mmd(torch.as_tensor(x_train[:n_mmd]), ref)),
+            "downstream": strip(ds),
+            "downstream_initial": strip(ds0),
+            "mean_image_error": mean_err,
+            "iterations": int(trainer.n_iter_),
+            "train_seconds": trainer.seconds_,
+            "history": history,
+            "seconds": ctx.seconds(),
+        }
 
-    results = {
-        "experiment": "images",
-        "quick": bool(exp.get("quick_run", False)),
-        "image_shape": list(shape),
-        "binarize": str(exp["binarize"]),
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
-        "latent_dim": int(exp["latent_dim"]),
-        "n_mmd": n_mmd,
-        "sleep_samples": int(config["algorithm"].get("sleep_samples", 1000)),
-        "flip": flip,
-        "infer_steps": steps,
-        "mmd2_learned": mmd_learned,
-        "mmd2_initial": mmd_init,
-        "mmd2_floor": mmd_floor,
-        "downstream": strip(ds),
-        "downstream_initial": strip(ds0),
-        "mean_image_error": mean_err,
-        "iterations": int(trainer.n_iter_),
-        "train_seconds": train_seconds,
-        "history": history,
-        "seconds": time.perf_counter() - t_start,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.write_text(out_dir / "report.md", _report(results))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    wio.save_npz(out_dir / "model.npz", weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
-    return results
+    report = staticmethod(report)
+
+
+EXPERIMENT = Images()

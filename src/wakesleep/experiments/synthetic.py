@@ -24,7 +24,7 @@ between the training data and ``experiment.mmd_samples`` model samples (saved, w
 ``results.json``), next to the MMD^2 of as many samples from the *true* model (the floor set by sampling
 noise), and the parameter drift; across data sets a histogram of log MMD^2 per algorithm (``mmd_hist.png``,
 Fig. 1 right) and a summary table (median MMD^2, how often each algorithm is best, DDC-HM against each other
-algorithm with a two-sided sign test).
+algorithm with a two-sided sign test): :mod:`wakesleep.experiments.synthetic_report`.
 
 ``--quick`` (``experiment.quick``) keeps the model, the data size (N = 10000) and the algorithms' settings
 (DDC-HM: 200 sleep samples, K1 = K2 = 100, recognition hidden 100; VAE/IWAE: 2 x 100 recognition), and cuts
@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,45 +49,29 @@ import torch
 from wakesleep import io as wio
 from wakesleep.config import dump_config
 from wakesleep.errors import WakesleepError
+from wakesleep.experiments import synthetic_report
+from wakesleep.experiments.base import Experiment, ExperimentContext
+from wakesleep.experiments.entries import algorithm_entries, algorithm_labels, check_buildable
+from wakesleep.schema import SEED_MAX, option
 
-DEFAULT_CONFIG = """\
-# The paper's synthetic experiment (section 7, eq. 13): `wakesleep experiment synthetic --out DIR [--quick]`.
-# The same file works with `wakesleep train` (then the data come from the model at its random initial
-# parameters instead of the experiment's drawn true parameters).
-model:
-  layers:                # top latent first, observation last
-    - {name: z2, family: mog, dim: 1, means: [[3.0], [-3.0]], std: 0.1, learn: false}
-    - {name: z1, family: laplace, dim: 2, link: softplus_linear, bias: false}   # scale softplus(B z2)
-    - {name: x,  family: gaussian, dim: 2, link: linear, bias: false}           # mean Lambda z1, variance Psi
-  dtype: float64
-algorithm: {name: ddc_hm, sleep_samples: 200, features: 100, recognition_hidden: 100}
-train: {epochs: 1000, batch_size: 100, lr: 1.0e-4, seed: 0, device: cpu, log_every: 500, threads: 1}
-data: {source: model, n: 10000, seed: 1}
-experiment:
-  true_seed: 0           # seed of the true parameters (B, Lambda, Psi) of data set 0; data set i uses true_seed + i
-  datasets: 25           # number of data sets (true-parameter draws); the paper's Fig. 1 histogram uses 25
-  # Fig. 1: DDC-HM against the VAE and the IWAE (k = 5, 50), whose recognition networks have 2 hidden layers
-  # of 100 units and output a factorised Gaussian posterior (the IWAE's proposal), as in the paper
-  algorithms:
-    - ddc_hm
-    - {name: vae, proposal_hidden: [100, 100]}
-    - {name: iwae, label: iwae_k5, k: 5, proposal_hidden: [100, 100]}
-    - {name: iwae, label: iwae_k50, k: 50, proposal_hidden: [100, 100]}
-  algorithm_options: {}  # name -> options, for plain-name entries of `algorithms` other than algorithm.name
-  mmd_samples: 10000     # model samples compared with the training data
-  mmd_bandwidth: median  # Gaussian-kernel width: median (median heuristic on the training data) or power
-  quick: {experiment.datasets: 2, train.max_iters: 1500, train.lr: 1.0e-3, train.log_every: 250}
-"""
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "true_seed": 0,
-    "datasets": 1,
-    "algorithms": ["ddc_hm"],
-    "algorithm_options": {},
-    "mmd_samples": 10000,
-    "mmd_bandwidth": "median",
-    "quick": {},
-}
+@dataclass(frozen=True)
+class Options:
+    """The ``experiment:`` section (values: ``configs/synthetic.yaml``)."""
+
+    true_seed: int = option(minimum=0, maximum=SEED_MAX, doc="seed of the true parameters of data set 0 (+ i: i)")
+    datasets: int = option(minimum=1, doc="number of data sets (true-parameter draws)")
+    algorithms: list[str | dict] | str = option(doc="names, or mappings {name, label, options...}")
+    algorithm_options: dict = option(doc="name -> options, for plain-name entries other than algorithm.name")
+    mmd_samples: int = option(minimum=2, doc="model samples compared with the training data")
+    mmd_bandwidth: str | float = option(doc="median, power or a positive number")
+
+    def validate(self, prefix: str) -> None:
+        """Entries known and labelled distinctly; a bandwidth rule or a positive width."""
+        algorithm_labels(self.algorithms)
+        bw = self.mmd_bandwidth
+        if bw not in ("median", "power") and not (isinstance(bw, float) and bw > 0):
+            raise WakesleepError(f"{prefix}.mmd_bandwidth must be median, power or a positive number, got {bw!r}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -188,374 +172,128 @@ def mmd2(data: torch.Tensor, samples: torch.Tensor, bandwidth: str | float, seed
     }
 
 
-# --------------------------------------------------------------------------------------------------------
-# plots and report
-# --------------------------------------------------------------------------------------------------------
-def _plot_samples(path: Path, data: np.ndarray, panels: dict[str, np.ndarray], n_show: int = 3000) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 1 + len(panels)
-    fig, axes = plt.subplots(1, cols, figsize=(3.3 * cols, 3.4), sharex=True, sharey=True, squeeze=False)
-    lo, hi = np.percentile(data, [0.5, 99.5], axis=0)
-    pad = 0.1 * (hi - lo)
-    for ax, (title, arr) in zip(axes[0], [("training data", data), *panels.items()], strict=True):
-        ax.scatter(
-            arr[:n_show, 0],
-            arr[:n_show, 1],
-            s=1.5,
-            alpha=0.4,
-            color="k" if title == "training data" else "C0",
-            rasterized=True,
-        )
-        ax.set_title(title, fontsize=10)
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_xlabel("$x_1$")
-    axes[0][0].set_ylabel("$x_2$")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_histogram(path: Path, log_mmd: dict[str, list[float | None]]) -> None:
-    """Fig. 1 (right): histogram of log MMD^2 per algorithm on shared bins. Non-positive unbiased estimates
-    (indistinguishable from 0) have no logarithm; the legend says how many data sets each histogram holds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finite = {name: [v for v in vals if v is not None and math.isfinite(v)] for name, vals in log_mmd.items()}
-    everything = [v for vals in finite.values() for v in vals]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    if everything:
-        lo, hi = min(everything), max(everything)
-        n_bins = max(8, min(30, len(everything) // 3))
-        bins = np.linspace(lo - 0.05 * (hi - lo + 1), hi + 0.05 * (hi - lo + 1), n_bins + 1)
-        for name, vals in finite.items():
-            if vals:
-                floor = name == "true model"
-                style = {"histtype": "step", "color": "k", "linestyle": "--"} if floor else {"alpha": 0.5}
-                ax.hist(vals, bins=bins, label=f"{name} ({len(vals)}/{len(log_mmd[name])})", **style)
-    ax.set_xlabel("log MMD$^2$ (training data vs model samples)")
-    ax.set_ylabel("data sets")
-    ax.set_title("Fig. 1 (right): fits from the true parameters", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _sign_test(wins: int, n: int) -> float:
-    """Two-sided exact sign test: P(|W - n/2| >= |wins - n/2|) for W ~ Binomial(n, 1/2)."""
-    if n == 0:
-        return 1.0
-    k = min(wins, n - wins)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
-
-
-def fig1_summary(datasets: list[dict[str, Any]], reference: str = "ddc_hm") -> dict[str, Any]:
-    """Across data sets: per algorithm the median/mean MMD^2, the median log MMD^2 (positive estimates), the
-    number of data sets where it has the lowest MMD^2 and its median drift; and ``reference`` (DDC-HM)
-    against every other algorithm: on how many data sets its MMD^2 is lower, with a two-sided sign test."""
-    names = list(datasets[0]["algorithms"]) if datasets else []
-    per: dict[str, Any] = {}
-    for name in names:
-        vals = np.array([d["algorithms"][name]["mmd"]["mmd2"] for d in datasets], dtype=float)
-        pos = vals[vals > 0]
-        drift = np.array([d["algorithms"][name]["parameter_drift"] for d in datasets], dtype=float)
-        best = sum(1 for d in datasets if min(d["algorithms"], key=lambda a: d["algorithms"][a]["mmd"]["mmd2"]) == name)
-        per[name] = {
-            "median_mmd2": float(np.median(vals)),
-            "mean_mmd2": float(vals.mean()),
-            "median_log_mmd2": float(np.median(np.log(pos))) if pos.size else None,
-            "n_positive": int(pos.size),
-            "best_on": int(best),
-            "median_drift": float(np.median(drift)),
-        }
-    floor = np.array([d["true_model"]["mmd2"] for d in datasets], dtype=float)
-    per["true model"] = {
-        "median_mmd2": float(np.median(floor)) if floor.size else None,
-        "mean_mmd2": float(floor.mean()) if floor.size else None,
-    }
-    versus: dict[str, Any] = {}
-    if reference in names:
-        for name in names:
-            if name == reference:
-                continue
-            wins = sum(
-                1 for d in datasets if d["algorithms"][reference]["mmd"]["mmd2"] < d["algorithms"][name]["mmd"]["mmd2"]
-            )
-            versus[name] = {"reference_lower": wins, "n": len(datasets), "sign_test_p": _sign_test(wins, len(datasets))}
-    return {"reference": reference, "algorithms": per, "versus": versus}
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
-def _report(results: dict[str, Any]) -> str:
-    cfg = results["config"]
-    lines = [
-        "# Synthetic experiment (paper section 7, eq. 13)",
-        "",
-        f"{'Quick run' if results['quick'] else 'Run'}: {results['iterations']} iterations "
-        f"({results['iterations'] / results['iters_per_epoch']:.0f} epochs"
-        + (f" of the configured {cfg['train']['epochs']}" if cfg["train"]["max_iters"] else "")
-        + f"), batch {cfg['train']['batch_size']}, Adam lr {cfg['train']['lr']:g}, "
-        f"N = {cfg['data']['n']} training points, {results['n_datasets']} data set(s); "
-        f"total {results['seconds']:.0f} s.",
-        "",
-        "MMD^2: unbiased estimate, Gaussian kernel "
-        f"({cfg['experiment']['mmd_bandwidth']} bandwidth), training data vs {cfg['experiment']['mmd_samples']} "
-        "samples. The *true model* row is the floor set by sampling noise (samples from the parameters that "
-        "generated the data); a learnt model that matches the data has an MMD^2 of the same size.",
-        "",
-        "| data set | model | MMD^2 | +- (1 sd) | parameter drift | iterations | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for ds in results["datasets"]:
-        lines.append(
-            f"| {ds['index']} | true model | {_fmt(ds['true_model']['mmd2'])} | "
-            f"{_fmt(ds['true_model']['std'])} | 0 | | |"
-        )
-        for name, r in ds["algorithms"].items():
-            lines.append(
-                f"| {ds['index']} | {name} | {_fmt(r['mmd']['mmd2'])} | {_fmt(r['mmd']['std'])} | "
-                f"{_fmt(r['parameter_drift'])} | {r['iterations']} | {r['seconds']:.0f} |"
-            )
-    lines += [
-        "",
-        "Parameter drift: |theta - theta_true| / |theta_true| over all learnt parameters (the model starts at "
-        "theta_true; an unbiased learner stays near it).",
-        "",
-    ]
-    fig1 = results.get("fig1")
-    if fig1 and fig1["algorithms"]:
-        n = results["n_datasets"]
-        lines += [
-            f"## Fig. 1: summary over {n} data set(s)",
-            "",
-            "| model | median MMD^2 | mean MMD^2 | median log MMD^2 (positive estimates) | lowest MMD^2 on | "
-            "median drift |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, r in fig1["algorithms"].items():
-            if name == "true model":
-                continue
-            lines.append(
-                f"| {name} | {_fmt(r['median_mmd2'])} | {_fmt(r['mean_mmd2'])} | "
-                f"{_fmt(r['median_log_mmd2'])} ({r['n_positive']}/{n}) | {r['best_on']}/{n} | "
-                f"{_fmt(r['median_drift'])} |"
-            )
-        tm = fig1["algorithms"]["true model"]
-        lines.append(f"| true model | {_fmt(tm['median_mmd2'])} | {_fmt(tm['mean_mmd2'])} | | | 0 |")
-        lines.append("")
-        for name, v in fig1["versus"].items():
-            lines.append(
-                f"- {fig1['reference']} has a lower MMD^2 than {name} on {v['reference_lower']}/{v['n']} "
-                f"data sets (two-sided sign test p = {v['sign_test_p']:.3g})."
-            )
-        lines.append("")
-    lines += ["![data and model samples](samples.png)", ""]
-    if results["n_datasets"] > 1:
-        lines += ["![log MMD histogram](mmd_hist.png)", ""]
-    lines += [
-        f"MMD implementation: {results['mmd_implementation']}.",
-        "",
-        "Files: `results.json` (all numbers; `datasets[i].algorithms.<name>.samples` is the path of the samples "
-        "the MMD was computed on), `true_params_<i>.npz`, `data_<i>.npz`, `true_model_samples_<i>.npz`, and one "
-        "run directory per algorithm and data set (`<algorithm>_<i>/`: config.yaml, metrics.jsonl, "
-        "model.safetensors, samples.npz, mmd_samples.npz; `wakesleep train --config <algorithm>_<i>/config.yaml` "
-        "reruns it).",
-        "",
-    ]
-    return "\n".join(lines)
+def _log(v: float) -> float | None:
+    return math.log(v) if v > 0 else None
 
 
 # --------------------------------------------------------------------------------------------------------
 # the experiment
 # --------------------------------------------------------------------------------------------------------
-def _validate(exp: dict[str, Any]) -> None:
-    from wakesleep.algorithms import ALGORITHMS
+class Synthetic(Experiment):
+    """Fig. 1: every algorithm from the true parameters of each data set; MMD^2 to the data, parameter drift."""
 
-    for key in ("true_seed", "datasets", "mmd_samples"):
-        v = exp[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "true_seed" else 1):
-            kind = "non-negative" if key == "true_seed" else "positive"
-            raise WakesleepError(f"config: experiment.{key} must be a {kind} integer, got {v!r}")
-    if exp["mmd_samples"] < 2:
-        raise WakesleepError("config: experiment.mmd_samples must be at least 2")
-    algos = exp["algorithms"]
-    if isinstance(algos, str):
-        algos = exp["algorithms"] = [algos]
-    if not isinstance(algos, list) or not algos:
-        raise WakesleepError("config: experiment.algorithms must be a non-empty list of algorithm names")
-    labels = []
-    for entry in algos:
-        if isinstance(entry, dict):
-            name = entry.get("name")
-            label = entry.get("label", name)
-        else:
-            name = label = entry
-        if name not in ALGORITHMS:
-            raise WakesleepError(f"config: experiment.algorithms: unknown algorithm {name!r}")
-        if not isinstance(label, str) or label in labels:
-            raise WakesleepError(f"config: experiment.algorithms: labels must be distinct strings, got {label!r} twice")
-        labels.append(label)
-    if not isinstance(exp["algorithm_options"], dict):
-        raise WakesleepError("config: experiment.algorithm_options must be a mapping name -> options")
-    bw = exp["mmd_bandwidth"]
-    if bw not in ("median", "power") and not (isinstance(bw, int | float) and bw > 0):
-        raise WakesleepError(f"config: experiment.mmd_bandwidth must be median, power or a positive number, got {bw!r}")
+    name = "synthetic"
+    Options = Options
 
+    def run(self, ctx: ExperimentContext) -> dict[str, Any]:
+        """Train every algorithm on every data set (see the module docstring)."""
+        from wakesleep.runs import build_model
+        from wakesleep.spec import ModelSpec
 
-def _algorithm_config(config: dict[str, Any], entry: str | dict) -> tuple[str, dict[str, Any]]:
-    """``(label, run config)`` of an ``experiment.algorithms`` entry.
-
-    An entry is a name (the config's own ``algorithm`` section when it names the same algorithm, else
-    ``experiment.algorithm_options[name]``) or a mapping ``{name: iwae, label: iwae_k5, k: 5}``.
-    """
-    from wakesleep.config import resolve_config
-
-    exp = config["experiment"]
-    if isinstance(entry, dict):
-        algo = {k: v for k, v in entry.items() if k != "label"}
-        label = entry.get("label", entry["name"])
-    elif entry == config["algorithm"]["name"]:
-        algo, label = dict(config["algorithm"]), entry
-    else:
-        algo, label = {"name": entry, **(exp["algorithm_options"].get(entry) or {})}, entry
-    raw = {k: copy.deepcopy(config[k]) for k in ("model", "train", "data")}
-    raw["algorithm"] = algo
-    return label, resolve_config(raw, source="experiment synthetic", check_model=False)
-
-
-def run(config: dict[str, Any], out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    """Run the experiment described by a resolved config, writing into ``out_dir``; return the results."""
-    from wakesleep.train import config_threads
-
-    _validate(config["experiment"])
-    with config_threads(config):
-        return _run(config, out_dir, progress)
-
-
-def _run(config: dict[str, Any], out_dir: Path, progress: bool | None) -> dict[str, Any]:
-    from wakesleep.train import build_model_from_config, train_from_config
-
-    exp = config["experiment"]
-    algo_configs = dict(_algorithm_config(config, entry) for entry in exp["algorithms"])
-    for cfg in algo_configs.values():  # fail early on a bad option, before any training
-        from wakesleep.train import build_algorithm_from_config
-
-        build_algorithm_from_config(cfg, build_model_from_config(cfg))
-
-    t_start = time.perf_counter()
-    datasets = []
-    first_panels: dict[str, np.ndarray] = {}
-    first_data = None
-    log_mmd: dict[str, list[float]] = {name: [] for name in algo_configs}
-    log_mmd["true model"] = []
-    mmd_impl = None
-    for i in range(exp["datasets"]):
-        # --- true parameters and data
-        base_cfg = copy.deepcopy(config)
-        base_cfg["model"].pop("init", None)
-        model = build_model_from_config(base_cfg)
-        true = draw_true_params(model, exp["true_seed"] + i)
-        wio.save_npz(out_dir / f"true_params_{i}.npz", **true)
-        wio.load_params_npz(model, out_dir / f"true_params_{i}.npz")
-        gen = torch.Generator(device=model.device).manual_seed(int(config["data"]["seed"]) + 1000 * i)
-        with torch.no_grad():
-            data = model.sample(int(config["data"]["n"]), generator=gen)[-1]
-            ref = model.sample(int(exp["mmd_samples"]), generator=gen)[-1]
-        wio.save_npz(out_dir / f"data_{i}.npz", x=data)
-        wio.save_npz(out_dir / f"true_model_samples_{i}.npz", x=ref)
-        floor = mmd2(data, ref, exp["mmd_bandwidth"], seed=i)
-        floor["samples"] = f"true_model_samples_{i}.npz"
-        mmd_impl = floor["implementation"]
-        log_mmd["true model"].append(math.log(floor["mmd2"]) if floor["mmd2"] > 0 else None)
-        entry: dict[str, Any] = {
-            "index": i,
-            "true_seed": exp["true_seed"] + i,
-            "true_params": {k: v.tolist() for k, v in true.items()},
-            "true_model": floor,
-            "algorithms": {},
-        }
-        if i == 0:
-            first_data = data.cpu().numpy()
-            first_panels["true model"] = ref.cpu().numpy()
-        # --- each algorithm, from the true parameters, on the same data
-        for name, cfg in algo_configs.items():
-            run_cfg = copy.deepcopy(cfg)
-            run_cfg["model"]["init"] = f"../true_params_{i}.npz"  # relative to the run directory
-            run_cfg["data"] = {"source": "file", "path": f"../data_{i}.npz"}
-            run_dir = out_dir / f"{name}_{i}"
-            run_dir.mkdir()
-            abs_cfg = copy.deepcopy(run_cfg)
-            abs_cfg["model"]["init"] = str(out_dir / f"true_params_{i}.npz")
-            t0 = time.perf_counter()
-            fitted, _, trainer, _ = train_from_config(abs_cfg, run_dir, progress=progress, data=data)
-            wio.write_text(run_dir / "config.yaml", dump_config(run_cfg))
-            seconds = time.perf_counter() - t0
-            gen_s = torch.Generator(device=fitted.device).manual_seed(10_000 + i)
+        opts, config, out_dir = ctx.options, ctx.config, ctx.out_dir
+        entries = algorithm_entries(config, "experiment synthetic")
+        check_buildable(entries.values())
+        section = {k: v for k, v in ctx.spec.model.to_dict().items() if k != "init"}
+        base_spec = ctx.spec.replace(model=ModelSpec(section))  # the model, at its initial parameters
+        datasets = []
+        first_panels: dict[str, np.ndarray] = {}
+        first_data = None
+        log_mmd: dict[str, list[float | None]] = {name: [] for name in entries}
+        log_mmd["true model"] = []
+        mmd_impl = None
+        for i in range(opts.datasets):
+            # --- true parameters and data
+            model = build_model(base_spec)
+            true = draw_true_params(model, opts.true_seed + i)
+            wio.save_npz(out_dir / f"true_params_{i}.npz", **true)
+            wio.load_params_npz(model, out_dir / f"true_params_{i}.npz")
+            gen = torch.Generator(device=model.device).manual_seed(int(config["data"]["seed"]) + 1000 * i)
             with torch.no_grad():
-                samples = fitted.sample(int(exp["mmd_samples"]), generator=gen_s)[-1]
-            wio.save_npz(run_dir / "mmd_samples.npz", x=samples)
-            m = mmd2(data, samples, exp["mmd_bandwidth"], seed=i)
-            learnt = {n: p.detach().cpu().double().numpy() for n, p in fitted.named_parameters()}
-            num = math.sqrt(sum(float(((learnt[n] - true[n]) ** 2).sum()) for n in learnt))
-            den = math.sqrt(sum(float((true[n] ** 2).sum()) for n in learnt)) or 1.0
-            entry["algorithms"][name] = {
-                "mmd": m,
-                "samples": f"{name}_{i}/mmd_samples.npz",  # relative to the output directory
-                "parameter_drift": num / den,
-                "learnt_params": {n: v.tolist() for n, v in learnt.items()},
-                "iterations": trainer.n_iter_,
-                "epochs": trainer.epochs_,
-                "seconds": seconds,
-                "final_metrics": trainer.history_[-1] if trainer.history_ else {},
+                data = model.sample(int(config["data"]["n"]), generator=gen)[-1]
+                ref = model.sample(opts.mmd_samples, generator=gen)[-1]
+            wio.save_npz(out_dir / f"data_{i}.npz", x=data)
+            wio.save_npz(out_dir / f"true_model_samples_{i}.npz", x=ref)
+            floor = mmd2(data, ref, opts.mmd_bandwidth, seed=i)
+            floor["samples"] = f"true_model_samples_{i}.npz"
+            mmd_impl = floor["implementation"]
+            log_mmd["true model"].append(_log(floor["mmd2"]))
+            entry: dict[str, Any] = {
+                "index": i,
+                "true_seed": opts.true_seed + i,
+                "true_params": {k: v.tolist() for k, v in true.items()},
+                "true_model": floor,
+                "algorithms": {},
             }
-            log_mmd[name].append(math.log(m["mmd2"]) if m["mmd2"] > 0 else None)
             if i == 0:
-                first_panels[name] = samples.cpu().numpy()
-        datasets.append(entry)
+                first_data = data.cpu().numpy()
+                first_panels["true model"] = ref.cpu().numpy()
+            # --- each algorithm, from the true parameters, on the same data
+            for name, cfg in entries.items():
+                run_cfg = copy.deepcopy(cfg)
+                run_cfg["model"]["init"] = f"../true_params_{i}.npz"  # relative to the run directory
+                run_cfg["data"] = {"source": "file", "path": f"../data_{i}.npz"}
+                run_dir = out_dir / f"{name}_{i}"
+                run_dir.mkdir()
+                abs_cfg = copy.deepcopy(run_cfg)
+                abs_cfg["model"]["init"] = str(out_dir / f"true_params_{i}.npz")
+                t0 = time.perf_counter()
+                e = ctx.train(abs_cfg, run_dir.name, data=data)
+                wio.write_text(run_dir / "config.yaml", dump_config(run_cfg))  # `wakesleep train` reruns it
+                seconds = time.perf_counter() - t0
+                gen_s = torch.Generator(device=e.model.device).manual_seed(10_000 + i)
+                with torch.no_grad():
+                    samples = e.model.sample(opts.mmd_samples, generator=gen_s)[-1]
+                wio.save_npz(run_dir / "mmd_samples.npz", x=samples)
+                m = mmd2(data, samples, opts.mmd_bandwidth, seed=i)
+                learnt = {n: p.detach().cpu().double().numpy() for n, p in e.model.named_parameters()}
+                num = math.sqrt(sum(float(((learnt[n] - true[n]) ** 2).sum()) for n in learnt))
+                den = math.sqrt(sum(float((true[n] ** 2).sum()) for n in learnt)) or 1.0
+                entry["algorithms"][name] = {
+                    "mmd": m,
+                    "samples": f"{name}_{i}/mmd_samples.npz",  # relative to the output directory
+                    "parameter_drift": num / den,
+                    "learnt_params": {n: v.tolist() for n, v in learnt.items()},
+                    "iterations": e.info["iterations"],
+                    "epochs": e.info["epochs"],
+                    "seconds": seconds,
+                    "final_metrics": e.info["final_metrics"],
+                }
+                log_mmd[name].append(_log(m["mmd2"]))
+                if i == 0:
+                    first_panels[name] = samples.cpu().numpy()
+            datasets.append(entry)
 
-    # --- outputs
-    panels = {k: v for k, v in first_panels.items() if k != "true model"}
-    panels["true model"] = first_panels["true model"]
-    _plot_samples(out_dir / "samples.png", first_data, panels)
-    if exp["datasets"] > 1:
-        _plot_histogram(out_dir / "mmd_hist.png", log_mmd)
-    seconds = time.perf_counter() - t_start
-    first = datasets[0]
-    summary = (
-        ", ".join(f"{name} MMD^2 {r['mmd']['mmd2']:.3g}" for name, r in first["algorithms"].items())
-        + f" (true model {first['true_model']['mmd2']:.3g})"
-    )
-    results = {
-        "experiment": "synthetic",
-        "quick": bool(exp.get("quick_run", False)),
-        "n_datasets": exp["datasets"],
-        "seconds": seconds,
-        "iterations": max(r["iterations"] for d in datasets for r in d["algorithms"].values()),
-        "iters_per_epoch": math.ceil(int(config["data"]["n"]) / int(config["train"]["batch_size"])),
-        "summary": summary,
-        "mmd_implementation": mmd_impl,
-        "log_mmd2": log_mmd,
-        "fig1": fig1_summary(datasets, reference="ddc_hm" if "ddc_hm" in algo_configs else next(iter(algo_configs))),
-        "datasets": datasets,
-        "config": config,
-    }
-    wio.save_json(out_dir / "results.json", results)
-    wio.write_text(out_dir / "report.md", _report(results))
-    wio.write_text(out_dir / "config.yaml", dump_config(config))
-    return results
+        # --- outputs
+        panels = {k: v for k, v in first_panels.items() if k != "true model"}
+        panels["true model"] = first_panels["true model"]
+        synthetic_report.plot_samples(out_dir / "samples.png", first_data, panels)
+        if opts.datasets > 1:
+            synthetic_report.plot_histogram(out_dir / "mmd_hist.png", log_mmd)
+        first = datasets[0]
+        summary = (
+            ", ".join(f"{name} MMD^2 {r['mmd']['mmd2']:.3g}" for name, r in first["algorithms"].items())
+            + f" (true model {first['true_model']['mmd2']:.3g})"
+        )
+        reference = "ddc_hm" if "ddc_hm" in entries else next(iter(entries))
+        return {
+            "n_datasets": opts.datasets,
+            "seconds": ctx.seconds(),
+            "iterations": max(r["iterations"] for d in datasets for r in d["algorithms"].values()),
+            "iters_per_epoch": math.ceil(int(config["data"]["n"]) / int(config["train"]["batch_size"])),
+            "summary": summary,
+            "mmd_implementation": mmd_impl,
+            "log_mmd2": log_mmd,
+            "fig1": synthetic_report.fig1_summary(datasets, reference=reference),
+            "datasets": datasets,
+        }
+
+    report = staticmethod(synthetic_report.report)
+
+
+EXPERIMENT = Synthetic()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_CONFIG":  # TRANSITION: read by tests/test_config.py; the text of configs/synthetic.yaml
+        return EXPERIMENT.defaults_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,35 @@ A family is *per unit*: ``D`` independent units, each with ``n_stats`` sufficien
 Families know nothing of models or algorithms. We do not build on ``torch.distributions.ExponentialFamily``
 (it has no sufficient-statistics method and its natural-parameter API is private); ``to_distribution``
 converts to the matching ``torch.distributions`` object for sampling and cross-checks.
+
+Each family also declares the keys a layer of it takes in a config's ``model:`` section and how those keys
+become the layer (the contract that :func:`wakesleep.models.build_model` follows generically):
+
+``Options``
+    A frozen, keyword-only option record (:func:`wakesleep.schema.option` fields) of the family's keys,
+    e.g. Gaussian's ``variance``. It subclasses ``ExponentialFamily.Options``, which holds ``learn``.
+``top_only``
+    The names of the keys only a top layer takes (its initial parameter, ``learn``); a conditional layer
+    gets its parameter from its link instead.
+:meth:`from_options`, :meth:`layer_parameters`, :meth:`top_parameter`
+    The family object, its layer-level parameters (``log_var``...) and the top layer's initial parameter.
+:meth:`in_support` and ``support_text``
+    Which observed values the family can explain (checked on data by :meth:`support_violation`).
+
+Adding a family: write the class (the protocol and the members above) and register it in
+``wakesleep.families.FAMILIES``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from wakesleep.schema import option
 
 
 class ExponentialFamily:
@@ -32,6 +55,10 @@ class ExponentialFamily:
         ``"real"``, ``"binary"``, ``"count"``, ``"positive"`` or ``"categorical"``.
     reparameterizable : bool
         Whether ``to_distribution(eta).rsample`` exists.
+    support_text : str
+        The support in words, for error messages (e.g. ``"{0, 1}"``).
+    top_only : tuple of str
+        The keys of :class:`Options` that only a top layer takes.
     """
 
     name = "base"
@@ -39,7 +66,60 @@ class ExponentialFamily:
     param_size = 1
     param_kind = "real"
     support = "real"
+    support_text = "finite real numbers"
     reparameterizable = False
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        """The keys of a layer of this family in the ``model:`` section (besides name, family, dim, link keys)."""
+
+        learn: bool = option(True, doc="top layer only: learn its parameter (false: keep it fixed)")
+
+    top_only: tuple[str, ...] = ("learn",)
+
+    # --- building a layer from its options -------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: Any) -> ExponentialFamily:
+        """The family object of a layer with these (validated) options."""
+        return cls()
+
+    def layer_parameters(self, options: Any, dim: int) -> dict[str, tuple[Tensor, bool]]:
+        """Layer-level parameters as ``name -> (initial value [dim], learn)`` (e.g. Gaussian's ``log_var``)."""
+        return {}
+
+    def top_parameter(self, options: Any) -> float:
+        """Initial value of the top layer's standard parameter (the link output), the same for every unit."""
+        return 1.0 if self.param_kind == "positive" else 0.0
+
+    # --- the support, for checking data ------------------------------------------------------------------
+    def in_support(self, x: np.ndarray) -> np.ndarray:
+        """Boolean mask of the values of ``x`` (a real or integer NumPy array) that the family can produce."""
+        return np.isfinite(x)
+
+    def support_violation(self, x: np.ndarray) -> str | None:
+        """Describe the first value of ``x`` (``[N, D]``, row-major order) outside the support, or None.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Real, integer or boolean observations, usually ``[N, D]``.
+
+        Returns
+        -------
+        str or None
+            E.g. ``"row 3, column 7: 9.0 is outside the support of a bernoulli observation layer ({0, 1})"``.
+        """
+        x = np.asarray(x)
+        if x.dtype == np.bool_:
+            x = x.astype(np.uint8)
+        bad = ~np.asarray(self.in_support(x), dtype=bool)
+        if not bad.any():
+            return None
+        pos = np.unravel_index(int(np.argmax(bad)), x.shape)
+        value = x[pos]
+        where = f"row {pos[0]}, column {pos[1]}" if x.ndim == 2 else f"index {', '.join(str(int(p)) for p in pos)}"
+        shown = str(value)  # (str, not format: a float32 shows its shortest repr, e.g. 0.1, not 0.10000000149)
+        return f"{where}: {shown} is outside the support of a {self.name} observation layer ({self.support_text})"
 
     # --- the protocol --------------------------------------------------------------------------------
     def sufficient_statistics(self, x: Tensor) -> Tensor:

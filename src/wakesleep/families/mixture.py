@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from wakesleep.errors import WakesleepError
+from wakesleep.schema import option
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -23,7 +29,47 @@ class MixtureOfGaussians(nn.Module):
         ``[M]`` mixing weights (default uniform).
     learn : bool
         If False, everything is a buffer (not returned by ``named_parameters``).
+
+    Notes
+    -----
+    As a top prior of a config (``family: mog``) it takes the keys of :class:`Options`, all top-only, and
+    :meth:`from_options` builds it (the same contract as the exponential families', for a top layer).
     """
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        """Keys of a ``family: mog`` top layer."""
+
+        means: list[list[float]] | None = option(
+            None, doc="component means, each a list of dim numbers (default: all +1 and all -1)"
+        )
+        std: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="standard deviation of every component")
+        weights: list[float] | None = option(
+            None, minimum=0.0, exclusive_minimum=True, doc="mixing weights, one per component (default: uniform)"
+        )
+        learn: bool = option(False, doc="learn means, standard deviations and weights")
+
+    top_only: tuple[str, ...] = ("means", "std", "weights", "learn")
+
+    @classmethod
+    def from_options(cls, options: Any, dim: int, where: str) -> MixtureOfGaussians:
+        """The prior of a top layer of ``dim`` units with these (validated) options; errors name ``where``.
+
+        Raises
+        ------
+        WakesleepError
+            If a component mean does not have ``dim`` numbers or the weights do not match the components.
+        """
+        means = options.means if options.means is not None else [[1.0] * dim, [-1.0] * dim]
+        if not means or any(len(m) != dim for m in means):
+            raise WakesleepError(f"{where}.means: must be a list of components, each of length dim={dim}")
+        means = np.asarray(means, dtype=float)
+        weights = options.weights
+        if weights is not None:
+            if len(weights) != means.shape[0]:
+                raise WakesleepError(f"{where}.weights: must be {means.shape[0]} positive numbers")
+            weights = torch.as_tensor(np.asarray(weights, dtype=float))
+        return cls(torch.as_tensor(means), options.std, weights, learn=options.learn)
 
     def __init__(self, means: Tensor, std: float | Tensor = 1.0, weights: Tensor | None = None, learn: bool = False):
         super().__init__()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch import distributions as D
 
 from wakesleep.families.base import ExponentialFamily
+from wakesleep.schema import option
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -25,6 +29,22 @@ class Gaussian(ExponentialFamily):
     n_stats = 2
     support = "real"
     reparameterizable = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a Gaussian layer."""
+
+        variance: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="initial variance of every unit")
+        learn_variance: bool = option(True, doc="learn the variances (false: keep them fixed)")
+        mean: float = option(0.0, doc="top layer only: initial mean of every unit")
+
+    top_only = ("learn", "mean")
+
+    def layer_parameters(self, options: Any, dim: int) -> dict[str, tuple[Tensor, bool]]:
+        return {"log_var": (torch.full((dim,), math.log(options.variance)), options.learn_variance)}
+
+    def top_parameter(self, options: Any) -> float:
+        return options.mean
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([x, x * x], dim=-1)
@@ -73,6 +93,17 @@ class Laplace(ExponentialFamily):
     param_kind = "positive"
     support = "real"
     reparameterizable = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a Laplace layer."""
+
+        scale: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="top layer only: initial scale")
+
+    top_only = ("learn", "scale")
+
+    def top_parameter(self, options: Any) -> float:
+        return options.scale
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x.abs().unsqueeze(-1)
@@ -165,6 +196,21 @@ class Bernoulli(ExponentialFamily):
 
     name = "bernoulli"
     support = "binary"
+    support_text = "{0, 1}"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a Bernoulli layer."""
+
+        logit: float = option(0.0, doc="top layer only: initial logit of every unit")
+
+    top_only = ("learn", "logit")
+
+    def top_parameter(self, options: Any) -> float:
+        return options.logit
+
+    def in_support(self, x: np.ndarray) -> np.ndarray:
+        return (x == 0) | (x == 1)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x.unsqueeze(-1)
@@ -202,6 +248,21 @@ class Poisson(ExponentialFamily):
     name = "poisson"
     param_kind = "positive"
     support = "count"
+    support_text = "non-negative integers"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a Poisson layer."""
+
+        rate: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="top layer only: initial rate of every unit")
+
+    top_only = ("learn", "rate")
+
+    def top_parameter(self, options: Any) -> float:
+        return options.rate
+
+    def in_support(self, x: np.ndarray) -> np.ndarray:
+        return _is_integer(x) & (x >= 0)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x.unsqueeze(-1)
@@ -236,7 +297,27 @@ class Gamma(ExponentialFamily):
     n_stats = 2
     param_kind = "positive"
     support = "positive"
+    support_text = "positive real numbers"
     reparameterizable = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a Gamma layer."""
+
+        shape: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="initial shape of every unit")
+        learn_shape: bool = option(True, doc="learn the shapes (false: keep them fixed)")
+        mean: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="top layer only: initial mean of every unit")
+
+    top_only = ("learn", "mean")
+
+    def layer_parameters(self, options: Any, dim: int) -> dict[str, tuple[Tensor, bool]]:
+        return {"log_shape": (torch.full((dim,), math.log(options.shape)), options.learn_shape)}
+
+    def top_parameter(self, options: Any) -> float:
+        return options.mean
+
+    def in_support(self, x: np.ndarray) -> np.ndarray:
+        return np.isfinite(x) & (x > 0)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([torch.log(x), x], dim=-1)
@@ -270,10 +351,27 @@ class Categorical(ExponentialFamily):
     name = "categorical"
     support = "categorical"
 
+    @dataclass(frozen=True, kw_only=True)
+    class Options(ExponentialFamily.Options):
+        """Keys of a categorical layer."""
+
+        categories: int = option(minimum=1, doc="number of values of every unit (required)")
+
     def __init__(self, categories: int) -> None:
         self.categories = int(categories)
         self.n_stats = self.categories
         self.param_size = self.categories
+
+    @classmethod
+    def from_options(cls, options: Any) -> Categorical:
+        return cls(options.categories)
+
+    @property
+    def support_text(self) -> str:
+        return f"integers 0 to {self.categories - 1}"
+
+    def in_support(self, x: np.ndarray) -> np.ndarray:
+        return _is_integer(x) & (x >= 0) & (x < self.categories)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return F.one_hot(x.long(), self.categories).to(x.dtype if x.is_floating_point() else torch.float32)
@@ -304,3 +402,11 @@ class Categorical(ExponentialFamily):
 
     def __repr__(self) -> str:
         return f"Categorical(categories={self.categories})"
+
+
+def _is_integer(x: np.ndarray) -> np.ndarray:
+    """Boolean mask of the finite integer values of ``x`` (any NumPy number array)."""
+    if x.dtype.kind in "iub":
+        return np.ones(x.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (np.floor(x) == x)

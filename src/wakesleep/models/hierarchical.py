@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wakesleep.families import ExponentialFamily, MixtureOfGaussians
-from wakesleep.models._linear import linear
+from wakesleep.ops import linear
 from wakesleep.models.links import LinearLink
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wakesleep.models._linear import linear
+from wakesleep.ops import linear
 
 LINKS = ("linear", "softplus_linear", "mlp")
 
@@ -30,6 +30,17 @@ class LinearLink(nn.Module):
         out = linear(z, self.weight, self.bias)  # F.linear, with large float32 CPU products done by oneDNN
         return F.softplus(out) if self.softplus else out
 
+    @property
+    def is_affine(self) -> bool:
+        """Whether the output is the affine map ``W z + b`` itself (no softplus), linear in ``(W, b)``."""
+        return not self.softplus
+
+    def affine_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """``(W [out, in], b [out] or None)`` of an affine link (:attr:`is_affine`): the output is ``W z + b``."""
+        if not self.is_affine:
+            raise ValueError("affine_weight_bias: the link applies softplus, so it is not affine")
+        return self.weight, self.bias
+
 
 class MLPLink(nn.Module):
     """A multilayer perceptron; a final softplus when the family's parameter must be positive."""
@@ -50,6 +61,11 @@ class MLPLink(nn.Module):
         out = self.net(z)
         return F.softplus(out) if self.softplus else out
 
+    @property
+    def is_affine(self) -> bool:
+        """An MLP is not an affine map of its input (see :attr:`LinearLink.is_affine`)."""
+        return False
+
 
 class ConstantLink(nn.Module):
     """Top layer: g_L(theta_L) = theta_L, a free parameter (softplus-transformed when it must be positive)."""
@@ -65,3 +81,8 @@ class ConstantLink(nn.Module):
 
     def forward(self, z: Tensor | None = None) -> Tensor:
         return F.softplus(self.value) if self.softplus else self.value
+
+    @property
+    def is_affine(self) -> bool:
+        """A constant has no parent to be affine in (see :attr:`LinearLink.is_affine`)."""
+        return False

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["autocast", "full_precision", "linear", "matmul", "onednn_enabled"]
+__all__ = ["PRECISIONS", "autocast", "full_precision", "linear", "matmul", "onednn_enabled"]
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

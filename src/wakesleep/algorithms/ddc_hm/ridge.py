@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from wakesleep.models._linear import matmul
+from wakesleep.ops import matmul
 
 RIDGE_GRID = tuple(10.0**k for k in range(-8, 2))
 

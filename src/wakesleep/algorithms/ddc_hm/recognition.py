@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from wakesleep.algorithms.features import RandomReLUFeatures, Standardizer
-from wakesleep.algorithms.ridge import (
+from wakesleep.algorithms.ddc_hm.features import RandomReLUFeatures, Standardizer
+from wakesleep.algorithms.ddc_hm.ridge import (
     RIDGE_GRID,
     PhaseSums,
     RunningMoments,
@@ -19,9 +19,46 @@ from wakesleep.algorithms.ridge import (
     unexplained,
     with_intercept,
 )
-from wakesleep.models._linear import matmul
+from wakesleep.ops import matmul
 
 _R2_ROWS = 512  # sleep samples in the R^2 diagnostic of each read-out
+
+
+class TensorList(nn.Module):
+    """A list of tensors held as buffers named ``0``, ``1``, ... (``state_dict`` keys ``<prefix>.<i>``), so that
+    ``.to()`` moves them and checkpoints hold them; loading replaces the whole list with the state's tensors
+    (and keeps it when the state has none, e.g. one saved before the first fit)."""
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def __iter__(self):
+        return iter(self._buffers.values())
+
+    def __getitem__(self, i: int) -> Tensor:
+        return list(self._buffers.values())[i]
+
+    def append(self, t: Tensor) -> None:
+        self.register_buffer(str(len(self._buffers)), t)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        found = {}
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            name = key[len(prefix) :]
+            if not name.isdigit():
+                unexpected.append(key)
+                continue
+            found[int(name)] = state_dict.pop(key)
+        if found:
+            if sorted(found) != list(range(len(found))):
+                errors.append(f"{prefix}: the tensors of a list must be numbered 0, 1, ..., got {sorted(found)}")
+                return
+            self.clear()
+            for i in range(len(found)):
+                self.append(found[i])
 
 
 class LinearDDCRecognition(nn.Module):
@@ -98,9 +135,14 @@ class LinearDDCRecognition(nn.Module):
         self.ridge_every = max(int(ridge_every), 1)
         self.free_inputs = bool(free_inputs)
         self.n_fits = 0
-        self.reduce = None  # set by DDCHelmholtzMachine.set_reducer for data-parallel training
-        self.maps: list[Tensor] = []
+        self.reduce = None  # set by set_reducer (DDCHelmholtzMachine.set_reducer) for data-parallel training
+        self.maps = TensorList()  # the read-out maps phi_l (state_dict keys maps.<l>)
         self.chosen_ridge: list[float] = []
+
+    def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
+        """Sum the regression statistics and the standardisation moments across data-parallel ranks."""
+        self.reduce = reduce
+        self.stats.reduce = reduce
 
     def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
         """Fit the read-outs to T(z_l) of sleep samples (eq. 7); ``targets`` bottom-up."""
@@ -130,7 +172,8 @@ class LinearDDCRecognition(nn.Module):
         select = self.ridge == "auto" and (not self.chosen_ridge or (held_out and k % self.ridge_every == 0))
         previous = list(self.chosen_ridge)
         self.n_fits += 1
-        self.maps, self.chosen_ridge = [], []
+        self.maps.clear()
+        self.chosen_ridge = []
 
         def choose(level: int, inputs: Tensor, target: Tensor, n_free: int) -> float:
             if self.ridge != "auto":
@@ -310,6 +353,10 @@ class MLPDDCRecognition(nn.Module):
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), steps, lr, batch_size
         self.optimizer: torch.optim.Optimizer | None = None
         self.reduce = None
+
+    def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
+        """Sum the standardisation moments across data-parallel ranks."""
+        self.reduce = reduce
 
     def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
         if not self.standardize.fitted:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from wakesleep.models._linear import linear
+from wakesleep.ops import linear
 
 ENCODINGS = ("sigmoid", "tanh", "linear")
 EXTRA_STATS = ("none", "linear", "quadratic")
@@ -38,6 +38,11 @@ class Standardizer(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         return (v - self.centre) / self.scale
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if prefix + "centre" in state_dict and prefix + "scale" in state_dict:
+            self.fitted = True  # a loaded standardisation stays fixed, as a fitted one does
 
 
 class EncodingFunctions(nn.Module):
@@ -146,6 +151,10 @@ class RandomReLUFeatures(nn.Module):
             "message_only": message_dim,
         }[mode]
         self.n_out = hidden + self.n_exact
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        state_dict.pop(prefix + "_iu", None)  # saved by earlier versions (now recomputed, not stored)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def fit_standardization(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         """Set the standardisation of x (and of the message) from samples, once."""

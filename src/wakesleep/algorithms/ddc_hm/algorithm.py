@@ -1,0 +1,258 @@
+"""The DDC Helmholtz machine: options, construction, data parallelism and checkpoints.
+
+The sleep phase is :class:`~wakesleep.algorithms.ddc_hm.sleep.SleepPhase`, the wake phase
+:class:`~wakesleep.algorithms.ddc_hm.wake.WakePhase`; the package docstring explains the estimator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wakesleep.algorithms.base import Algorithm, Capabilities
+from wakesleep.algorithms.ddc_hm.features import EncodingFunctions
+from wakesleep.algorithms.ddc_hm.options import (
+    DDCOptions,
+    auto_recognition_input,
+    readout_inputs,
+    recognition_memory,
+)
+from wakesleep.algorithms.ddc_hm.recognition import LinearDDCRecognition, MLPDDCRecognition
+from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
+from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
+from wakesleep.errors import WakesleepError
+from wakesleep.ops import matmul
+
+__all__ = ["DDCHelmholtzMachine", "message_supported"]
+
+_FIT_PREFIX = "recognizer_fit."  # state_dict keys of the recognition's running fit state
+
+
+def message_supported(model: torch.nn.Module) -> bool:
+    """Whether eta(x | z_1) is affine in W e(z_1) + b (``recognition_input: message``, see ``bottom_up_message``)."""
+    obs = list(model.layers.values())[-1]
+    link = getattr(obs, "link", None)
+    return getattr(link, "is_affine", False) and obs.family.name in ("bernoulli", "gaussian")
+
+
+class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
+    """DDC-HM: sleep-phase regressions on encoding functions, wake-phase free-energy gradient (eq. 36).
+
+    Parameters
+    ----------
+    model : HierarchicalModel
+        The deep exponential-family model (its conditionals must be exponential families).
+    sleep_samples : int
+        N, number of samples drawn from the model in each sleep phase.
+    features : int or list of int
+        K_l, encoding functions per latent layer (one int for all, or a list top-first).
+    recognition_hidden : int
+        M, size of the random ReLU layer of the recognition model (eq. 8); for ``recognition="mlp"``
+        the width of its hidden layers.
+    encoding : {"sigmoid", "tanh", "linear"}
+        Encoding functions T (eq. 4); ``linear`` recovers the classic mean-field machine's representation.
+    feature_scale : float
+        Spread of the random projections W relative to the standardised latent.
+    extra_stats : {"none", "linear", "quadratic"}
+        Also include z (and z z^T) among the encoding functions.
+    recognition : {"ddc", "direct", "mlp"}
+        ``ddc``: eq. 8, random ReLU layer then linear maps layer by layer; ``direct``: each r_l read out from
+        the ReLU layer; ``mlp``: a trained multilayer perceptron.
+    recognition_ridge : float or "auto"
+        Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
+    recognition_memory : float, "auto", "samples" or "adaptive"
+        Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
+        ``auto`` (= ``samples``): ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the
+        statistics always summarise about 200 sleep samples per read-out weight (20 was not enough in our
+        measurements). With few sleep samples per phase (the paper's 200 against about 100 read-out inputs)
+        a fit from one phase alone overfits, and training then diverges at larger learning rates
+        (docs/RESULTS.md). ``adaptive``: one set of statistics per candidate decay (0, 0.5, 0.9, 0.97, 0.99,
+        0.997 and the ``samples`` rule); at the third sleep phase and then every ``recognition_ridge_every``
+        phases each candidate's fit predicts the new phase's sleep targets before they are added, and the
+        decay with the smallest (smoothed) error is used; the choice is logged as ``recognition_memory``.
+        Better than ``auto`` on the synthetic model, no better on image patches, hence not the default
+        (docs/ddc_hm.md).
+    recognition_input : {"auto", "none", "linear", "quadratic", "message", "message_only"}
+        Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
+        the standardised x, x and its pairwise products (for low-dimensional x), or the generative model's
+        bottom-up message c(x) W to z_1 (:meth:`bottom_up_message`; observation layers with a linear link and
+        a Bernoulli or Gaussian family), through which alone the exact posterior depends on x. ``auto``:
+        ``linear`` when D_x <= 1024, else ``none`` (the read-out's cost grows with the square of its input
+        size). Without x (``none``) the 784-pixel SBN learns little beyond its pixel marginals. ``message`` is
+        a third of ``linear``'s cost there and better on the quick image-patch runs, but its inputs move with
+        theta: with the running statistics (``recognition_memory``) it failed on the full SBN run, so it is
+        not the default (docs/RESULTS.md). ``message_only``: the ReLU layer reads the standardised message too,
+        so x reaches the recognition only through it and directions of x the exact posterior ignores cannot
+        move r (tested on data off a linear-Gaussian model's manifold); it did not rescue the (10, 10) patch
+        model (docs/RESULTS.md).
+    recognition_ridge_every : int
+        With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
+        selection costs a factorisation per grid point).
+    grad_ridge : float
+        Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35).
+    free_stats : bool
+        Leave exact statistics unpenalised: those of ``extra_stats`` (and linear encodings) in the gradient
+        regressions, and x (x x^T) of ``recognition_input`` in the recognition read-out, so each regression
+        explains with them what it can before using the random features.
+    beta : {"analytic", "sample", "conditional"}
+        ``analytic``: beta_l uses the mean parameters mu (eq. 32); ``sample``: the sample-based eq. 35;
+        ``conditional``: both terms of a middle layer's gradient under the posterior of that layer, a_l (S(z_l) -
+        mu(eta_l(z_{l+1}))), so the layer above enters only through the model's own conditional p(z_{l+1} | z_l)
+        carried by the sleep pairs (exact by the Markov property: p(z_{l+1} | z_l, x) = p(z_{l+1} | z_l)) and
+        never through r_{l+1}. Use it when the upper read-out is poor: with ``analytic`` a read-out of R^2 ~ 0
+        makes q(z_{l+1} | x) the prior in one term only, and the wake gradient then pulls the layers apart.
+    readout_weights : {"linear", "nonnegative"}
+        How a posterior expectation is read out from the sleep samples (eq. 5 with ridge): ``linear``, the
+        regression weights w(x) = T C r(x), which sum to one but may be negative, so that for data unlike the
+        sleep samples an expectation of a non-negative function (a second moment) can come out negative;
+        ``nonnegative``, those weights clipped at zero and renormalised to sum to one for each data point, so
+        every expectation is a convex combination of sleep-sample values (biased where the linear read-out is
+        right). Not available under data parallelism (the renormalisation would need every rank's data).
+    wake_theta : {"current", "sleep"}
+        Where the wake phase evaluates the gradient regressions alpha_l, beta_l (eqs. 31-35) when a trainer
+        sleeps less often than every step (``sleep_every`` > 1). ``current``: re-evaluate the links
+        eta_l(z_{l+1}) at the N sleep samples with the current theta in every wake phase (the cotangents then
+        use the current mean parameters). ``sleep``: keep them as fitted in the last sleep phase, at the theta
+        that drew the sleep samples (Algorithm 1's alpha_l, beta_l, used until the next sleep phase); the wake
+        phase then only back-propagates through the links stored at that phase (about half of its work on a
+        sigmoid belief network) at the price of a gradient whose sleep-sample terms are up to ``sleep_every``
+        - 1 steps old. The links are evaluated on a copy of the model taken at the sleep phase
+        (``sleep_model``), whose parameters' gradients are returned under the model's names. With a sleep
+        phase every step the two are the same estimator.
+    mlp_layers, mlp_steps, mlp_lr : int, int, float
+        Depth, Adam steps per sleep phase and learning rate of the MLP recognition.
+    seed : int
+        Seed of the random encoding functions and ReLU layer.
+
+    Notes
+    -----
+    The encoding functions (``encoders``) and the recognition (``recognizer``: its random layer, read-out maps
+    and, for ``mlp``, its weights) are submodules, created on the model's device in its dtype; the running
+    recognition statistics, chosen ridges and adaptive-memory scores are added to the ``state_dict`` under
+    ``recognizer_fit.``. Move the algorithm with ``.to()`` together with the model. The sleep phase's
+    samples and regressions are not state: they are rebuilt by every :meth:`sleep`.
+    """
+
+    name = "ddc_hm"
+    Options = DDCOptions
+    capabilities = Capabilities(closed_form_recognition=True, data_parallel="statistics")
+    _unregistered = Algorithm._unregistered | {"sleep_model"}  # the copy of theta at the sleep phase
+
+    def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
+        super().__init__(model, **hyperparameters)
+        o = self.options
+        if not hasattr(model, "conditionals") or not all(hasattr(c, "family") for c in model.conditionals):
+            raise WakesleepError("ddc_hm: needs a deep exponential-family model (wakesleep.build_model)")
+        self.sleep_samples, self.features, self.recognition_hidden = o.sleep_samples, o.features, o.recognition_hidden
+        self.encoding, self.feature_scale, self.extra_stats = o.encoding, o.feature_scale, o.extra_stats
+        self.recognition, self.recognition_ridge = o.recognition, o.recognition_ridge
+        recognition_input = auto_recognition_input(model) if o.recognition_input == "auto" else o.recognition_input
+        if recognition_input in ("message", "message_only") and not message_supported(model):
+            raise WakesleepError(
+                "algorithm.recognition_input: message needs an observation layer with link linear (no softplus) "
+                f"and family bernoulli or gaussian, got family {list(model.layers.values())[-1].family.name}"
+            )
+        self.recognition_input = recognition_input
+        self.recognition_ridge_every, self.free_stats = o.recognition_ridge_every, o.free_stats
+        self.grad_ridge, self.beta, self.wake_theta = o.grad_ridge, o.beta, o.wake_theta
+        self.readout_weights, self.recognition_memory = o.readout_weights, o.recognition_memory
+        self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = o.mlp_layers, o.mlp_steps, o.mlp_lr, o.seed
+
+        n_latent = len(model.latent_names)
+        ks = [o.features] * n_latent if isinstance(o.features, int) else list(o.features)
+        if len(ks) != n_latent:
+            raise WakesleepError(f"algorithm.features: need a positive int or a list of {n_latent} positive ints")
+        gen = torch.Generator().manual_seed(o.seed)
+        layers = list(model.layers.values())
+        try:
+            self.encoders = nn.ModuleList(
+                EncodingFunctions(layers[i].embed_dim, ks[i], o.encoding, o.feature_scale, o.extra_stats, gen)
+                for i in range(n_latent)
+            )
+        except ValueError as exc:
+            raise WakesleepError(f"algorithm: {exc}") from None
+        out_dims = [e.n_out for e in self.encoders][::-1]  # recognition works bottom-up
+        message_dim = layers[-2].embed_dim
+        if o.recognition == "mlp":
+            self.recognizer = MLPDDCRecognition(
+                model.obs_dim, out_dims, [o.recognition_hidden] * o.mlp_layers, steps=o.mlp_steps, lr=o.mlp_lr
+            )
+        else:
+            n_inputs = readout_inputs(recognition_input, o.recognition_hidden, model.obs_dim, message_dim)
+            rule, memory = recognition_memory(o.recognition_memory, o.sleep_samples, n_inputs)
+            self.recognizer = LinearDDCRecognition(
+                model.obs_dim,
+                out_dims,
+                o.recognition_hidden,
+                structure="hierarchical" if o.recognition == "ddc" else "direct",
+                ridge=o.recognition_ridge,
+                memory=memory,
+                memory_start=rule,
+                ridge_every=o.recognition_ridge_every,
+                free_inputs=o.free_stats,
+                include_input=recognition_input,
+                generator=gen,
+                message=self.bottom_up_message if recognition_input in ("message", "message_only") else None,
+                message_dim=message_dim,
+            )
+        self.to(device=model.device, dtype=model.dtype)
+        self._samples: list[Tensor] | None = None
+        self._etas: list[Tensor | None] = []
+        self._etas_version: tuple = ()
+        self._etas_theta: list[Tensor] = []
+        self.sleep_model: torch.nn.Module | None = None  # theta of the last sleep phase (wake_theta="sleep")
+        self._reduce: Callable[[Tensor], Tensor] | None = None
+        # observation layer eta = W e(z_1) + b: its data term is read from posterior moments (see _wake_terms)
+        self._obs_linear = observation_is_linear_in_theta(model)
+        self._obs_moments: Tensor | None = None
+
+    def bottom_up_message(self, x: Tensor) -> Tensor:
+        """The generative model's message from x to z_1, ``J^T S(x)``: ``[B, D_x] -> [B, D_1]``.
+
+        With a linear link, log p(x | z_1) = S(x) . eta(W e(z_1) + b) - A(eta) + const has x-dependence
+        S(x) . eta(W e(z_1) + b) = c(x) . W e(z_1) + const, with c = d(S(x) . eta(u))/du (affine eta(u):
+        c = x for Bernoulli, x / v for a Gaussian of variance v). So the exact posterior of
+        every latent layer depends on x only through c(x) W, a D_1-vector (``recognition_input: message``):
+        on the 784-pixel SBN 200 inputs instead of x's 784, with the same information. It moves with theta,
+        so the running regression statistics mix messages of recent thetas (as they mix sleep samples).
+        """
+        obs = list(self.model.layers.values())[-1]
+        with torch.no_grad():
+            u = torch.zeros(2, x.shape[1], dtype=self.model.dtype, device=self.model.device)
+            u[1] = 1.0
+            eta = obs.family.natural_from_param(u, obs.extras())  # [2, D_x, S], affine in u
+            s = obs.family.sufficient_statistics(x.to(dtype=self.model.dtype)).reshape(x.shape[0], *eta.shape[1:])
+            slope = eta[1] - eta[0]  # d eta / du, [D_x, S]
+            c = s[..., 0] if bool((slope == 1).all()) and s.shape[-1] == 1 else (s * slope).sum(-1)
+        weight, _ = obs.link.affine_weight_bias()
+        return matmul(c, weight.detach())
+
+    def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
+        """Data-parallel training: ``reduce`` sums a tensor over ranks (e.g. ``dist.all_reduce``).
+
+        Each rank draws its own sleep samples and minibatch; the regression statistics (T^T T, h^T h, h^T T),
+        the standardisation moments, the ridge-selection errors and the minibatch statistics of the wake
+        phase are summed, so every rank solves the same systems, and :meth:`wake_gradient` returns on every
+        rank the gradient for the union of all ranks' sleep samples and minibatches
+        (``capabilities.data_parallel == "statistics"``).
+        """
+        if reduce is not None and self.readout_weights == "nonnegative":
+            raise WakesleepError("algorithm.readout_weights: 'nonnegative' does not support data-parallel training")
+        self._reduce = reduce
+        self.recognizer.set_reducer(reduce)
+
+    # --- checkpoints: the submodules' buffers (nn.Module) and the recognition's running fit state ---------
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for k, v in self.recognizer.fit_state().items():  # running statistics, chosen ridges: resumes exactly
+            destination[prefix + _FIT_PREFIX + k] = v
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        fit = prefix + _FIT_PREFIX
+        self.recognizer.load_fit_state(
+            {k[len(fit) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(fit)}
+        )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
