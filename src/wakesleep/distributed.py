@@ -18,13 +18,21 @@ What each rank does:
   ``train.seed + 1000 * rank`` for the minibatch order and for the algorithm's sampling (sleep samples,
   particles): ``train.batch_size`` and ``algorithm.sleep_samples`` are **per rank**, the global minibatch is
   ``world_size * batch_size`` points and DDC-HM's regressions see ``world_size * sleep_samples`` samples;
-* DDC-HM (``algo.global_gradients``): :func:`allreduce_sum` is installed with ``algo.set_reducer``, so the
+* DDC-HM (``capabilities.data_parallel == "statistics"``): :func:`allreduce_sum` is installed with
+  ``algo.set_reducer``, so the
   sufficient statistics of its closed-form regressions (T^T T, H^T H, H^T T, standardisation moments, ridge
   validation errors, minibatch sums of r and r^T S(x)) are summed over ranks, every rank solves the same
   systems and ``wake_gradient`` is already the gradient of the union: it is not averaged again;
-* every other algorithm: the wake gradients, and the recognition gradients after ``step_recognition``,
-  are averaged over ranks (all-reduce sum / world size) before the Adam steps;
-* rank 0 alone writes ``DIR`` (config.yaml, metrics.jsonl, checkpoint/, model.safetensors, samples.npz).
+* every other algorithm (``capabilities.data_parallel == "gradients"``): the wake gradients, and the
+  recognition gradients after ``step_recognition`` (``capabilities.trained_recognition``), are averaged over
+  ranks (all-reduce sum / world size) before the Adam steps;
+* rank 0 alone writes ``DIR`` (config.yaml, metrics.jsonl, checkpoint/, model.safetensors, samples.npz,
+  distributed.json), in a hidden staging directory beside it that is swapped in, with the ``.wakesleep``
+  marker, only when training has finished (:func:`wakesleep.io.staged_dir`): ``--overwrite`` replaces the old
+  run as a whole, never mixing its files with the new ones.
+
+The run is built once from its :class:`~wakesleep.spec.RunSpec` by :func:`wakesleep.runs.prepare` and trained
+by :meth:`wakesleep.runs.Run.fit`, exactly as ``wakesleep train`` does, with the algorithm and data wrapped.
 
 Without torchrun's environment the module trains in a single process (world size 1).
 """
@@ -43,6 +51,10 @@ import torch
 import torch.distributed as dist
 
 from wakesleep.errors import WakesleepError
+from wakesleep.spec import RunSpec
+
+#: exit status of a mistake in the user's input (as the ``wakesleep`` command's)
+EXIT_USER_ERROR = 2
 
 __all__ = [
     "allreduce_sum",
@@ -106,10 +118,21 @@ def _broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
 # algorithm and data wrappers for the (unchanged) single-process Trainer
 # --------------------------------------------------------------------------------------------------------
 class DataParallelAlgorithm:
-    """Wraps an algorithm so that the standard :class:`~wakesleep.train.Trainer` trains data-parallel.
+    """Wraps an algorithm so that the standard :class:`~wakesleep.training.Trainer` trains data-parallel.
 
-    With ``algo.global_gradients`` (DDC-HM) the reducer is installed in the algorithm and its gradients pass
-    through unchanged; otherwise wake gradients and recognition ``.grad`` are averaged over ranks.
+    What it does is read from ``algo.capabilities`` (:class:`~wakesleep.algorithms.base.Capabilities`): with
+    ``data_parallel == "statistics"`` (DDC-HM) the reducer is installed in the algorithm (``set_reducer``) and
+    its gradients pass through unchanged; with ``"gradients"`` the wake gradients, and the recognition
+    ``.grad`` of algorithms with ``trained_recognition``, are averaged over ranks.
+
+    Parameters
+    ----------
+    algo : Algorithm
+        The algorithm (its ``model`` the generative model).
+    reduce : callable
+        Sum of a tensor over ranks (:func:`allreduce_sum`).
+    world_size : int, optional
+        Default: the process group's (1 outside one).
     """
 
     def __init__(
@@ -123,42 +146,48 @@ class DataParallelAlgorithm:
             if world_size is not None
             else (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
         )
-        self.global_gradients = bool(getattr(algo, "global_gradients", False))
+        caps = algo.capabilities
+        self.global_gradients = caps.data_parallel == "statistics"
+        self.averages_recognition = caps.trained_recognition
         if self.global_gradients:
-            if not hasattr(algo, "set_reducer"):
-                raise WakesleepError("distributed: an algorithm with global_gradients must provide set_reducer")
             algo.set_reducer(reduce)
         _broadcast_([p.data for p in self.model.parameters()])
         _broadcast_([b for b in self.model.buffers() if b.is_floating_point()])
         _broadcast_([p.data for p in algo.recognition_parameters()])
 
-    def __getattr__(self, name: str) -> Any:  # proposal, recognise, ... of the wrapped algorithm
+    def __getattr__(self, name: str) -> Any:  # proposal, recognise, capabilities, ... of the wrapped algorithm
         return getattr(self.__dict__["algo"], name)
 
-    def sleep(self, **options) -> dict[str, float]:
+    def sleep(self, **options: Any) -> dict[str, float]:
+        """The wrapped algorithm's sleep phase (DDC-HM sums its statistics over ranks itself)."""
         return self.algo.sleep(**options)
 
     def wake_gradient(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The wake gradient on this rank's minibatch, averaged over ranks unless it is already global."""
         grads = self.algo.wake_gradient(x)
         if self.global_gradients or self.world_size == 1:
             return grads
         return {k: self.reduce(v) / self.world_size for k, v in grads.items()}
 
     def step_recognition(self, x: torch.Tensor) -> dict[str, float]:
+        """The recognition step; a trained recognition model's ``.grad`` is then averaged over ranks."""
         info = self.algo.step_recognition(x)
-        if self.world_size > 1:
+        if self.world_size > 1 and self.averages_recognition:
             for p in self.algo.recognition_parameters():
                 if p.grad is not None:
                     p.grad.copy_(self.reduce(p.grad) / self.world_size)
         return info
 
     def recognition_parameters(self) -> list[torch.nn.Parameter]:
+        """The wrapped algorithm's recognition parameters."""
         return self.algo.recognition_parameters()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped algorithm's state (checkpoints are those of a single-process run)."""
         return self.algo.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the wrapped algorithm's state."""
         self.algo.load_state_dict(state)
 
 
@@ -177,7 +206,7 @@ class ShardedData:
 # a whole run
 # --------------------------------------------------------------------------------------------------------
 def train_distributed(
-    config: Mapping[str, Any],
+    spec: RunSpec | Mapping[str, Any],
     out_dir: str | os.PathLike | None,
     *,
     rank: int,
@@ -185,60 +214,58 @@ def train_distributed(
     progress: bool | None = False,
     data: Any = None,
     monitor_samples: int = 1000,
-):
-    """Train the run described by a resolved ``config`` as rank ``rank`` of ``world_size`` (group initialised).
+    overwrite: bool = False,
+) -> tuple[torch.nn.Module, DataParallelAlgorithm, Any]:
+    """Train the run ``spec`` as rank ``rank`` of ``world_size`` (the process group already initialised).
 
-    Returns ``(model, wrapped_algorithm, trainer)``. Only rank 0 writes ``out_dir``.
+    Parameters
+    ----------
+    spec : RunSpec or mapping
+        The run (a resolved config mapping is parsed). ``train.batch_size`` and the algorithm's sample sizes
+        are per rank.
+    out_dir : path or None
+        Where rank 0 writes the run (ignored on the other ranks; None: nothing is written). It appears, with
+        the ``.wakesleep`` marker, only when training has finished (:func:`wakesleep.io.staged_dir`).
+    rank, world_size : int
+        This process's rank and the number of ranks.
+    progress : bool or None
+        Rank 0's progress bar (None: when stderr is a terminal).
+    data : tensor or DataSet, optional
+        Training data instead of the spec's (the whole set: each rank takes its shard).
+    monitor_samples : int
+        Rank 0's samples for the progress metric (0: none).
+    overwrite : bool, default False
+        Replace an existing non-empty ``out_dir`` written by wakesleep.
+
+    Returns
+    -------
+    (torch.nn.Module, DataParallelAlgorithm, Trainer)
     """
     from wakesleep import io as wio
-    from wakesleep.config import dump_config
-    from wakesleep.train import (
-        Trainer,
-        apply_threads,
-        build_algorithm_from_config,
-        build_model_from_config,
-        load_data,
-        write_run,
-    )
+    from wakesleep import runs
 
-    t = config["train"]
-    apply_threads(config)
-    torch.manual_seed(t["seed"])
-    model = build_model_from_config(config)
-    x = load_data(config, model) if data is None else data
-    algo = DataParallelAlgorithm(build_algorithm_from_config(config, model), world_size=world_size)
-    shard = ShardedData(x, rank, world_size, model.dtype, model.device)
-    writer = out_dir if rank == 0 else None
-    if writer is not None:
-        Path(writer).mkdir(parents=True, exist_ok=True)
-        wio.write_text(Path(writer) / "config.yaml", dump_config(config))
-    trainer = Trainer(
-        algo,
-        epochs=t["epochs"],
-        batch_size=t["batch_size"],
-        lr=t["lr"],
-        recognition_lr=t["recognition_lr"],
-        seed=t["seed"] + 1000 * rank,
-        sleep_every=t["sleep_every"],
-        precision=t["precision"],
-        log_every=t["log_every"],
-        checkpoint_every=t["checkpoint_every"],
-        max_iters=t["max_iters"],
-        out_dir=writer,
-        progress=progress if rank == 0 else False,
-        monitor_samples=monitor_samples if rank == 0 else 0,
-    )
-    trainer.fit(shard)
-    if writer is not None:
-        write_run(writer, model, n_samples=t["samples"], seed=t["seed"])
+    spec = runs.as_spec(spec)
+    prepared = runs.prepare(spec, data=data)
+    model = prepared.model
+    algo = DataParallelAlgorithm(prepared.algorithm, world_size=world_size)
+    shard = ShardedData(prepared.data, rank, world_size, model.dtype, model.device)
+    run = runs.Run(spec=spec, model=model, algorithm=algo, data=shard)
+    seed = spec.train.seed + 1000 * rank
+    if rank != 0 or out_dir is None:
+        trainer = run.fit(
+            None, progress=False if rank != 0 else progress, seed=seed, monitor_samples=0 if rank else monitor_samples
+        )
+        return model, algo, trainer
+    with wio.staged_dir(out_dir, overwrite) as tmp:
+        trainer = run.fit(tmp, progress=progress, seed=seed, monitor_samples=monitor_samples)
         wio.save_json(
-            Path(writer) / "distributed.json",
+            Path(tmp) / "distributed.json",
             {
                 "world_size": world_size,
                 "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
                 "global_gradients": algo.global_gradients,
-                "per_rank_batch_size": t["batch_size"],
-                "global_batch_size": t["batch_size"] * world_size,
+                "per_rank_batch_size": spec.train.batch_size,
+                "global_batch_size": spec.train.batch_size * world_size,
                 "iterations": trainer.n_iter_,
                 "seconds": trainer.seconds_,
             },
@@ -248,8 +275,6 @@ def train_distributed(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m wakesleep.distributed`` (under torchrun): data-parallel ``wakesleep train``."""
-    from wakesleep.cli import EXIT_USER_ERROR
-    from wakesleep.config import load_config
     from wakesleep.io import check_output_dir
 
     ap = argparse.ArgumentParser(prog="torchrun ... -m wakesleep.distributed", description=__doc__.splitlines()[0])
@@ -261,19 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
-        device = args.device or config["train"]["device"]
+        spec = RunSpec.load(args.config, args.overrides, check_model=True)
+        device = args.device or spec.train.device
         check_output_dir(args.out, args.overwrite)  # on every rank, before any of them joins the group
         rank, world, device = init_process_group(device, args.backend)
-        config["train"]["device"] = device
+        spec = spec.replace(train={"device": device})
         t0 = time.perf_counter()
-        _, _, trainer = train_distributed(config, args.out, rank=rank, world_size=world, progress=None)
+        _, _, trainer = train_distributed(
+            spec, args.out, rank=rank, world_size=world, progress=None, overwrite=args.overwrite
+        )
         if rank == 0:
             print(
                 f"wrote {args.out} ({world} rank(s), {trainer.n_iter_} iterations in {time.perf_counter() - t0:.1f} s)"
             )
-    except WakesleepError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (WakesleepError, FileNotFoundError) as exc:
+        message = f"{exc.filename}: file not found" if isinstance(exc, FileNotFoundError) and exc.filename else exc
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         if dist.is_available() and dist.is_initialized():

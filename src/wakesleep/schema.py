@@ -133,6 +133,11 @@ def _check(value: Any, tp: Any, where: str, meta: Mapping[str, Any]) -> Any:
         _bounds(value, where, meta)
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise WakesleepError(f"{where} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise WakesleepError(f"{where} must be a number, got {value!r}")
         value = float(value)

@@ -114,25 +114,9 @@ class AlgorithmSpec:
 
 def _parse_algorithm_options(name: str, raw: Mapping[str, Any]) -> Any:
     """The algorithm's validated ``Options`` record (its declared types, ranges and defaults)."""
-    from wakesleep.algorithms import algorithm_class
+    from wakesleep.algorithms import parse_options
 
-    cls = algorithm_class(name)
-    if not hasattr(cls, "Options"):  # TRANSITION: until every algorithm declares its Options
-        import inspect
-
-        params = inspect.signature(cls.__init__).parameters
-        known = [k for k in params if k not in ("self", "model")]
-        for key in raw:
-            if key not in known:
-                raise WakesleepError(f"unknown key 'algorithm.{key}' (options of {name!r}: {', '.join(known)})")
-        out = dict(raw)
-        for key in known:
-            p = params[key]
-            if key not in out and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD:
-                if p.default is None or isinstance(p.default, bool | int | float | str | list):
-                    out[key] = copy.deepcopy(p.default)
-        return out
-    return parse(cls.Options, raw, "algorithm")
+    return parse_options(name, raw)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -10,7 +11,57 @@ from torch import Tensor, nn
 from wakesleep.ops import linear
 
 ENCODINGS = ("sigmoid", "tanh", "linear")
-EXTRA_STATS = ("none", "linear", "quadratic")
+EXTRA_STATS = ("none", "linear", "quadratic", "sufficient")
+
+# the support of each family's embedded value, and of each of its sufficient statistics (what bounds a posterior
+# expectation of them); families not listed are unbounded
+_SUPPORT = {"bernoulli": (0.0, 1.0), "categorical": (0.0, 1.0), "poisson": (0.0, math.inf), "gamma": (0.0, math.inf)}
+_STATS_SUPPORT = {
+    "bernoulli": ((0.0, 1.0),),
+    "poisson": ((0.0, math.inf),),
+    "laplace": ((0.0, math.inf),),  # |z|
+    "gaussian": ((-math.inf, math.inf), (0.0, math.inf)),  # z, z^2
+    "gamma": ((-math.inf, math.inf), (0.0, math.inf)),  # log z, z
+}
+
+
+def layer_statistics(layer: nn.Module) -> tuple[Callable[[Tensor], Tensor], int, list[tuple[float, float]]]:
+    """The exact sufficient statistics of a latent layer for ``extra_stats: sufficient`` (eq. 4 augmented).
+
+    Parameters
+    ----------
+    layer : nn.Module
+        A latent layer of a :class:`~wakesleep.models.HierarchicalModel`.
+
+    Returns
+    -------
+    (fn, n, support)
+        ``fn(z) -> [..., n]``: S_l(z) of the layer's exponential family flattened over units and statistics
+        (for a top layer without one, a mixture of Gaussians: z and z^2 per unit); ``n`` its size; and the
+        (lower, upper) bounds of each of the ``n`` statistics (``inf`` where unbounded).
+    """
+    fam = getattr(layer, "family", None)
+    dim = int(layer.dim)
+    if fam is None:  # mixture-of-Gaussians top: z and z^2
+        def fn(z: Tensor) -> Tensor:
+            return torch.stack([z, z * z], dim=-1).flatten(-2)
+
+        return fn, 2 * dim, [(-math.inf, math.inf), (0.0, math.inf)] * dim
+
+    def fn(z: Tensor) -> Tensor:  # noqa: F811 - the family's S(z), [..., D, S] flattened
+        return fam.sufficient_statistics(z).flatten(-2)
+
+    n_stats = int(fam.n_stats)
+    per_stat = _STATS_SUPPORT.get(fam.name, ((0.0, 1.0),) * n_stats if fam.name == "categorical" else None)
+    if per_stat is None or len(per_stat) != n_stats:
+        per_stat = ((-math.inf, math.inf),) * n_stats
+    return fn, dim * n_stats, list(per_stat) * dim
+
+
+def layer_support(layer: nn.Module) -> tuple[float, float]:
+    """(lower, upper) bounds of every unit of a latent layer's embedded value (``inf`` where unbounded)."""
+    fam = getattr(layer, "family", None)
+    return _SUPPORT.get(getattr(fam, "name", ""), (-math.inf, math.inf))
 
 
 class Standardizer(nn.Module):
@@ -59,11 +110,20 @@ class EncodingFunctions(nn.Module):
     scale : float
         W has entries N(0, scale^2 / dim) and b entries N(0, 1), so pre-activations have unit-order spread
         whatever the dimension.
-    extra_stats : {"none", "linear", "quadratic"}
+    extra_stats : {"none", "linear", "quadratic", "sufficient"}
         Append z_hat (and the products z_hat_i z_hat_j, i <= j) to the random features, so that the
-        gradients that need first and second moments are represented exactly.
+        gradients that need first and second moments are represented exactly; ``sufficient``: the layer's own
+        sufficient statistics S_l(z) (standardised), passed to :meth:`forward` as ``stats`` (every family:
+        z for Bernoulli and Poisson, (z, z^2) for Gaussian, |z| for Laplace, (log z, z) for Gamma, the
+        one-hot vector for categorical).
     generator : torch.Generator, optional
         Source of the random projections.
+    support : (float, float)
+        Bounds of every unit of the (embedded) latent; with ``stats_support`` they give :meth:`output_bounds`.
+    n_sufficient : int
+        Number of sufficient statistics (``extra_stats="sufficient"``).
+    stats_support : list of (float, float), optional
+        Bounds of each sufficient statistic.
     """
 
     def __init__(
@@ -74,6 +134,9 @@ class EncodingFunctions(nn.Module):
         scale: float = 1.0,
         extra_stats: str = "none",
         generator: torch.Generator | None = None,
+        support: tuple[float, float] = (-math.inf, math.inf),
+        n_sufficient: int = 0,
+        stats_support: list[tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
         if kind not in ENCODINGS:
@@ -87,11 +150,68 @@ class EncodingFunctions(nn.Module):
         self.register_buffer("bias", torch.randn(k, generator=generator))
         iu = torch.triu_indices(dim, dim)
         self.register_buffer("_iu", iu)
-        n_extra = {"none": 0, "linear": dim, "quadratic": dim + iu.shape[1]}[extra_stats]
+        n_extra = {"none": 0, "linear": dim, "quadratic": dim + iu.shape[1], "sufficient": n_sufficient}[extra_stats]
+        if extra_stats == "sufficient" and n_sufficient <= 0:
+            raise ValueError("extra_stats 'sufficient' needs the number of sufficient statistics")
+        self.n_random = k
         self.n_out = k + (dim if kind == "linear" else 0) + n_extra
         self.n_stats = n_extra + (dim if kind == "linear" else 0)  # trailing exact statistics (left unpenalised)
+        self.support = (float(support[0]), float(support[1]))
+        stats_support = list(stats_support or [(-math.inf, math.inf)] * n_sufficient)
+        self.register_buffer("_stats_lo", torch.tensor([b[0] for b in stats_support]), persistent=False)
+        self.register_buffer("_stats_hi", torch.tensor([b[1] for b in stats_support]), persistent=False)
+        # standardisation of the sufficient statistics (fitted with the latent's, from the first sleep samples)
+        self.stats_standardize = Standardizer(n_sufficient) if extra_stats == "sufficient" else None
 
-    def forward(self, z: Tensor) -> Tensor:
+    def fit_standardization(
+        self, z: Tensor, stats: Tensor | None = None, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        """Fix the standardisation of the latent (and of its sufficient statistics) from sleep samples, once."""
+        if not self.standardize.fitted:
+            self.standardize.fit(z, reduce)
+        if self.stats_standardize is not None and not self.stats_standardize.fitted:
+            if stats is None:
+                raise ValueError("extra_stats 'sufficient': the sufficient statistics are needed")
+            self.stats_standardize.fit(stats, reduce)
+
+    def output_bounds(self) -> tuple[Tensor, Tensor]:
+        """(lower, upper) bounds of each of the ``n_out`` encoding functions, ``[n_out]`` each (``inf`` where
+        unbounded), after the standardisation: what any expectation of T(z) must satisfy (eq. 2)."""
+        dt = self.weight.dtype
+        inf = math.inf
+        parts_lo: list[Tensor] = []
+        parts_hi: list[Tensor] = []
+        k = self.n_random
+        if self.kind != "linear":
+            parts_lo.append(torch.full((k,), 0.0 if self.kind == "sigmoid" else -1.0, dtype=dt))
+            parts_hi.append(torch.full((k,), 1.0, dtype=dt))
+        c, s = self.standardize.centre.to(dt).cpu(), self.standardize.scale.to(dt).cpu()
+        lo, hi = (torch.full_like(c, self.support[0]) - c) / s, (torch.full_like(c, self.support[1]) - c) / s
+        if self.kind == "linear" or self.extra_stats in ("linear", "quadratic"):
+            reps = int(self.kind == "linear") + int(self.extra_stats in ("linear", "quadratic"))
+            for _ in range(reps):
+                parts_lo.append(lo)
+                parts_hi.append(hi)
+        if self.extra_stats == "quadratic":
+            i, j = self._iu[0].cpu(), self._iu[1].cpu()
+            ends = torch.stack([lo[i] * lo[j], lo[i] * hi[j], hi[i] * lo[j], hi[i] * hi[j]])
+            ends = torch.nan_to_num(ends, nan=inf)  # 0 * inf: unbounded
+            q_lo, q_hi = ends.amin(0), ends.amax(0)
+            square = i == j
+            straddle = square & (lo < 0)[i] & (hi > 0)[i]
+            q_lo = torch.where(straddle, torch.zeros_like(q_lo), q_lo)
+            parts_lo.append(torch.where(square & ~straddle, q_lo.clamp_min(0), q_lo))
+            parts_hi.append(q_hi)
+        if self.stats_standardize is not None:
+            sc, ss = self.stats_standardize.centre.to(dt).cpu(), self.stats_standardize.scale.to(dt).cpu()
+            parts_lo.append((self._stats_lo.to(dt).cpu() - sc) / ss)
+            parts_hi.append((self._stats_hi.to(dt).cpu() - sc) / ss)
+        out_lo, out_hi = torch.cat(parts_lo), torch.cat(parts_hi)
+        dev = self.weight.device
+        return out_lo.to(dev), out_hi.to(dev)
+
+    def forward(self, z: Tensor, stats: Tensor | None = None) -> Tensor:
+        """T(z) (eq. 4 and the exact statistics), ``[..., n_out]``; ``stats``: S_l(z) for ``extra_stats="sufficient"``."""
         zh = self.standardize(z)
         parts = []
         if self.kind == "linear":
@@ -99,10 +219,14 @@ class EncodingFunctions(nn.Module):
         else:
             pre = linear(zh, self.weight, self.bias)
             parts.append(torch.sigmoid(pre) if self.kind == "sigmoid" else torch.tanh(pre))
-        if self.extra_stats != "none":
+        if self.extra_stats in ("linear", "quadratic"):
             parts.append(zh)
         if self.extra_stats == "quadratic":
             parts.append(zh[..., self._iu[0]] * zh[..., self._iu[1]])
+        if self.stats_standardize is not None:
+            if stats is None:
+                raise ValueError("extra_stats 'sufficient': forward needs the sufficient statistics")
+            parts.append(self.stats_standardize(stats))
         return torch.cat(parts, dim=-1)
 
 

@@ -42,7 +42,9 @@ class SleepPhase:
 
     def _encode(self, i: int, z: Tensor) -> Tensor:
         layer = list(self.model.layers.values())[i]
-        return self.encoders[i](layer.embed(z))
+        enc = self.encoders[i]
+        stats = self._layer_stats[i](z) if enc.stats_standardize is not None else None
+        return enc(layer.embed(z), stats)
 
     def _sum(self, t: Tensor) -> Tensor:
         """``t`` summed over data-parallel ranks (itself without a reducer)."""
@@ -138,8 +140,9 @@ class SleepPhase:
             layers = list(self.model.layers.values())
             n_latent = len(layers) - 1
             for i in range(n_latent):
-                if not self.encoders[i].standardize.fitted:
-                    self.encoders[i].standardize.fit(layers[i].embed(samples[i]), self._reduce)
+                enc = self.encoders[i]
+                stats = self._layer_stats[i](samples[i]) if enc.stats_standardize is not None else None
+                enc.fit_standardization(layers[i].embed(samples[i]), stats, self._reduce)
             feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
             targets = [f[:, :-1] for f in feats][::-1]
         seconds["seconds_encode"] = clock.lap()

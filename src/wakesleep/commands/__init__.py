@@ -1,0 +1,50 @@
+"""Command-line plug-ins of ``wakesleep`` (registered in :data:`wakesleep.cli.COMMANDS`).
+
+Each module provides ``add_arguments(parser)`` and ``run(args) -> int``: it turns the parsed flags into the
+library's typed settings, calls the library, and prints a summary. Nothing below this layer sees argparse;
+errors about a setting raised by the library (``exc.setting``) are reported under the flag's name
+(:func:`naming_flags`).
+
+* :mod:`wakesleep.commands.evaluate`: ``wakesleep evaluate --run DIR`` (:func:`wakesleep.eval.run.evaluate_run`);
+* :mod:`wakesleep.commands.bench`: ``wakesleep bench sbn --out DIR`` (:func:`wakesleep.bench.run_bench`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+from wakesleep.errors import WakesleepError
+
+__all__ = ["flag_of", "naming_flags"]
+
+
+def flag_of(setting: str, flags: Mapping[str, str] | None = None) -> str:
+    """The flag of a setting: ``flags[setting]``, else ``--`` and the name with dashes (``nll_k`` -> ``--nll-k``)."""
+    if flags and setting in flags:
+        return flags[setting]
+    return "--" + setting.replace("_", "-")
+
+
+@contextlib.contextmanager
+def naming_flags(flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Within the block, a :class:`WakesleepError` about a setting is raised again naming its flag.
+
+    The library raises ``"<setting>: <detail>"`` with ``exc.setting`` and ``exc.detail`` (and ``exc.value``);
+    this turns it into ``"--<flag>: <detail>"`` (``"--<flag> <value>: <detail>"``). Other errors pass unchanged.
+
+    Parameters
+    ----------
+    flags : mapping, optional
+        Setting name -> flag, where :func:`flag_of`'s default spelling does not fit.
+    """
+    try:
+        yield
+    except WakesleepError as exc:
+        setting = getattr(exc, "setting", None)
+        if setting is None:
+            raise
+        flag = flag_of(setting, flags)
+        if hasattr(exc, "value"):
+            flag = f"{flag} {exc.value}"
+        raise WakesleepError(f"{flag}: {exc.detail}") from None  # type: ignore[attr-defined]
