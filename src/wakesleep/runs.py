@@ -41,6 +41,8 @@ __all__ = [
     "check_data",
     "make_trainer",
     "threads",
+    "check_memory",
+    "memory_estimate",
     "write_run",
     "load_run",
     "train_from_config",
@@ -207,6 +209,63 @@ class Run:
         write_run(out_dir, self.model, n_samples=self.spec.train.samples, seed=self.spec.train.seed)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_estimate(spec: RunSpec) -> list[tuple[str, int]]:
+    """A rough upper estimate of the bytes each size of ``spec`` makes a run hold at once, by config field.
+
+    Meant to catch sizes that cannot fit (a typo such as ``data.n: 1e10``) before anything is allocated,
+    not to predict the peak: parameters with their gradients and Adam moments, data drawn from the model,
+    the samples written at the end, the sleep samples and the particles of a minibatch.
+    """
+    item = 8 if spec.train.dtype == "float64" else 4
+    layers = spec.model.settings.get("layers")
+    dims = []
+    for layer in layers if isinstance(layers, list) else []:
+        dim = layer.get("dim") if isinstance(layer, Mapping) else None
+        dims.append(int(dim) if isinstance(dim, int | float) and not isinstance(dim, bool) and dim > 0 else 0)
+    width = sum(dims)
+    params = sum((a + 1) * b for a, b in zip(dims, dims[1:], strict=False))
+    out = [("model.layers", 4 * params * item)]
+    if spec.data.source == "model":
+        out.append(("data.n", 2 * int(spec.data.settings["n"]) * width * item))
+    out.append(("train.samples", 2 * spec.train.samples * width * item))
+    options = spec.algorithm.kwargs()
+    features = options.get("features") if isinstance(options.get("features"), int) else 0
+    if isinstance(options.get("sleep_samples"), int):
+        per_sample = width + len(dims) * (features or 0) + int(options.get("recognition_hidden") or 0)
+        out.append(("algorithm.sleep_samples", 4 * options["sleep_samples"] * per_sample * item))
+    if isinstance(options.get("k"), int):
+        out.append(("algorithm.k", 8 * options["k"] * spec.train.batch_size * width * item))
+    return out
+
+
+def check_memory(spec: RunSpec) -> None:
+    """Raise :class:`WakesleepError` naming the field when :func:`memory_estimate` exceeds the available memory."""
+    free = available_memory()
+    if free is None:
+        return
+    parts = memory_estimate(spec)
+    total = sum(b for _, b in parts)
+    if total > free:
+        field, biggest = max(parts, key=lambda p: p[1])
+        gib = 1024**3
+        raise WakesleepError(
+            f"{field}: this run needs about {total / gib:.3g} GiB of memory ({biggest / gib:.3g} GiB for {field}), "
+            f"more than the {free / gib:.3g} GiB available"
+        )
+
+
 def prepare(spec: RunSpec, data: Any = None) -> Run:
     """Build everything ``spec`` describes, once: seed torch, build the model, load the data, build the algorithm.
 
@@ -217,6 +276,7 @@ def prepare(spec: RunSpec, data: Any = None) -> Run:
     data : array, tensor or DataSet, optional
         Training data to use instead of ``spec.data`` (checked against the model).
     """
+    check_memory(spec)
     with threads(spec.train):
         torch.manual_seed(spec.train.seed)
         model = build_model(spec)
