@@ -137,10 +137,10 @@ def test_shipped_configs_are_valid():
 
 
 def test_synthetic_yaml_matches_builtin_and_paper():
-    from wakesleep.experiments.synthetic import DEFAULT_CONFIG
+    from wakesleep.experiments import get_experiment
 
     shipped = yaml.safe_load((REPO / "configs" / "synthetic.yaml").read_text())
-    assert shipped == yaml.safe_load(DEFAULT_CONFIG)
+    assert shipped == yaml.safe_load(get_experiment("synthetic").defaults_text())
     layers = shipped["model"]["layers"]
     assert [lay["dim"] for lay in layers] == [1, 2, 2]
     assert layers[0]["means"] == [[3.0], [-3.0]] and layers[0]["std"] == 0.1 and layers[0]["learn"] is False

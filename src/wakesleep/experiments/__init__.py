@@ -135,7 +135,7 @@ def _resolve(
 ) -> tuple[dict[str, Any], Any]:
     """``(resolved config, Options record)`` (see :func:`experiment_config`)."""
     from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_config, resolve_paths
-    from wakesleep.schema import fields_of, to_dict
+    from wakesleep.schema import fields_of, to_dict, with_source
 
     experiment = get_experiment(name)
     source = f"experiment {name!r} defaults"
@@ -161,7 +161,11 @@ def _resolve(
     if quick:
         raw = apply_overrides(raw, list(quick_overrides.items()))
     raw = apply_overrides(raw, user)
-    options = experiment.parse_options(raw["experiment"], source)
+    try:
+        options = experiment.parse_options(raw["experiment"])
+    except WakesleepError as exc:  # name where the bad value came from: the file (or defaults), or --set
+        given = [k for k, _ in user if k.startswith("experiment.") and ".".join(k.split(".")[:2]) in str(exc)]
+        raise with_source(exc, f"--set {given[-1]}" if given else source, prefix="config: ") from None
     config = resolve_config(raw, source=source, base_dir=Path.cwd())
     config["experiment"] = {**to_dict(options), QUICK_KEY: raw["experiment"].get(QUICK_KEY) or {}}
     experiment.check(config, options)

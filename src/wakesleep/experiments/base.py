@@ -136,7 +136,7 @@ class Experiment:
         try:
             return parse(self.Options, merged, "experiment")
         except WakesleepError as exc:
-            raise with_source(exc, source, prefix="config: ") from None
+            raise with_source(exc, source, prefix="config: ") if source else exc from None
 
     def check(self, config: Mapping[str, Any], options: Any) -> None:
         """Checks across sections (e.g. ``data.source``), before anything is written; raise WakesleepError.

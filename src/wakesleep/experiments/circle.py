@@ -51,7 +51,7 @@ class Options:
 # --------------------------------------------------------------------------------------------------------
 # Gabors and the orientation estimator
 # --------------------------------------------------------------------------------------------------------
-def gabor(theta, size: int = 16, frequency: float = 0.15, envelope: float = 3.0) -> np.ndarray:
+def gabor(theta: Any, size: int = 16, frequency: float = 0.15, envelope: float = 3.0) -> np.ndarray:
     """Even-symmetric Gabor images ``[len(theta), size * size]`` (row-major) at orientations ``theta`` (radians).
 
     ``g(u, v) = exp(-(u^2 + v^2) / (2 envelope^2)) cos(2 pi frequency u')`` with ``u' = u cos theta + v sin theta``

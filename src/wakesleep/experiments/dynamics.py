@@ -81,7 +81,7 @@ def _build(exp: Options, values: dict[str, float], logits: torch.Tensor | None) 
     ).double()
 
 
-def recovery(model, true_vals: dict[str, float], true_probs: torch.Tensor) -> dict[str, Any]:
+def recovery(model: Any, true_vals: dict[str, float], true_probs: torch.Tensor) -> dict[str, Any]:
     """Per-parameter learned value and relative error, and the delay pmf's total-variation distance."""
     v = model.values()
     probs = torch.softmax(model.tau_logits.detach(), 0)

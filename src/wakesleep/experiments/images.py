@@ -66,7 +66,7 @@ class Options:
 # --------------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------------
-def load_images(root, split: str, n: int, downsample: int, scheme: str, stream: int) -> np.ndarray:
+def load_images(root: str | None, split: str, n: int, downsample: int, scheme: str, stream: int) -> np.ndarray:
     """The first ``n`` images of a Fashion-MNIST split, pooled by ``downsample`` and binarised: ``[n, H*W]`` float64."""
     from wakesleep.data import binarize, load_fashion_mnist
 
@@ -81,7 +81,7 @@ def load_images(root, split: str, n: int, downsample: int, scheme: str, stream: 
 # --------------------------------------------------------------------------------------------------------
 # inference and downstream tasks
 # --------------------------------------------------------------------------------------------------------
-def infer_latents(model, x: torch.Tensor, steps: int = 300, lr: float = 0.05) -> torch.Tensor:
+def infer_latents(model: Any, x: torch.Tensor, steps: int = 300, lr: float = 0.05) -> torch.Tensor:
     """MAP of u = logit(z) given binary images ``x [B, D]``: Adam ascent on log p(x | u) + log p(u).
 
     u = logit(z) of a uniform z is standard logistic, log p(u) = -u - 2 softplus(-u); the model's parameters get
@@ -99,7 +99,7 @@ def infer_latents(model, x: torch.Tensor, steps: int = 300, lr: float = 0.05) ->
     return u.detach()
 
 
-def decode(model, u: torch.Tensor) -> torch.Tensor:
+def decode(model: Any, u: torch.Tensor) -> torch.Tensor:
     """Pixel probabilities sigmoid(W u + b) ``[B, D]``."""
     with torch.no_grad():
         return torch.sigmoid(u @ model.weight.T + model.bias)
@@ -114,7 +114,7 @@ def _errors(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     }
 
 
-def downstream(model, x_test: torch.Tensor, flip: float, steps: int, lr: float, seed: int) -> dict[str, Any]:
+def downstream(model: Any, x_test: torch.Tensor, flip: float, steps: int, lr: float, seed: int) -> dict[str, Any]:
     """Reconstruction and denoising errors (and the images for the plots)."""
     g = torch.Generator().manual_seed(seed)
     u = infer_latents(model, x_test, steps, lr)

@@ -291,9 +291,3 @@ class Synthetic(Experiment):
 
 
 EXPERIMENT = Synthetic()
-
-
-def __getattr__(name: str) -> Any:
-    if name == "DEFAULT_CONFIG":  # TRANSITION: read by tests/test_config.py; the text of configs/synthetic.yaml
-        return EXPERIMENT.defaults_text()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
