@@ -32,7 +32,7 @@ import torch
 import wakesleep
 from wakesleep.bench import MatmulFlops, matmul_rate, solver_flops
 from wakesleep.runtime import keep_freed_memory
-from wakesleep.train import adam
+from wakesleep.training import adam
 
 SBN = {
     "layers": [

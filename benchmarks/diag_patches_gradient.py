@@ -39,8 +39,10 @@ from wakesleep.experiments import experiment_config
 from wakesleep.experiments.entries import algorithm_entries
 from wakesleep.experiments.entries import load_finished as _load_finished
 from wakesleep.experiments.patches import architecture_config
+from wakesleep.runs import build_algorithm as build_algorithm_from_config
+from wakesleep.runs import build_model as build_model_from_config
+from wakesleep.runs import load_data
 from wakesleep.runtime import keep_freed_memory
-from wakesleep.train import build_algorithm_from_config, build_model_from_config, load_data
 
 
 def reference_gradient(model, x: torch.Tensor, particles: int, seed: int = 1):

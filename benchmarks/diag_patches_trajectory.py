@@ -29,7 +29,7 @@ from wakesleep.eval.compare import draw_samples
 from wakesleep.experiments import experiment_config
 from wakesleep.experiments.entries import algorithm_entries
 from wakesleep.experiments.patches import architecture_config
-from wakesleep.train import train_from_config
+from wakesleep.runs import train_from_config
 
 
 def main() -> None:

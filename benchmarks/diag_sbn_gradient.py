@@ -36,8 +36,8 @@ import yaml
 from wakesleep.config import parse_overrides
 from wakesleep.eval import ais_log_likelihood
 from wakesleep.experiments.entries import load_finished as _load_finished
+from wakesleep.runs import load_data
 from wakesleep.runtime import keep_freed_memory
-from wakesleep.train import load_data
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import yaml
 
 from wakesleep.eval import fit_proposal, log_likelihood
 from wakesleep.experiments.entries import load_finished as _load_finished
+from wakesleep.runs import load_data
 from wakesleep.runtime import keep_freed_memory
-from wakesleep.train import load_data
 
 
 def main() -> None:

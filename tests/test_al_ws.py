@@ -104,7 +104,7 @@ def test_direct_and_expfam_agree_with_exact_weights():
 @pytest.mark.parametrize("kernel", ["exact", "rff", "nystrom"])
 def test_trainer_runs_on_custom_models(kernel):
     """Any nn.Module with sample/log_joint: a latent on the circle and a discrete-delay time series."""
-    from wakesleep.train import Trainer
+    from wakesleep.training import Trainer
 
     for model in (CircleModel(4, hidden=[8]).double(), PopulationDynamics(T=6, burn_in=3, max_tau=4).double()):
         torch.manual_seed(0)

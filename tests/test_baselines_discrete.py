@@ -332,7 +332,7 @@ def test_free_energy_eq12_by_hand():
 
 
 def test_wake_sleep_trains_and_reports_free_energy():
-    from wakesleep.train import Trainer
+    from wakesleep.training import Trainer
 
     torch.manual_seed(7)
     truth = wakesleep.build_model(sbn_config(DIMS, 0))
@@ -351,7 +351,7 @@ def test_wake_sleep_trains_and_reports_free_energy():
 
 @pytest.mark.parametrize("name", ["rws", "vimco", "bbvi"])
 def test_trainer_improves_likelihood(name):
-    from wakesleep.train import Trainer
+    from wakesleep.training import Trainer
 
     torch.manual_seed(8)
     truth = wakesleep.build_model(sbn_config(DIMS, 0))

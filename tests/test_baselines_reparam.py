@@ -478,7 +478,7 @@ def test_step_recognition_reuses_the_wake_backward_and_never_touches_model_grads
 
 
 def test_warmup_trains_only_the_recognition_model():
-    from wakesleep.train import Trainer
+    from wakesleep.training import Trainer
 
     torch.manual_seed(0)
     model = _one_layer_model()
@@ -533,7 +533,7 @@ def test_bad_options_are_named():
 def test_training_raises_the_log_likelihood_of_a_linear_gaussian_model(name, opts):
     """Trainer + algorithm on data from a one-layer linear-Gaussian model, from a perturbed start: the exact
     mean log-likelihood goes up by more than 0.2 nats in 300 iterations; samples are finite; checkpoints load."""
-    from wakesleep.train import Trainer
+    from wakesleep.training import Trainer
 
     torch.manual_seed(0)
     true = _one_layer_model(seed=0)

@@ -278,9 +278,9 @@ def test_synthetic_local_mmd_fallback_matches_eval_mmd():
     assert _local_mmd2(x, y, 0.7, chunk=128) == pytest.approx(mmd(x, y, 0.7), rel=1e-9, abs=1e-12)
 
     from wakesleep.experiments import experiment_config
-    from wakesleep.train import build_model_from_config
+    from wakesleep.runs import build_model
 
-    model = build_model_from_config(experiment_config("synthetic"))
+    model = build_model(experiment_config("synthetic"))
     true = draw_true_params(model, 0)
     b = true["layers.z1.link.weight"]
     assert b.shape == (2, 1) and b[0, 0] > 0.5 and b[1, 0] < -0.5  # opposite signs: one sparse unit per component

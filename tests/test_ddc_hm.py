@@ -12,7 +12,7 @@ import torch
 
 import wakesleep
 from wakesleep.algorithms.ddc_hm.ridge import fit_ridge, with_intercept
-from wakesleep.train import adam
+from wakesleep.training import adam
 
 from oracles import (
     build,

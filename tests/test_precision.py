@@ -14,7 +14,7 @@ import wakesleep
 from wakesleep.config import resolve_config
 from wakesleep.errors import WakesleepError
 from wakesleep.ops import autocast, linear
-from wakesleep.train import Trainer
+from wakesleep.training import Trainer
 
 from oracles import build, enumerate_loglik, sbn_config
 

@@ -15,7 +15,7 @@ from wakesleep.algorithms.base import Algorithm
 from wakesleep.cli import main
 from wakesleep.data import DataSet
 from wakesleep.errors import WakesleepError
-from wakesleep.train import Trainer
+from wakesleep.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,8 @@ from wakesleep import io as wio
 from wakesleep.algorithms.base import Algorithm
 from wakesleep.config import resolve_config
 from wakesleep.errors import WakesleepError
-from wakesleep.train import Trainer, TrainingDiverged, load_data, train_from_config
+from wakesleep.runs import load_data, train_from_config
+from wakesleep.training import Trainer, TrainingDiverged
 
 LAYERS = [
     {"name": "z2", "family": "mog", "dim": 1, "means": [[3.0], [-3.0]], "std": 0.1, "learn": False},

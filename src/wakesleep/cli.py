@@ -6,7 +6,8 @@ Subcommands::
     wakesleep sample --run DIR -n N --out FILE.npz
     wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...] [--resume]
 
-plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``): a module with
+plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``, ``diagnose``): a module of
+:mod:`wakesleep.commands` with
 ``add_arguments(parser)`` and ``run(args) -> int | None``, imported lazily. A user's mistake
 (:class:`~wakesleep.errors.WakesleepError`, a missing file, bad YAML) prints ``error: <one line>`` on stderr and
 exits with status 2, without a traceback and without creating ``--out``.
@@ -25,8 +26,9 @@ from wakesleep.errors import WakesleepError
 
 #: plug-in subcommands: name -> (module, one-line help). The module provides add_arguments(parser), run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "evaluate": ("wakesleep.eval.cli", "evaluate a trained run (MMD, log-likelihood, posteriors)"),
-    "bench": ("wakesleep.bench", "time algorithms on standard models"),
+    "evaluate": ("wakesleep.commands.evaluate", "evaluate a trained run (MMD, log-likelihood, posteriors)"),
+    "bench": ("wakesleep.commands.bench", "time algorithms on standard models"),
+    "diagnose": ("wakesleep.commands.diagnose", "a trained run's wake gradient and posteriors against references"),
 }
 
 EXIT_USER_ERROR = 2

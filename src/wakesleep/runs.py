@@ -59,10 +59,11 @@ def as_spec(config: RunSpec | Mapping[str, Any]) -> RunSpec:
 # --------------------------------------------------------------------------------------------------------
 # the pieces
 # --------------------------------------------------------------------------------------------------------
-def build_model(spec: RunSpec) -> torch.nn.Module:
-    """The generative model of ``spec``, on ``train.device`` in ``train.dtype``."""
+def build_model(spec: RunSpec | Mapping[str, Any]) -> torch.nn.Module:
+    """The generative model of ``spec`` (a spec or a resolved config), on ``train.device`` in ``train.dtype``."""
     from wakesleep.models import build_model as build_from_section
 
+    spec = as_spec(spec)
     device = torch_device(spec.train.device)
     model = build_from_section(spec.model.to_dict())
     if spec.train.dtype is not None:
@@ -70,10 +71,11 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
     return model.to(device)
 
 
-def build_algorithm(spec: RunSpec, model: torch.nn.Module) -> Any:
+def build_algorithm(spec: RunSpec | Mapping[str, Any], model: torch.nn.Module) -> Any:
     """The algorithm of ``spec`` for ``model`` (its options were validated when ``spec`` was parsed)."""
     from wakesleep.algorithms import build_algorithm as build_by_name
 
+    spec = as_spec(spec)
     return build_by_name(spec.algorithm.name, model, **spec.algorithm.kwargs())
 
 
@@ -88,13 +90,14 @@ def check_data(x: Any, model: torch.nn.Module, where: str) -> np.ndarray:
     return check_observations(x, observation_family(model), where, dim=int(model.obs_dim))
 
 
-def load_data(spec: RunSpec, model: torch.nn.Module) -> Any:
+def load_data(spec: RunSpec | Mapping[str, Any], model: torch.nn.Module) -> Any:
     """The training data of ``spec``: a tensor (model's dtype and device) or a ``DataSet``.
 
     ``source: model`` draws ``n`` points from the model at its initial parameters, or at ``true_params``
     (an ``.npz`` keyed by parameter name) if given, with ``data.seed``; the global RNG is left as it was.
     Every other source goes to :func:`wakesleep.data.load_dataset`.
     """
+    spec = as_spec(spec)
     settings = spec.data.to_dict()
     if spec.data.source == "model":
         gen_model = model

@@ -54,7 +54,7 @@ from wakesleep.algorithms.krr import (
     median_bandwidth,
     select_hyperparameters,
 )
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import NotReadyError, WakesleepError
 from wakesleep.schema import SEED_MAX, option
 
 __all__ = ["AmortisedLearningWakeSleep"]
@@ -356,7 +356,7 @@ class AmortisedLearningWakeSleep(Algorithm):
     def weights(self, x: Tensor) -> Tensor:
         """``alpha(x)``: ``[B, Dx] -> [N, B]``, the regression weights of the sleep samples at each x."""
         if self._samples is None:
-            raise WakesleepError("al_ws: call sleep() before the wake phase (wake_gradient needs a fitted sleep phase)")
+            raise NotReadyError("al_ws: call sleep() before the wake phase (wake_gradient needs a fitted sleep phase)")
         dt, dev = _model_dtype_device(self.model)
         x = x.to(dtype=dt, device=dev)
         w = self.regressor.weights(self.input(x))
@@ -367,7 +367,7 @@ class AmortisedLearningWakeSleep(Algorithm):
     def surrogate(self, x: Tensor) -> Tensor:
         """Scalar whose theta-gradient is the AL-WS estimate of ``grad (1/B) sum_b log p_theta(x_b)``."""
         if self._samples is None:
-            raise WakesleepError("al_ws: call sleep() before the wake phase (wake_gradient needs a fitted sleep phase)")
+            raise NotReadyError("al_ws: call sleep() before the wake phase (wake_gradient needs a fitted sleep phase)")
         if x.ndim < 2 or x.shape[1:] != self._samples[-1].shape[1:]:
             raise WakesleepError(
                 f"al_ws: x must be [batch, {', '.join(map(str, self._samples[-1].shape[1:]))}], got {tuple(x.shape)}"

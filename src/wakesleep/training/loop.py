@@ -9,19 +9,9 @@ state (attributes ending in ``_``). Per iteration (see ``docs/DESIGN.md``)::
     p.grad = -grads[name] for each model parameter; Adam step    (so Adam *maximises* the likelihood)
     zero recognition grads; algo.step_recognition(x); Adam step on algo.recognition_parameters()
 
-Ownership of the recognition optimiser: the **Trainer** owns both optimisers. An algorithm that trains its
-recognition model by gradient descent returns those parameters from ``recognition_parameters()``; its
-``step_recognition(x)`` computes its own loss and calls ``backward()`` (it only *fills* ``.grad``, the
-Trainer has zeroed them before and takes the Adam step after, with ``train.recognition_lr``). This keeps
-learning rates, optimiser state and checkpoints in one place, symmetric with the wake gradient. Algorithms
-whose recognition is fitted in closed form during ``sleep()`` (DDC-HM's ridge regressions) return an empty
-list and their ``step_recognition`` is a no-op; no recognition optimiser is created for them. An algorithm
-whose ``step_recognition`` takes a ``wake`` keyword gets the object its ``wake_gradient(x)`` returned for the
-same minibatch: ``algo.step_recognition(x, wake=grads)``.
-
-Checkpoints: :meth:`Trainer.save_checkpoint` writes the whole training state (model, algorithm, optimisers,
-counters, random streams) atomically as a directory (:mod:`wakesleep.training.checkpoint`), and
-``Trainer.fit(data, resume_from=dir)`` continues from it (bit for bit under the conditions in its docstring).
+The Trainer owns both optimisers; an algorithm with a gradient-trained recognition model only fills the
+``.grad`` of ``recognition_parameters()`` in ``step_recognition(x, wake=grads)``. Checkpoints, resuming,
+signals and divergence: ``docs/DESIGN.md`` and :mod:`wakesleep.training.checkpoint`, :mod:`.safety`.
 """
 
 from __future__ import annotations
@@ -37,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from wakesleep import schema
 from wakesleep.errors import WakesleepError
-from wakesleep.ops import PRECISIONS, autocast
+from wakesleep.ops import autocast
 from wakesleep.training._streams import Layout, RandomStreams, TrainingData, dynamic_binarizer_generator, minibatches
 from wakesleep.training.checkpoint import (
     Checkpoint,
@@ -52,6 +43,7 @@ from wakesleep.training.checkpoint import (
     write_checkpoint,
 )
 from wakesleep.training.monitor import DiagnosticsWindow, MetricsWriter, MomentGapMonitor, ProgressBar
+from wakesleep.training.options import TrainOptions
 from wakesleep.training.safety import (
     StopRequest,
     TrainingDiverged,
@@ -82,21 +74,12 @@ class Trainer:
         An object with the algorithm contract (``sleep``, ``wake_gradient``, ``step_recognition``,
         ``recognition_parameters``, ``state_dict``, ``load_state_dict``); its ``model`` attribute is the
         generative model.
-    epochs, batch_size : int
-        Passes over the data and minibatch size (the last minibatch of an epoch may be smaller).
-    lr, recognition_lr : float
-        Adam learning rates of the generative model and of a trained recognition model.
-    seed : int
-        Seeds the global torch RNG (the algorithm's sampling) and the minibatch order.
-    sleep_every : int
-        Run ``algorithm.sleep()`` before every ``sleep_every``-th iteration (always before the first).
-    log_every : int
-        Append a record to ``metrics.jsonl`` (and ``history_``) every this many iterations, at step 0 and at the end.
-    checkpoint_every : int
-        Write ``out_dir/checkpoint/`` every this many iterations (0: only at the end); ``fit(data,
-        resume_from=out_dir / "checkpoint")`` continues from it.
-    max_iters : int, optional
-        Stop after this many iterations even if the epochs are not done.
+    epochs, batch_size, lr, recognition_lr, seed, sleep_every, log_every, checkpoint_every, max_iters
+        The loop and optimiser settings, documented and checked as the fields of
+        :class:`~wakesleep.training.options.TrainOptions` (the ``train:`` section of a run): Adam learning
+        rates of the model and of a trained recognition model, ``algorithm.sleep()`` before every
+        ``sleep_every``-th iteration, a record every ``log_every`` and ``out_dir/checkpoint/`` every
+        ``checkpoint_every`` iterations (0: at the end).
     out_dir : path, optional
         Where ``metrics.jsonl`` and ``checkpoint/`` go; nothing is written when None.
     progress : bool, optional
@@ -106,12 +89,8 @@ class Trainer:
     callback : callable, optional
         ``callback(trainer, record)`` after each logged record.
     precision : {"float32", "bfloat16", "float16"}
-        ``bfloat16`` / ``float16`` (CUDA only): mixed precision. The sleep and wake phases run under
-        ``torch.autocast``, which does the matrix products of the generative links and of trained proposals
-        (``wakesleep.ops.linear``) with inputs rounded to that dtype and float32 accumulation; their results
-        come back as float32, so log-densities, sums over units, the optimiser and the parameters stay float32.
-        DDC-HM's recognition, regression statistics and solves are never lowered (their solves amplify rounding
-        errors). The model must be float32.
+        Mixed precision of the links' matrix products (``wakesleep.ops``: lowered inputs, float32 results);
+        DDC-HM's recognition, statistics and solves are never lowered. The model must be float32.
     on_divergence : {"stop", "rollback"}
         What a divergence (:class:`TrainingDiverged`) does: stop, naming the last good checkpoint; or go back
         to that checkpoint (``out_dir/checkpoint``, written every ``checkpoint_every`` iterations) with both
@@ -161,10 +140,24 @@ class Trainer:
         max_rollbacks: int = 3,
         handle_signals: bool | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise WakesleepError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if on_divergence not in ("stop", "rollback"):
-            raise WakesleepError(f"train.on_divergence must be 'stop' or 'rollback', got {on_divergence!r}")
+        settings = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "recognition_lr": recognition_lr,
+            "seed": seed,
+            "sleep_every": sleep_every,
+            "log_every": log_every,
+            "checkpoint_every": checkpoint_every,
+            "max_iters": max_iters,
+            "precision": precision,
+            "on_divergence": on_divergence,
+            "max_rollbacks": max_rollbacks,
+            "device": "cuda" if precision == "float16" else "cpu",  # the model's own device is checked by fit
+        }
+        schema.parse(TrainOptions, settings, "train")  # one-line WakesleepErrors naming train.<field>
+        if isinstance(monitor_samples, bool) or not isinstance(monitor_samples, int) or monitor_samples < 0:
+            raise WakesleepError(f"monitor_samples must be a non-negative integer, got {monitor_samples!r}")
         self.on_divergence = on_divergence
         self.max_rollbacks = max_rollbacks
         self.handle_signals = handle_signals
@@ -218,22 +211,11 @@ class Trainer:
 
         Notes
         -----
-        Resuming restores the model's parameters and buffers, ``algorithm.load_state_dict``, both Adam
-        optimisers' moments (their learning rates are this trainer's ``lr`` and ``recognition_lr``), the
-        iteration count and the random streams: torch's global RNG (CPU and, on CUDA, the model's device),
-        the minibatch-order generator (the permutation of the epoch in progress is drawn again from its
-        state at the start of that epoch, so a checkpoint in the middle of an epoch continues that epoch),
-        the dynamic binariser of a ``DataSet`` and the monitor generator. ``metrics.jsonl`` in ``out_dir``
-        keeps the records up to the checkpoint's step (later ones, from a run that went on after its last
-        checkpoint, are dropped) and is appended to; no step-0 record is written again.
-
-        The sleep phase is not checkpointed (DDC-HM's sleep samples and the regressions on them are not in
-        its ``state_dict``). If the checkpoint's step is a multiple of ``sleep_every`` (always so with
-        ``sleep_every=1``) the next iteration runs ``algorithm.sleep()`` anyway and the continuation is the
-        uninterrupted run, bit for bit, provided the algorithm's ``state_dict`` holds all of its state across
-        sleep phases. Otherwise the resumed run calls ``algorithm.sleep()`` before its first iteration (at
-        the restored parameters) and then every ``sleep_every``-th iteration as usual: a valid run of the
-        algorithm, but one sleep phase (and so the random stream) differs from the uninterrupted run.
+        Resuming restores the model, ``algorithm.load_state_dict``, both Adam optimisers' moments (with this
+        trainer's learning rates), the iteration count and every random stream, and keeps ``metrics.jsonl`` up to
+        the checkpoint's step. The continuation is the uninterrupted run, bit for bit, when the checkpoint's step
+        is a multiple of ``sleep_every`` and the algorithm's ``state_dict`` holds all its state across sleep
+        phases; otherwise ``sleep()`` runs first (``docs/DESIGN.md``, "Checkpoints and resuming").
         """
         training_data = self._setup(data)
         params = [p for _, p in self._params()]

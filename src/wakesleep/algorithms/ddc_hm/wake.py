@@ -14,7 +14,7 @@ from torch import Tensor
 
 from wakesleep.algorithms.base import WakeGradient
 from wakesleep.algorithms.ddc_hm.ridge import with_intercept
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import NotReadyError, WakesleepError
 from wakesleep.ops import full_precision, matmul
 
 __all__ = ["WakePhase", "observation_is_linear_in_theta"]
@@ -70,7 +70,7 @@ class WakePhase:
 
     def _require_sleep(self) -> None:
         if self._samples is None:
-            raise RuntimeError("ddc_hm: call sleep() before the wake phase")
+            raise NotReadyError("ddc_hm: call sleep() before the wake phase")
 
     # --- wake -----------------------------------------------------------------------------------------
     def _weights(self, i: int, r: Tensor) -> Tensor:

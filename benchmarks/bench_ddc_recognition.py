@@ -1,0 +1,145 @@
+"""DDC-HM's recognition on the sigmoid belief network 784-200-200-200: the closed-form eq. 8 read-out against
+the deep recognition (``recognition: deep``) and the exact sufficient statistics (``extra_stats: sufficient``),
+with VIMCO K=50 for reference (issue 16; docs/ddc_hm.md, "Deep recognition").
+
+Every entry trains on the first ``--n`` Fashion-MNIST training images (binarised with the fixed seed 0) for
+``--epochs`` epochs with ``configs/sbn.yaml``'s model, algorithm and training settings (DDC-HM with a sleep phase
+every 20 wake steps), then is scored by
+
+* :func:`wakesleep.eval.diagnose.diagnose` on the first ``--points`` training images: wake-gradient cosine per
+  layer against the mean of ``--repeats`` independent AIS references (``--chains`` chains, ``--temperatures``
+  temperatures; their agreement printed), posterior-mean error against AIS with the constant guess for scale,
+  and the fraction of invalid expectations (Bernoulli means outside [0, 1]);
+* the AIS NLL of the first ``--nll-points`` test images (``--nll-temperatures`` temperatures;
+  :func:`wakesleep.eval.compare.model_ais_nll`, the same seed
+  for every entry), and its paired difference with the first entry
+  (:func:`wakesleep.eval.compare.paired_nll_difference`).
+
+Runs already in ``--out`` are reused (delete a directory to retrain it). ``--out/results.json`` holds everything.
+
+Usage::
+
+    nice -n 10 python benchmarks/bench_ddc_recognition.py --out /tmp/ddc_rec --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from wakesleep import runs
+from wakesleep.eval.compare import model_ais_nll, paired_nll_difference
+from wakesleep.eval.diagnose import diagnose
+from wakesleep.runtime import keep_freed_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# label -> algorithm settings replacing configs/sbn.yaml's (None: the config's ddc_hm), and train settings
+ENTRIES: dict[str, tuple[dict | None, dict]] = {
+    "ddc_hm": (None, {"sleep_every": 20}),
+    "ddc_stats": ({"extra_stats": "sufficient"}, {"sleep_every": 20}),
+    "ddc_deep": ({"recognition": "deep"}, {"sleep_every": 20}),
+    "ddc_deep_stats": ({"recognition": "deep", "extra_stats": "sufficient"}, {"sleep_every": 20}),
+    "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
+}
+
+
+def entry_config(label: str, epochs: int, n: int, seed: int) -> dict:
+    """The run config of an entry: configs/sbn.yaml's model, algorithm and train settings, changed as listed."""
+    base = yaml.safe_load((ROOT / "configs" / "sbn.yaml").read_text())
+    algo_changes, train_changes = ENTRIES[label]
+    algorithm = copy.deepcopy(base["algorithm"])
+    if algo_changes is not None:
+        changes = dict(algo_changes)
+        algorithm = {} if changes.pop("_replace", False) else algorithm
+        algorithm.update(changes)
+    train = {**base["train"], "epochs": epochs, "seed": seed, "log_every": 100, "samples": 100, "threads": 1}
+    train.update(train_changes)
+    train["checkpoint_every"] = 10**9  # only the final checkpoint (the algorithm state diagnose loads)
+    data = {"source": "fashion_mnist", "binarize": "fixed-seed0", "n": n}
+    return {"model": base["model"], "algorithm": algorithm, "train": train, "data": data}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--entries", default=",".join(ENTRIES), help=f"comma-separated, from {', '.join(ENTRIES)}")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--n", type=int, default=10000, help="training images")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--chains", type=int, default=16)
+    ap.add_argument("--temperatures", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--nll-points", type=int, default=100, help="first test images scored by AIS")
+    ap.add_argument("--nll-temperatures", type=int, default=1000, help="AIS temperatures of the test NLL")
+    args = ap.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    labels = [s.strip() for s in args.entries.split(",") if s.strip()]
+    test_x = None
+    for label in labels:
+        run_dir = args.out / label
+        cfg = entry_config(label, args.epochs, args.n, args.seed)
+        if not (run_dir / "model.safetensors").exists():
+            t0 = time.perf_counter()
+            runs.train(runs.as_spec(cfg), run_dir, progress=False)
+            results.setdefault(label, {})["train_seconds"] = time.perf_counter() - t0
+        row = results.setdefault(label, {})
+        row["config"] = cfg
+        if "diagnosis" not in row and cfg["algorithm"]["name"] == "ddc_hm":
+            d = diagnose(
+                run_dir, points=args.points, chains=args.chains, temperatures=args.temperatures, repeats=args.repeats
+            )
+            row["diagnosis"] = d.to_dict()
+            print(f"[{label}]", *d.lines(), sep="\n  ")
+        if "ais_test" not in row:
+            spec, model = runs.load_run(run_dir)
+            if test_x is None:
+                test_x = runs.load_data(spec, model).test[: args.nll_points]
+            settings = {"chains": args.chains, "temperatures": args.nll_temperatures}
+            row["ais_test"] = model_ais_nll(model, test_x.to(model.dtype), settings, seed=30_000)
+            print(f"[{label}] AIS NLL on {args.nll_points} test images: {row['ais_test']['nll']:.2f}")
+        results_path.write_text(json.dumps(results, indent=1))
+    ref = results.get(labels[0], {}).get("ais_test")
+    head = (
+        f"| entry | s/epoch | test AIS NLL | paired vs {labels[0]} | grad cosine z3 / z2 / z1 / x (refs agree) "
+        "| E[z1|x] err (const) | E[z2|x] err (const) | E[z3|x] err (const) | invalid means z1 / z2 / z3 |"
+    )
+    print(head)
+    print("| --- " * (head.count("|") - 1) + "|")
+    for label in labels:
+        row = results[label]
+        nll = row["ais_test"]
+        diff = paired_nll_difference(ref, nll) if label != labels[0] else None
+        secs = row.get("train_seconds")
+        cells = [label, f"{secs / args.epochs:.1f}" if secs else "", f"{nll['nll']:.2f} +- {nll['sem']:.2f}"]
+        cells.append(f"{diff['mean']:+.2f} +- {diff['sem']:.2f}" if diff else "")
+        d = row.get("diagnosis")
+        if d:
+            lay = d["layers"]
+            cells.append(
+                " / ".join(
+                    f"{lay[k]['cosine']:.2f} ({lay[k]['reference_agreement']:.2f})" for k in ("z3", "z2", "z1", "x")
+                )
+            )
+            post = d["posterior"]
+            for k in ("z1", "z2", "z3"):
+                cells.append(f"{post[k]['mae']:.3f} ({post[k]['mae_constant_guess']:.3f})")
+            cells.append(" / ".join(f"{100 * post[k]['invalid_fraction']:.1f} %" for k in ("z1", "z2", "z3")))
+        else:
+            cells += [""] * 5
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
