@@ -8,16 +8,9 @@ import pytest
 import torch
 import yaml
 
-from wakesleep.config import (
-    TRAIN_DEFAULTS,
-    apply_overrides,
-    dump_config,
-    load_config,
-    parse_overrides,
-    resolve_config,
-    torch_device,
-)
+from wakesleep.config import apply_overrides, dump_config, parse_overrides, torch_device
 from wakesleep.errors import WakesleepError
+from wakesleep.spec import TRAIN_DEFAULTS, load_config, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 

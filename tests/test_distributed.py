@@ -96,7 +96,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         xb = x[rank * B_PER_RANK : (rank + 1) * B_PER_RANK]
         res["ddc"] = [_ddc_results(wrapped, xb, x_eval, mine) for _ in range(2)]  # 2nd phase: standardisers fitted
         # 2. gradient averaging (RWS): a few Trainer steps, parameters must stay identical across ranks
-        from wakesleep.train import Trainer
+        from wakesleep.training import Trainer
 
         torch.manual_seed(100 + rank)  # different proposal initialisation per rank: the wrapper broadcasts rank 0's
         m2 = wakesleep.build_model(SBN)
@@ -105,16 +105,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         res["rws_params"] = {k: v.detach().clone() for k, v in m2.named_parameters()}
         res["rws_q"] = [p.detach().clone() for p in rws.recognition_parameters()]
         # 3. a short data-parallel training run
-        from wakesleep.config import resolve_config
+        from wakesleep import runs
         from wakesleep.eval import exact_log_likelihood
-        from wakesleep.train import build_model_from_config
+        from wakesleep.spec import RunSpec
 
-        cfg = resolve_config(LG_CONFIG)
+        spec = RunSpec.from_mapping(LG_CONFIG)
         data = _lg_data()
         torch.manual_seed(0)
-        before = float(exact_log_likelihood(build_model_from_config(cfg), data).mean())
+        before = float(exact_log_likelihood(runs.build_model(spec), data).mean())
         model3, _, trainer = train_distributed(
-            cfg,
+            spec,
             os.path.join(out, "run") if rank == 0 else None,
             rank=rank,
             world_size=world,
@@ -205,4 +205,32 @@ def test_single_process_fallback_without_torchrun(monkeypatch):
     model = wakesleep.build_model(SBN)
     algo = DataParallelAlgorithm(wakesleep.build_algorithm("rws", model, k=2))
     assert algo.world_size == 1 and not algo.global_gradients
+    assert algo.averages_recognition  # capabilities.trained_recognition
     assert algo.proposal is algo.algo.proposal  # attributes of the wrapped algorithm pass through
+    ddc = DataParallelAlgorithm(wakesleep.build_algorithm("ddc_hm", wakesleep.build_model(SBN), **DDC_OPTS))
+    assert ddc.global_gradients and not ddc.averages_recognition  # capabilities.data_parallel == "statistics"
+
+
+def test_output_is_staged_with_the_marker_and_replaced_as_a_whole(tmp_path, monkeypatch):
+    """Rank 0 writes the run aside and swaps it in (with the .wakesleep marker) when training has finished:
+    --overwrite replaces the old run as a whole instead of mixing its files with the new ones."""
+    from wakesleep.distributed import train_distributed
+    from wakesleep.errors import WakesleepError
+    from wakesleep.outdirs import read_marker
+    from wakesleep.spec import RunSpec
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    spec = RunSpec.from_mapping({**LG_CONFIG, "train": {**LG_CONFIG["train"], "max_iters": 3, "log_every": 1}})
+    out = tmp_path / "run"
+    kwargs = {"rank": 0, "world_size": 1, "data": _lg_data(), "monitor_samples": 0}
+    _, _, trainer = train_distributed(spec, out, **kwargs)
+    assert trainer.n_iter_ == 3 and (read_marker(out) or {}).get("complete") is True
+    for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "samples.npz", "distributed.json"):
+        assert (out / name).is_file()
+    (out / "stray.txt").write_text("from an older run")
+    with pytest.raises(WakesleepError, match="--overwrite"):
+        train_distributed(spec, out, **kwargs)
+    assert (out / "stray.txt").is_file()
+    train_distributed(spec, out, overwrite=True, **kwargs)
+    assert not (out / "stray.txt").exists() and (out / "distributed.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging directory left beside it

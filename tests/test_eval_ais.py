@@ -303,7 +303,7 @@ def test_ais_gibbs_grouped_products_equal_one_log_per_factor(monkeypatch):
     """The sweeps multiply up to 16 factors q + p exp(s W) before one log: the same estimates (same seed, same
     flips) as one log per factor, to 1e-10 in float64; groups shrink when the weights are large, and float32
     models with weights above 64 run in float64."""
-    from wakesleep.eval import ais
+    from wakesleep.eval import _ais_gibbs as ais
 
     model = _sbn(dims=(2, 3, 32), scale=1.0)
     torch.manual_seed(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -187,7 +186,7 @@ def test_train_options_apply_to_one_entry_only():
 
 def test_bench_flops_and_summary():
     import wakesleep
-    from wakesleep.bench import MatmulFlops, _markdown, _summary, iteration_flops, sleep_cycle, solver_flops
+    from wakesleep.bench import MatmulFlops, iteration_flops, markdown, sleep_cycle, solver_flops, summary
 
     model = wakesleep.build_model(
         {
@@ -256,67 +255,46 @@ def test_bench_flops_and_summary():
             "curve": [{"train_seconds": 0.0, "mmd2": 0.5}, {"train_seconds": 10.0, "mmd2": 0.03}],
         },
     }
-    s = _summary(rows)
+    s = summary(rows)
     assert s["epoch_speedup"] == pytest.approx(6.0) and s["goal_epoch_speedup_5x"]
     assert s["time_to_target_fraction"] == pytest.approx(0.15) and s["goal_time_to_target_one_fifth"]
-    md = _markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
+    md = markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
     assert "| ddc_hm |" in md and "met" in md and "ais_nll_difference" not in s
     ais = {"points": 3, "chains": 2, "temperatures": 5, "nll": 0.0, "sem": 0.0}
     rows["ddc_hm"]["ais_nll"] = {**ais, "log_px": [-10.0, -20.0, -30.0], "nll": 20.0, "sem": 5.77}
     rows["vimco_k50"]["ais_nll"] = {**ais, "log_px": [-9.0, -18.0, -30.0], "nll": 19.0, "sem": 5.2}
-    s = _summary(rows)
+    s = summary(rows)
     assert s["ais_nll_difference"]["mean"] == pytest.approx(1.0)  # ddc_hm minus vimco_k50, paired
     assert s["ais_nll_difference"]["sem"] == pytest.approx(1.0 / 3**0.5)
-    md = _markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
+    md = markdown({"epochs": 1, "n_train": 10, "machine": "m", "command": "c", "algorithms": rows, "summary": s})
     assert "20.00 +- 5.77" in md and "+1.0 +- 0.6 nats" in md
 
 
 @needs_fashion
 def test_bench_run_one_in_process(tmp_path):
-    from wakesleep.bench import add_arguments, run_one
+    from wakesleep.bench import BenchSettings, run_one
 
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args(
-        [
-            "sbn",
-            "--out",
-            str(tmp_path),
-            "--n",
-            "40",
-            "--threads",
-            "1",
-            "--mmd-samples",
-            "50",
-            "--curve-samples",
-            "30",
-            "--evals",
-            "2",
-            "--nll-k",
-            "3",
-            "--nll-points",
-            "3",
-            "--proposal-steps",
-            "2",
-            "--ais-points",
-            "2",
-            "--ais-chains",
-            "2",
-            "--ais-temperatures",
-            "3",
-            "--set",
+    settings = BenchSettings(
+        n=40,
+        threads=1,
+        mmd_samples=50,
+        curve_samples=30,
+        evals=2,
+        nll_k=3,
+        nll_points=3,
+        proposal_steps=2,
+        ais_points=2,
+        ais_chains=2,
+        ais_temperatures=3,
+        overrides=(
             "algorithm.sleep_samples=60",
-            "--set",
             "algorithm.features=10",
-            "--set",
             "algorithm.recognition_hidden=20",
-            "--set",
             "data.n_test=100",
-            "--set",
             "train.batch_size=20",
-        ]
+        ),
     )
-    r = run_one(args, "ddc_hm")
+    r = run_one(settings, "ddc_hm", out_dir=tmp_path)
     assert r["iterations"] == 2 and r["iterations_per_epoch"] == 2
     assert r["seconds_per_epoch"] > 0 and r["peak_rss_mb"] > 0 and r["gflop_solver"] > 0
     assert 0 < r["fraction_of_matmul_rate"] and len(r["curve"]) >= 2 and r["nll"]["k"] == 3

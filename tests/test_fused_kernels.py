@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import wakesleep
+from wakesleep import ops as _linear
 from wakesleep.families import Bernoulli
 from wakesleep.families.standard import bernoulli_log_prob_sum
-from wakesleep import ops as _linear
 from wakesleep.ops import linear, onednn_enabled
 
 from oracles import sbn_config

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from wakesleep import io as wio
+from wakesleep import outdirs
 from wakesleep.errors import WakesleepError
 
 
@@ -22,7 +23,7 @@ def names(d: Path) -> list[str]:
 
 def make_run(out: Path, text: str = "old") -> Path:
     """A finished run written by the tool at ``out``, holding ``a.txt``."""
-    with wio.staged_dir(out) as tmp:
+    with outdirs.staged_dir(out) as tmp:
         (tmp / "a.txt").write_text(text)
     return out
 
@@ -31,7 +32,7 @@ def make_run(out: Path, text: str = "old") -> Path:
 # refusals
 # --------------------------------------------------------------------------------------------------------
 def test_empty_path_is_refused():
-    for call in (lambda: wio.check_output_dir("", overwrite=True), lambda: wio.find_resumable("")):
+    for call in (lambda: outdirs.check_output_dir("", overwrite=True), lambda: outdirs.find_resumable("")):
         with pytest.raises(WakesleepError, match="path is empty") as info:
             call()
         assert "\n" not in str(info.value)
@@ -59,9 +60,9 @@ def test_root_home_cwd_and_ancestors_are_refused(tmp_path, monkeypatch, overwrit
     }
     for out, needle in cases.items():
         if needle is None:
-            assert wio.check_output_dir(out, overwrite) == work / "~"
+            assert outdirs.check_output_dir(out, overwrite) == work / "~"
             continue
-        for call in (wio.check_output_dir, lambda o, w: wio.staged_dir(o, w).__enter__()):
+        for call in (outdirs.check_output_dir, lambda o, w: outdirs.staged_dir(o, w).__enter__()):
             with pytest.raises(WakesleepError, match=needle) as info:
                 call(out, overwrite)
             message = str(info.value)
@@ -73,11 +74,11 @@ def test_root_home_cwd_and_ancestors_are_refused(tmp_path, monkeypatch, overwrit
 def test_existing_file_and_symlink_are_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(WakesleepError, match="is not a directory"):
-        wio.check_output_dir(tmp_path / "f", overwrite=True)
+        outdirs.check_output_dir(tmp_path / "f", overwrite=True)
     target = make_run(tmp_path / "run")
     (tmp_path / "ln").symlink_to(target)
     with pytest.raises(WakesleepError, match="symbolic link"):
-        wio.check_output_dir(tmp_path / "ln", overwrite=True)
+        outdirs.check_output_dir(tmp_path / "ln", overwrite=True)
     assert (tmp_path / "f").read_text() == "x" and (tmp_path / "ln").is_symlink()
 
 
@@ -86,11 +87,11 @@ def test_overwrite_needs_the_marker(tmp_path):
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
     with pytest.raises(WakesleepError, match="not empty"):
-        wio.check_output_dir(out)
+        outdirs.check_output_dir(out)
     for enter in (
-        lambda: wio.check_output_dir(out, overwrite=True),
-        lambda: wio.staged_dir(out, overwrite=True).__enter__(),
-        lambda: wio.resumable_dir(out, overwrite=True).__enter__(),
+        lambda: outdirs.check_output_dir(out, overwrite=True),
+        lambda: outdirs.staged_dir(out, overwrite=True).__enter__(),
+        lambda: outdirs.resumable_dir(out, overwrite=True).__enter__(),
     ):
         with pytest.raises(WakesleepError) as info:
             enter()
@@ -101,8 +102,8 @@ def test_overwrite_needs_the_marker(tmp_path):
     # a file put into --out while the run was working is checked again before the swap
     run = make_run(tmp_path / "run")
     with pytest.raises(WakesleepError, match="not empty"):
-        wio.staged_dir(run).__enter__()
-    with pytest.raises(WakesleepError, match="no .wakesleep marker"), wio.staged_dir(run, overwrite=True) as tmp:
+        outdirs.staged_dir(run).__enter__()
+    with pytest.raises(WakesleepError, match="no .wakesleep marker"), outdirs.staged_dir(run, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("new")
         (run / ".wakesleep").unlink()
     assert names(run) == ["a.txt"] and names(tmp_path) == ["mine", "run"]
@@ -112,10 +113,10 @@ def test_marker_and_overwrite_of_a_marked_or_empty_directory(tmp_path):
     out = make_run(tmp_path / "run")
     marker = json.loads((out / ".wakesleep").read_text())
     assert marker["tool"] == "wakesleep" and marker["kind"] == "run" and marker["complete"] is True
-    with wio.staged_dir(out, overwrite=True, kind="experiment") as tmp:
+    with outdirs.staged_dir(out, overwrite=True, kind="experiment") as tmp:
         (tmp / "b.txt").write_text("new")
     assert names(out) == [".wakesleep", "b.txt"] and names(tmp_path) == ["run"]
-    assert wio.read_marker(out)["kind"] == "experiment"
+    assert outdirs.read_marker(out)["kind"] == "experiment"
     (tmp_path / "empty").mkdir()
     make_run(tmp_path / "empty")  # an empty directory is replaced without --overwrite
     assert names(tmp_path / "empty") == [".wakesleep", "a.txt"]
@@ -126,13 +127,13 @@ def test_checkpoint_kind_replaces_unmarked_checkpoint_files_only(tmp_path):
     ckpt.mkdir()
     for name in ("model.safetensors", "state.json"):  # as written before markers existed
         (ckpt / name).write_text("{}")
-    with wio.staged_dir(ckpt, overwrite=True, kind="checkpoint") as tmp:
+    with outdirs.staged_dir(ckpt, overwrite=True, kind="checkpoint") as tmp:
         (tmp / "state.json").write_text("{}")
     assert names(ckpt) == [".wakesleep", "state.json"]
     (ckpt / ".wakesleep").unlink()
     (ckpt / "notes.txt").write_text("mine")
     with pytest.raises(WakesleepError, match="no .wakesleep marker") as info:
-        wio.check_output_dir(ckpt, overwrite=True, kind="checkpoint")
+        outdirs.check_output_dir(ckpt, overwrite=True, kind="checkpoint")
     assert not str(info.value).startswith("--out")
 
 
@@ -145,7 +146,7 @@ class Killed(BaseException):
 
 def kill_at(monkeypatch, name: str, call: int) -> None:
     """Make the ``call``-th call (1-based) of ``os.<name>`` (or ``shutil.rmtree``) raise :class:`Killed`."""
-    module = wio.shutil if name == "rmtree" else wio.os
+    module = outdirs.shutil if name == "rmtree" else outdirs.os
     real, count = getattr(module, name), {"n": 0}
 
     def fake(*args, **kwargs):
@@ -172,51 +173,51 @@ def kill_at(monkeypatch, name: str, call: int) -> None:
 def test_interrupted_swap_is_recovered(tmp_path, monkeypatch, point, left, result, entry):
     out = make_run(tmp_path / "run")
     kill_at(monkeypatch, *point)
-    with pytest.raises(Killed), wio.staged_dir(out, overwrite=True) as tmp:
+    with pytest.raises(Killed), outdirs.staged_dir(out, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("new")
     monkeypatch.undo()
     got = names(tmp_path)
     assert len(got) == len(left) and all(any(n.startswith(s) for n in got) for s in left), got
     if entry == "check":
-        wio.check_output_dir(out, overwrite=True)
+        outdirs.check_output_dir(out, overwrite=True)
     elif entry == "staged":
-        with pytest.raises(RuntimeError), wio.staged_dir(out, overwrite=True):
+        with pytest.raises(RuntimeError), outdirs.staged_dir(out, overwrite=True):
             raise RuntimeError
     elif entry == "resumable":
-        with pytest.raises(RuntimeError), wio.resumable_dir(out, overwrite=True):
+        with pytest.raises(RuntimeError), outdirs.resumable_dir(out, overwrite=True):
             raise RuntimeError
     else:
-        assert wio.find_resumable(out) == out
+        assert outdirs.find_resumable(out) == out
     assert names(tmp_path) == ["run"] and names(out) == [".wakesleep", "b.txt"]
-    assert wio.recover_interrupted_swap(out) is None  # nothing left to do
+    assert outdirs.recover_interrupted_swap(out) is None  # nothing left to do
 
 
 def test_interrupted_swap_restores_the_old_run_when_the_new_one_is_gone(tmp_path, monkeypatch):
     out = make_run(tmp_path / "run")
     kill_at(monkeypatch, "rename", 2)
-    with pytest.raises(Killed), wio.staged_dir(out, overwrite=True) as tmp:
+    with pytest.raises(Killed), outdirs.staged_dir(out, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("new")
     monkeypatch.undo()
     for p in tmp_path.glob(".run.partial-*"):
-        wio.shutil.rmtree(p)
-    assert wio.recover_interrupted_swap(out) == "restored"
+        outdirs.shutil.rmtree(p)
+    assert outdirs.recover_interrupted_swap(out) == "restored"
     assert names(tmp_path) == ["run"] and (out / "a.txt").read_text() == "old"
 
 
 def test_incomplete_staging_and_unmarked_leftovers_are_not_promoted(tmp_path):
     out = tmp_path / "run"
     (tmp_path / ".run.partial-abc").mkdir()  # a staging directory killed while being written
-    wio.write_marker(tmp_path / ".run.partial-abc", "run")
+    outdirs.write_marker(tmp_path / ".run.partial-abc", "run")
     (tmp_path / ".run.old-1").mkdir()
     (tmp_path / ".run.old-1" / "x").write_text("not ours")
-    assert wio.recover_interrupted_swap(out) is None
+    assert outdirs.recover_interrupted_swap(out) is None
     assert names(tmp_path) == [".run.old-1", ".run.partial-abc"]
 
 
 def test_exception_in_staged_dir_leaves_nothing(tmp_path):
     out = make_run(tmp_path / "run")
     for exc in (RuntimeError, KeyboardInterrupt):
-        with pytest.raises(exc), wio.staged_dir(out, overwrite=True) as tmp:
+        with pytest.raises(exc), outdirs.staged_dir(out, overwrite=True) as tmp:
             (tmp / "half.txt").write_text("x")
             raise exc
     assert names(tmp_path) == ["run"] and names(out) == [".wakesleep", "a.txt"]
@@ -227,43 +228,43 @@ def test_exception_in_staged_dir_leaves_nothing(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 def test_resumable_dir_failure_before_start_leaves_nothing(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt), wio.resumable_dir(out) as stage:
+    with pytest.raises(KeyboardInterrupt), outdirs.resumable_dir(out) as stage:
         (stage.path / "config.yaml").write_text("x")
         raise KeyboardInterrupt
-    assert names(tmp_path) == [] and wio.find_resumable(out) is None
+    assert names(tmp_path) == [] and outdirs.find_resumable(out) is None
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt, SystemExit])
 def test_resumable_dir_keeps_the_partial_directory(tmp_path, exc):
     out = tmp_path / "run"
-    with pytest.raises(exc), wio.resumable_dir(out) as stage:
-        assert stage.path == tmp_path / "run.partial" == wio.partial_dir(out)
+    with pytest.raises(exc), outdirs.resumable_dir(out) as stage:
+        assert stage.path == tmp_path / "run.partial" == outdirs.partial_dir(out)
         stage.mark_started()
         (stage.path / "ckpt.txt").write_text("step 4")
         raise exc
     assert stage.kept == tmp_path / "run.partial" and names(tmp_path) == ["run.partial"]
-    assert wio.find_resumable(out) == stage.kept
+    assert outdirs.find_resumable(out) == stage.kept
     # a fresh run is refused ...
     with pytest.raises(WakesleepError, match="holds an interrupted run.*--resume"):
-        wio.resumable_dir(out).__enter__()
+        outdirs.resumable_dir(out).__enter__()
     # ... a resumed one that fails again keeps it ...
-    with pytest.raises(exc), wio.resumable_dir(out, resume=True) as stage:
+    with pytest.raises(exc), outdirs.resumable_dir(out, resume=True) as stage:
         assert (stage.path / "ckpt.txt").read_text() == "step 4" and stage.resumed
         raise exc
     assert names(tmp_path) == ["run.partial"]
     # ... and one that succeeds promotes it
-    with wio.resumable_dir(out, resume=True) as stage:
+    with outdirs.resumable_dir(out, resume=True) as stage:
         (stage.path / "model.txt").write_text("done")
     assert names(tmp_path) == ["run"] and names(out) == [".wakesleep", "ckpt.txt", "model.txt"]
-    assert wio.read_marker(out)["complete"] is True and wio.find_resumable(out) == out
+    assert outdirs.read_marker(out)["complete"] is True and outdirs.find_resumable(out) == out
 
 
 def test_resumable_dir_overwrite_discards_a_marked_partial_only(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError), wio.resumable_dir(out, kind="experiment") as stage:
+    with pytest.raises(RuntimeError), outdirs.resumable_dir(out, kind="experiment") as stage:
         stage.mark_started()
         raise RuntimeError
-    with pytest.raises(RuntimeError), wio.resumable_dir(out, overwrite=True, kind="experiment") as stage:
+    with pytest.raises(RuntimeError), outdirs.resumable_dir(out, overwrite=True, kind="experiment") as stage:
         assert names(stage.path) == [".wakesleep"]
         raise RuntimeError  # not started: removed
     assert names(tmp_path) == []
@@ -271,10 +272,10 @@ def test_resumable_dir_overwrite_discards_a_marked_partial_only(tmp_path):
     partial.mkdir()
     (partial / "notes.txt").write_text("mine")
     with pytest.raises(WakesleepError, match="no .wakesleep marker"):
-        wio.resumable_dir(out, overwrite=True).__enter__()
+        outdirs.resumable_dir(out, overwrite=True).__enter__()
     assert names(partial) == ["notes.txt"]
     with pytest.raises(WakesleepError, match="--resume: .*other.partial not found"):
-        wio.resumable_dir(tmp_path / "other", resume=True).__enter__()
+        outdirs.resumable_dir(tmp_path / "other", resume=True).__enter__()
 
 
 def test_killed_process_leaves_a_resumable_partial_directory(tmp_path):
@@ -283,7 +284,7 @@ def test_killed_process_leaves_a_resumable_partial_directory(tmp_path):
         f"""
         import os, signal, sys
         from wakesleep import io as wio
-        with wio.resumable_dir({str(out)!r}) as stage:
+        with outdirs.resumable_dir({str(out)!r}) as stage:
             stage.mark_started()
             (stage.path / "checkpoint.txt").write_text("step 7")
             print("ready", flush=True)
@@ -298,9 +299,9 @@ def test_killed_process_leaves_a_resumable_partial_directory(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    found = wio.find_resumable(out)
+    found = outdirs.find_resumable(out)
     assert found == tmp_path / "run.partial" and (found / "checkpoint.txt").read_text() == "step 7"
-    with wio.resumable_dir(out, resume=True) as stage:
+    with outdirs.resumable_dir(out, resume=True) as stage:
         (stage.path / "done.txt").write_text("x")
     assert names(out) == [".wakesleep", "checkpoint.txt", "done.txt"]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import wakesleep
-from wakesleep.config import resolve_config
 from wakesleep.errors import WakesleepError
 from wakesleep.ops import autocast, linear
+from wakesleep.spec import resolve_config
 from wakesleep.training import Trainer
 
 from oracles import build, enumerate_loglik, sbn_config

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from wakesleep import build_model
+from wakesleep import build_model, outdirs
 from wakesleep import io as wio
 from wakesleep.algorithms.base import Algorithm
-from wakesleep.config import resolve_config
 from wakesleep.errors import WakesleepError
 from wakesleep.runs import load_data, train_from_config
+from wakesleep.spec import resolve_config
 from wakesleep.training import Trainer, TrainingDiverged
 
 LAYERS = [
@@ -212,16 +212,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_staged_dir(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError), wio.staged_dir(out) as tmp:
+    with pytest.raises(RuntimeError), outdirs.staged_dir(out) as tmp:
         (tmp / "half.txt").write_text("x")
         raise RuntimeError
     assert os.listdir(tmp_path) == []
-    with wio.staged_dir(out) as tmp:
+    with outdirs.staged_dir(out) as tmp:
         (tmp / "a.txt").write_text("x")
         assert not out.exists()
     assert sorted(os.listdir(out)) == [".wakesleep", "a.txt"] and os.listdir(tmp_path) == ["run"]
     with pytest.raises(WakesleepError, match="not empty"):
-        wio.check_output_dir(out)
-    with wio.staged_dir(out, overwrite=True) as tmp:
+        outdirs.check_output_dir(out)
+    with outdirs.staged_dir(out, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("y")
     assert sorted(os.listdir(out)) == [".wakesleep", "b.txt"] and os.listdir(tmp_path) == ["run"]

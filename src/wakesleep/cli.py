@@ -82,7 +82,7 @@ RESUMABLE_CHANGES = (
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``train``: a fresh run in ``DIR.partial`` (kept if interrupted), promoted to ``--out`` at the end."""
-    from wakesleep.io import check_output_dir, resumable_dir
+    from wakesleep.outdirs import check_output_dir, resumable_dir
     from wakesleep.runs import prepare
     from wakesleep.spec import RunSpec
 
@@ -106,7 +106,7 @@ def _resume_train(args: argparse.Namespace) -> int:
     ``--out`` when training has finished. Everything that can fail on the user's input is checked before
     anything in the run changes.
     """
-    from wakesleep.io import find_resumable, partial_dir, resumable_dir
+    from wakesleep.outdirs import find_resumable, partial_dir, resumable_dir
     from wakesleep.runs import prepare
     from wakesleep.spec import RunSpec
     from wakesleep.training.checkpoint import checkpoint_step
@@ -159,7 +159,7 @@ def _gap(trainer) -> str:
 @contextlib.contextmanager
 def _kept_notice(args: argparse.Namespace):
     """On any failure after training started, say that ``--resume`` continues the kept ``DIR.partial``."""
-    from wakesleep.io import partial_dir
+    from wakesleep.outdirs import partial_dir
 
     try:
         yield

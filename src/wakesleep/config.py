@@ -32,9 +32,7 @@ __all__ = [
     "load_yaml",
     "parse_overrides",
     "apply_overrides",
-    "resolve_config",
     "resolve_paths",
-    "load_config",
     "dump_config",
     "torch_dtype",
     "torch_device",
@@ -42,15 +40,6 @@ __all__ = [
 
 SECTIONS = ("model", "algorithm", "train", "data", "experiment")
 _PATH_KEYS = (("model", "init"), ("data", "path"), ("data", "test_path"), ("data", "root"), ("data", "true_params"))
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TRAIN_DEFAULTS":  # the train section's defaults, from the one declaration in wakesleep.spec
-        from wakesleep.schema import to_dict
-        from wakesleep.spec import TrainSpec
-
-        return to_dict(TrainSpec())
-    raise AttributeError(name)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -171,36 +160,9 @@ def resolve_paths(config: dict[str, Any], base: Path | None) -> None:
                 sec[key] = str((base / p).resolve())
 
 
-def resolve_config(
-    raw: Mapping[str, Any],
-    source: str | None = None,
-    base_dir: str | os.PathLike | None = None,
-    check_model: bool = True,
-) -> dict[str, Any]:
-    """Validate a raw config mapping and fill in defaults; return the resolved config as a new dict.
-
-    The mapping form of :meth:`wakesleep.spec.RunSpec.from_mapping` (same parameters), for code that edits
-    configs as mappings.
-    """
-    from wakesleep.spec import RunSpec
-
-    return RunSpec.from_mapping(raw, source=source, base_dir=base_dir, check_model=check_model).to_dict()
-
-
 def model_section(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``model`` section as given to ``build_model`` (which also loads ``init`` and applies ``seed``)."""
     return copy.deepcopy(dict(config["model"]))
-
-
-def load_config(
-    path: str | os.PathLike,
-    overrides: Iterable[str] | Iterable[tuple[str, Any]] | None = None,
-    check_model: bool = True,
-) -> dict[str, Any]:
-    """The mapping form of :meth:`wakesleep.spec.RunSpec.load` (same parameters)."""
-    from wakesleep.spec import RunSpec
-
-    return RunSpec.load(path, overrides, check_model=check_model).to_dict()
 
 
 def dump_config(config: Mapping[str, Any]) -> str:

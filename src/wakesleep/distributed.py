@@ -28,7 +28,7 @@ What each rank does:
   ranks (all-reduce sum / world size) before the Adam steps;
 * rank 0 alone writes ``DIR`` (config.yaml, metrics.jsonl, checkpoint/, model.safetensors, samples.npz,
   distributed.json), in a hidden staging directory beside it that is swapped in, with the ``.wakesleep``
-  marker, only when training has finished (:func:`wakesleep.io.staged_dir`): ``--overwrite`` replaces the old
+  marker, only when training has finished (:func:`wakesleep.outdirs.staged_dir`): ``--overwrite`` replaces the old
   run as a whole, never mixing its files with the new ones.
 
 The run is built once from its :class:`~wakesleep.spec.RunSpec` by :func:`wakesleep.runs.prepare` and trained
@@ -225,7 +225,7 @@ def train_distributed(
         are per rank.
     out_dir : path or None
         Where rank 0 writes the run (ignored on the other ranks; None: nothing is written). It appears, with
-        the ``.wakesleep`` marker, only when training has finished (:func:`wakesleep.io.staged_dir`).
+        the ``.wakesleep`` marker, only when training has finished (:func:`wakesleep.outdirs.staged_dir`).
     rank, world_size : int
         This process's rank and the number of ranks.
     progress : bool or None
@@ -242,7 +242,7 @@ def train_distributed(
     (torch.nn.Module, DataParallelAlgorithm, Trainer)
     """
     from wakesleep import io as wio
-    from wakesleep import runs
+    from wakesleep import outdirs, runs
 
     spec = runs.as_spec(spec)
     prepared = runs.prepare(spec, data=data)
@@ -256,7 +256,7 @@ def train_distributed(
             None, progress=False if rank != 0 else progress, seed=seed, monitor_samples=0 if rank else monitor_samples
         )
         return model, algo, trainer
-    with wio.staged_dir(out_dir, overwrite) as tmp:
+    with outdirs.staged_dir(out_dir, overwrite) as tmp:
         trainer = run.fit(tmp, progress=progress, seed=seed, monitor_samples=monitor_samples)
         wio.save_json(
             Path(tmp) / "distributed.json",
@@ -275,7 +275,7 @@ def train_distributed(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m wakesleep.distributed`` (under torchrun): data-parallel ``wakesleep train``."""
-    from wakesleep.io import check_output_dir
+    from wakesleep.outdirs import check_output_dir
 
     ap = argparse.ArgumentParser(prog="torchrun ... -m wakesleep.distributed", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, metavar="FILE.yaml")

@@ -29,11 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_paths
 from wakesleep.errors import WakesleepError
 from wakesleep.schema import SEED_MAX, option, parse, to_dict, with_source
 from wakesleep.training.options import TrainOptions as TrainSpec
 
-__all__ = ["TrainSpec", "AlgorithmSpec", "DataSpec", "ModelSpec", "RunSpec", "SECTIONS"]
+__all__ = [
+    "TrainSpec",
+    "AlgorithmSpec",
+    "DataSpec",
+    "ModelSpec",
+    "RunSpec",
+    "SECTIONS",
+    "TRAIN_DEFAULTS",
+    "resolve_config",
+    "load_config",
+]
 
 SECTIONS = ("model", "algorithm", "train", "data", "experiment")
 
@@ -239,8 +250,6 @@ class RunSpec:
         Relative paths in the file are resolved against the file's directory; relative paths given in
         overrides against the current directory.
         """
-        from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_paths
-
         path = Path(path)
         raw = load_yaml(path)
         resolve_paths(raw, path.parent)
@@ -278,8 +287,6 @@ class RunSpec:
 
     def with_overrides(self, overrides: Iterable[tuple[str, Any]]) -> RunSpec:
         """A new spec with dotted-key overrides applied to :meth:`to_dict` and validated again."""
-        from wakesleep.config import apply_overrides
-
         return RunSpec.from_mapping(apply_overrides(self.to_dict(), list(overrides)), source=self.source)
 
     def replace(self, **sections: Any) -> RunSpec:
@@ -308,3 +315,29 @@ def _first_difference(a: Any, b: Any, prefix: str, ignore: set[str]) -> str | No
                 return diff
         return None
     return None if a == b else prefix or "the whole config"
+
+
+#: the ``train:`` section's defaults (from the one declaration, :class:`~wakesleep.training.options.TrainOptions`)
+TRAIN_DEFAULTS: dict[str, Any] = to_dict(TrainSpec())
+
+
+def resolve_config(
+    raw: Mapping[str, Any],
+    source: str | None = None,
+    base_dir: str | os.PathLike | None = None,
+    check_model: bool = True,
+) -> dict[str, Any]:
+    """Validate a raw config mapping and fill in defaults; return the resolved config as a new mapping.
+
+    The mapping form of :meth:`RunSpec.from_mapping` (same parameters), for code that edits configs as mappings.
+    """
+    return RunSpec.from_mapping(raw, source=source, base_dir=base_dir, check_model=check_model).to_dict()
+
+
+def load_config(
+    path: str | os.PathLike,
+    overrides: Iterable[str] | Iterable[tuple[str, Any]] | None = None,
+    check_model: bool = True,
+) -> dict[str, Any]:
+    """The mapping form of :meth:`RunSpec.load` (same parameters)."""
+    return RunSpec.load(path, overrides, check_model=check_model).to_dict()

@@ -2,7 +2,7 @@
 
 :func:`run_bench` checks everything first (:func:`wakesleep.bench.sbn.check_inputs`: settings, config,
 entries, data; and the output directory), so that a mistake fails before anything is written. It then works
-in a hidden staging directory beside ``out`` (:func:`wakesleep.io.staged_dir`), which is swapped in, with the
+in a hidden staging directory beside ``out`` (:func:`wakesleep.outdirs.staged_dir`), which is swapped in, with the
 ``.wakesleep`` marker, only when the benchmark has finished: ``out`` appears complete or not at all.
 
 Each entry is trained and measured by :func:`wakesleep.bench.sbn.run_one` in a fresh Python process
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from wakesleep import io as wio
+from wakesleep import outdirs
 from wakesleep.bench.report import markdown, summary
 from wakesleep.bench.sbn import check_inputs, independent_pixels_row
 from wakesleep.bench.settings import BenchSettings
@@ -120,9 +121,9 @@ def run_bench(
         is written.
     """
     settings.validate()
-    wio.check_output_dir(out, overwrite, kind="bench")
+    outdirs.check_output_dir(out, overwrite, kind="bench")
     specs, dataset = check_inputs(settings)
-    with wio.staged_dir(out, overwrite, kind="bench") as tmp:
+    with outdirs.staged_dir(out, overwrite, kind="bench") as tmp:
         rows = {label: run_in_process(settings, label, tmp, log) for label in specs}
         first = next((r for r in rows.values() if "error" not in r), {})
         result = {

@@ -106,6 +106,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         return settings.validate()
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)  # eval.json holds None for NaN or inf
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``--run``; write ``eval.json`` (and plots) into it and print the headline numbers."""
     from pathlib import Path
@@ -117,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_run(args.run, settings, data=args.data, device=args.device)
     parts = []
     if "mmd" in result:
-        parts.append(f"MMD^2 {result['mmd']['mmd2']:.3g}")
+        parts.append(f"MMD^2 {_number(result['mmd']['mmd2'], '.3g')}")
     if "nll" in result:
-        parts.append(f"NLL {result['nll']['nll']:.3f} nats ({result['nll']['method']})")
+        parts.append(f"NLL {_number(result['nll']['nll'], '.3f')} nats ({result['nll']['method']})")
     print(f"wrote {Path(args.run) / 'eval.json'}" + (f" ({', '.join(parts)})" if parts else ""))
     return 0

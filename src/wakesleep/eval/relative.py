@@ -34,7 +34,7 @@ from scipy import stats as sps
 
 from wakesleep.errors import WakesleepError
 from wakesleep.eval._checks import as_samples, check_positive_int, common_dtype, same_columns
-from wakesleep.eval.mmd import DEFAULT_CHUNK, Bandwidth, _check_bandwidth, kernel_sums, median_bandwidth
+from wakesleep.eval._mmd_kernels import DEFAULT_CHUNK, Bandwidth, _check_bandwidth, kernel_sums, median_bandwidth
 
 __all__ = ["RelativeMMDResult", "relative_mmd_test"]
 

@@ -134,8 +134,9 @@ def _resolve(
     name: str, config_path: str | os.PathLike | None, quick: bool, overrides: Iterable[str]
 ) -> tuple[dict[str, Any], Any]:
     """``(resolved config, Options record)`` (see :func:`experiment_config`)."""
-    from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_config, resolve_paths
+    from wakesleep.config import apply_overrides, load_yaml, parse_overrides, resolve_paths
     from wakesleep.schema import fields_of, to_dict, with_source
+    from wakesleep.spec import resolve_config
 
     experiment = get_experiment(name)
     source = f"experiment {name!r} defaults"
@@ -211,9 +212,9 @@ def run_experiment(
     the first algorithm entry started training keeps it (one line on stderr says so), a failure before that
     (a bad config, missing data) removes it.
     """
-    from wakesleep.io import check_output_dir, partial_dir, resumable_dir, staged_dir
+    from wakesleep.outdirs import check_output_dir, partial_dir, resumable_dir, staged_dir
 
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, kind="experiment")
     experiment = get_experiment(name)
     if resume and not experiment.resumable:
         raise WakesleepError(
@@ -221,7 +222,7 @@ def run_experiment(
         )
     config, options = _resolve(name, config_path, quick, overrides)
     if not experiment.resumable:
-        with staged_dir(out, overwrite) as tmp:
+        with staged_dir(out, overwrite, kind="experiment") as tmp:
             return _run(ExperimentContext(experiment, config, options, Path(tmp), quick, progress))
 
     from wakesleep.config import dump_config
@@ -232,7 +233,7 @@ def run_experiment(
         _check_same_config(partial_dir(out) / "config.yaml", config)
     stage = None
     try:
-        with resumable_dir(out, overwrite, resume) as stage:
+        with resumable_dir(out, overwrite, resume, kind="experiment") as stage:
             if not resume:  # saved first, so that --resume can check it
                 write_text(stage.path / "config.yaml", dump_config(config))
             runner = EntryRunner(resume=resume, progress=progress, on_start=stage.mark_started)

@@ -115,7 +115,7 @@ def algorithm_entries(config: Mapping[str, Any], where: str) -> dict[str, dict[s
     dict
         Resolved run configs (mappings, as in a run's config.yaml), in the order of ``experiment.algorithms``.
     """
-    from wakesleep.config import resolve_config
+    from wakesleep.spec import resolve_config
 
     exp = config["experiment"]
     try:
@@ -223,7 +223,7 @@ class EntryRunner:
     progress : bool or None
         Progress bars of training (None: when stderr is a terminal).
     on_start : callable, optional
-        Called once, before the first entry starts (``wakesleep.io.Stage.mark_started``: from then on a
+        Called once, before the first entry starts (``wakesleep.outdirs.Stage.mark_started``: from then on a
         failure keeps the run directory as ``DIR.partial``).
     """
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wakesleep.families import ExponentialFamily, MixtureOfGaussians
-from wakesleep.ops import linear
 from wakesleep.models.links import LinearLink
+from wakesleep.ops import linear
 
 
 class ExpFamLayer(nn.Module):

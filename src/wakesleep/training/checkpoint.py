@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from wakesleep import io as wio
+from wakesleep import outdirs
 from wakesleep.errors import WakesleepError
 
 __all__ = [
@@ -149,7 +150,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         directory it points to the complete checkpoint an interrupted write left beside it, if any).
     """
     path = Path(path)
-    wio.recover_interrupted_swap(path, kind="checkpoint")  # a kill between the renames of a checkpoint swap
+    outdirs.recover_interrupted_swap(path, kind="checkpoint")  # a kill between the renames of a checkpoint swap
     if not path.is_dir():
         hint = ""
         if path.parent.is_dir():
@@ -198,7 +199,7 @@ def write_checkpoint(
     """Write a checkpoint directory atomically as a whole.
 
     The files are written into a temporary directory next to ``path`` that then replaces ``path``
-    (:func:`wakesleep.io.staged_dir`), so ``path`` never holds files of two different steps.
+    (:func:`wakesleep.outdirs.staged_dir`), so ``path`` never holds files of two different steps.
 
     Parameters
     ----------
@@ -221,7 +222,7 @@ def write_checkpoint(
     state = algorithm_state or {}
     optim = {key: (opt.state_dict() if opt is not None else None) for key, opt in optimizers.items()}
     info = {"format": CHECKPOINT_FORMAT, **info}
-    with wio.staged_dir(path, overwrite=True, kind="checkpoint") as tmp:
+    with outdirs.staged_dir(path, overwrite=True, kind="checkpoint") as tmp:
         wio.save_safetensors(model, tmp / "model.safetensors")
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
             wio.save_tensors(tmp / "algorithm.safetensors", state)

@@ -313,7 +313,7 @@ class Trainer:
         ``state.json`` (``step``, ``epoch``, ``seconds``, ``algorithm``, ``n_data``, ``batch_size``).
 
         The files are written into a temporary directory next to ``path`` that then replaces ``path``
-        (:func:`wakesleep.io.staged_dir`), so ``path`` never holds files of two different steps: a crash
+        (:func:`wakesleep.outdirs.staged_dir`), so ``path`` never holds files of two different steps: a crash
         leaves the previous checkpoint (or, in the instant between the two renames, a complete
         ``.<name>.old-<pid>`` or ``.<name>.partial-*`` beside it). :meth:`fit` with ``resume_from=path``
         continues from it. Call it during or after :meth:`fit`.

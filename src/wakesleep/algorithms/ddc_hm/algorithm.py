@@ -13,14 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.algorithms.base import Algorithm, Capabilities
-from wakesleep.algorithms.ddc_hm.features import EncodingFunctions
+from wakesleep.algorithms.ddc_hm.features import EncodingFunctions, layer_statistics, layer_support
 from wakesleep.algorithms.ddc_hm.options import (
     DDCOptions,
     auto_recognition_input,
     readout_inputs,
     recognition_memory,
 )
-from wakesleep.algorithms.ddc_hm.recognition import LinearDDCRecognition, MLPDDCRecognition
+from wakesleep.algorithms.ddc_hm.recognition import DeepDDCRecognition, LinearDDCRecognition, MLPDDCRecognition
 from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
 from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
 from wakesleep.errors import WakesleepError
@@ -56,11 +56,27 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         Encoding functions T (eq. 4); ``linear`` recovers the classic mean-field machine's representation.
     feature_scale : float
         Spread of the random projections W relative to the standardised latent.
-    extra_stats : {"none", "linear", "quadratic"}
-        Also include z (and z z^T) among the encoding functions.
-    recognition : {"ddc", "direct", "mlp"}
+    extra_stats : {"none", "linear", "quadratic", "sufficient"}
+        Also include z (and z z^T) among the encoding functions; ``sufficient``: each layer's own sufficient
+        statistics S_l(z) (any family: z for Bernoulli, (z, z^2) for Gaussian, (log z, z) for Gamma, ...), so the
+        terms of eqs. 31-35 that are linear in S_l are represented exactly (and, with ``free_stats``, left
+        unpenalised).
+    recognition : {"ddc", "direct", "mlp", "deep"}
         ``ddc``: eq. 8, random ReLU layer then linear maps layer by layer; ``direct``: each r_l read out from
-        the ReLU layer; ``mlp``: a trained multilayer perceptron.
+        the ReLU layer; ``mlp``: a trained multilayer perceptron; ``deep``: one network per latent layer
+        (:class:`~wakesleep.algorithms.ddc_hm.recognition.DeepDDCRecognition`, the §8 remedy), trained by Adam
+        on each phase's sleep samples (eq. 7), its output heads constrained to the range of the encoding
+        functions, its weights and Adam state carried across phases (and in checkpoints).
+    recognition_layers, recognition_width : int
+        ``deep``: hidden layers (ReLU) of each network and their width.
+    recognition_steps, recognition_lr, recognition_batch : int, float, int
+        ``deep``: Adam steps per sleep phase, learning rate (the algorithm's own Adam: ``train.recognition_lr``
+        does not apply) and sleep samples per step.
+    recognition_replay : int
+        ``deep``: also train on the sleep samples of this many earlier phases (0: the newest phase only).
+    recognition_chain : bool
+        ``deep``: the networks follow the model's hierarchy, x -> r_1 -> r_2 -> ... (eq. 8's structure), each
+        trained on its own targets with its input held fixed; false: every r_l reads x.
     recognition_ridge : float or "auto"
         Ridge of the closed-form recognition fit; ``auto`` chooses it on held-out sleep samples.
     recognition_memory : float, "auto", "samples" or "adaptive"
@@ -167,16 +183,42 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             raise WakesleepError(f"algorithm.features: need a positive int or a list of {n_latent} positive ints")
         gen = torch.Generator().manual_seed(o.seed)
         layers = list(model.layers.values())
+        stats = [layer_statistics(layers[i]) for i in range(n_latent)]
+        self._layer_stats = [fn for fn, _, _ in stats]  # S_l(z) for extra_stats: sufficient
         try:
             self.encoders = nn.ModuleList(
-                EncodingFunctions(layers[i].embed_dim, ks[i], o.encoding, o.feature_scale, o.extra_stats, gen)
+                EncodingFunctions(
+                    layers[i].embed_dim,
+                    ks[i],
+                    o.encoding,
+                    o.feature_scale,
+                    o.extra_stats,
+                    gen,
+                    support=layer_support(layers[i]),
+                    n_sufficient=stats[i][1] if o.extra_stats == "sufficient" else 0,
+                    stats_support=stats[i][2] if o.extra_stats == "sufficient" else None,
+                )
                 for i in range(n_latent)
             )
         except ValueError as exc:
             raise WakesleepError(f"algorithm: {exc}") from None
         out_dims = [e.n_out for e in self.encoders][::-1]  # recognition works bottom-up
         message_dim = layers[-2].embed_dim
-        if o.recognition == "mlp":
+        if o.recognition == "deep":
+            self.recognizer = DeepDDCRecognition(
+                model.obs_dim,
+                out_dims,
+                layers=o.recognition_layers,
+                width=o.recognition_width,
+                steps=o.recognition_steps,
+                lr=o.recognition_lr,
+                batch_size=o.recognition_batch,
+                replay=o.recognition_replay,
+                chain=o.recognition_chain,
+                bounds=self._encoding_bounds,
+                generator=gen,
+            )
+        elif o.recognition == "mlp":
             self.recognizer = MLPDDCRecognition(
                 model.obs_dim, out_dims, [o.recognition_hidden] * o.mlp_layers, steps=o.mlp_steps, lr=o.mlp_lr
             )
@@ -208,6 +250,10 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         # observation layer eta = W e(z_1) + b: its data term is read from posterior moments (see _wake_terms)
         self._obs_linear = observation_is_linear_in_theta(model)
         self._obs_moments: Tensor | None = None
+
+    def _encoding_bounds(self) -> list[tuple[Tensor, Tensor]]:
+        """The range of each latent layer's encoding functions, bottom-up (the deep recognition's heads)."""
+        return [e.output_bounds() for e in self.encoders][::-1]
 
     def bottom_up_message(self, x: Tensor) -> Tensor:
         """The generative model's message from x to z_1, ``J^T S(x)``: ``[B, D_x] -> [B, D_1]``.

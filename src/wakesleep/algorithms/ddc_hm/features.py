@@ -43,6 +43,7 @@ def layer_statistics(layer: nn.Module) -> tuple[Callable[[Tensor], Tensor], int,
     fam = getattr(layer, "family", None)
     dim = int(layer.dim)
     if fam is None:  # mixture-of-Gaussians top: z and z^2
+
         def fn(z: Tensor) -> Tensor:
             return torch.stack([z, z * z], dim=-1).flatten(-2)
 
@@ -211,7 +212,7 @@ class EncodingFunctions(nn.Module):
         return out_lo.to(dev), out_hi.to(dev)
 
     def forward(self, z: Tensor, stats: Tensor | None = None) -> Tensor:
-        """T(z) (eq. 4 and the exact statistics), ``[..., n_out]``; ``stats``: S_l(z) for ``extra_stats="sufficient"``."""
+        """T(z) (eq. 4, then the exact statistics) ``[..., n_out]``; ``stats``: S_l(z) for extra_stats sufficient."""
         zh = self.standardize(z)
         parts = []
         if self.kind == "linear":

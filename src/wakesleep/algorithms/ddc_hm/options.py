@@ -36,11 +36,13 @@ class DDCOptions:
     feature_scale: float = option(
         1.0, minimum=0.0, exclusive_minimum=True, doc="spread of the random projections of the standardised latent"
     )
-    extra_stats: Literal["none", "linear", "quadratic"] = option(
-        "none", doc="also include z (and z z^T) among the encoding functions"
+    extra_stats: Literal["none", "linear", "quadratic", "sufficient"] = option(
+        "none", doc="also include z (and z z^T), or the layer's sufficient statistics S_l(z), among the encodings"
     )
-    recognition: Literal["ddc", "direct", "mlp"] = option(
-        "ddc", doc="ddc: eq. 8 layer by layer; direct: each r_l from the ReLU layer; mlp: a trained perceptron"
+    recognition: Literal["ddc", "direct", "mlp", "deep"] = option(
+        "ddc",
+        doc="ddc: eq. 8 layer by layer; direct: each r_l from the ReLU layer; mlp: a trained perceptron; "
+        "deep: a trained network per latent layer with range-constrained heads",
     )
     recognition_ridge: float | Literal["auto"] = option(
         "auto", minimum=0.0, doc="ridge of the closed-form recognition fit (auto: chosen on held-out samples)"
@@ -70,6 +72,17 @@ class DDCOptions:
     mlp_layers: int = option(2, minimum=0, doc="hidden layers of the mlp recognition")
     mlp_steps: int = option(50, minimum=1, doc="Adam steps per sleep phase of the mlp recognition")
     mlp_lr: float = option(1e-3, minimum=0.0, exclusive_minimum=True, doc="learning rate of the mlp recognition")
+    recognition_layers: int = option(2, minimum=0, doc="deep: hidden layers of each latent layer's network")
+    recognition_width: int = option(300, minimum=1, doc="deep: units per hidden layer")
+    recognition_steps: int = option(50, minimum=1, doc="deep: Adam steps per sleep phase")
+    recognition_lr: float = option(
+        1e-3, minimum=0.0, exclusive_minimum=True, doc="deep: Adam's learning rate (not train.recognition_lr)"
+    )
+    recognition_batch: int = option(100, minimum=1, doc="deep: sleep samples per Adam step")
+    recognition_replay: int = option(0, minimum=0, doc="deep: earlier sleep phases whose samples are also trained on")
+    recognition_chain: bool = option(
+        True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"
+    )
     seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of the random encoding functions and ReLU layer")
 
     def validate(self, prefix: str) -> None:

@@ -401,3 +401,174 @@ class MLPDDCRecognition(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.net(self.standardize(x))
         return list(torch.split(out, self.out_dims, dim=-1))
+
+
+class DeepDDCRecognition(nn.Module):
+    """One trained network per latent layer, r_l(x) ~ E[T(z_l) | x] (eq. 2), fitted by Adam to eq. 7.
+
+    The paper's §8 remedy for the restrictive eq. 8: "a neural network between each latent variable layer".
+    With ``chain=True`` the networks follow the model's hierarchy, x -> r_1 -> r_2 -> ... (eq. 8 with each linear
+    map phi_l replaced by a network, every network trained on its own layer's targets with its input held fixed,
+    layer by layer); with ``chain=False`` every r_l reads the standardised x. Each output head is constrained
+    to the range of its encoding function (``bounds``): ``lo + (hi - lo) sigmoid(u)`` where both bounds are
+    finite (sigmoid and tanh features, the standardised value of a Bernoulli latent), ``lo + softplus(u)``
+    where only the lower one is (a second moment), ``u`` otherwise; so r_l is always a possible expectation of
+    T(z_l).
+
+    Each sleep phase runs ``steps`` Adam steps on minibatches of ``batch_size`` rows of that phase's sleep
+    samples (and, with ``replay`` > 0, of the ``replay`` phases before it), minimising
+    ``sum_l |r_l(x_s) - T(z_l^s)|^2`` (eq. 7). Weights, Adam's moments and the replayed samples are carried
+    across phases and are the algorithm's state (checkpoints resume bit for bit).
+
+    Parameters
+    ----------
+    in_dim : int
+        Dimension of x.
+    out_dims : list of int
+        K_l for each latent layer, bottom-up (z_1 first).
+    layers : int
+        Hidden layers of each network (0: a linear map into the constrained head).
+    width : int
+        Units of each hidden layer.
+    steps : int
+        Adam steps per sleep phase.
+    lr : float
+        Adam's learning rate.
+    batch_size : int
+        Sleep samples per Adam step.
+    replay : int
+        Earlier sleep phases whose samples are kept and trained on with the newest.
+    chain : bool
+        x -> r_1 -> r_2 (True) or x -> r_l for every l (False).
+    bounds : callable, optional
+        ``bounds() -> [(lo_l, hi_l), ...]`` bottom-up, each ``[K_l]``: the range of the encoding functions,
+        read once at the first fit (the encoders' standardisation is fixed by then).
+    generator : torch.Generator, optional
+        Source of the initial weights (so that they do not depend on the global random state).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dims: list[int],
+        layers: int = 2,
+        width: int = 300,
+        steps: int = 50,
+        lr: float = 1e-3,
+        batch_size: int = 100,
+        replay: int = 0,
+        chain: bool = True,
+        bounds: Callable[[], list[tuple[Tensor, Tensor]]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.standardize = Standardizer(in_dim)
+        self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), int(steps), float(lr), int(batch_size)
+        self.replay, self.chain, self._bounds_fn = int(replay), bool(chain), bounds
+        nets = []
+        for i, k in enumerate(self.out_dims):
+            d = in_dim if (i == 0 or not self.chain) else self.out_dims[i - 1]
+            mods: list[nn.Module] = []
+            for _ in range(layers):
+                mods += [nn.Linear(d, width), nn.ReLU()]
+                d = width
+            mods.append(nn.Linear(d, k))
+            nets.append(nn.Sequential(*mods))
+        self.nets = nn.ModuleList(nets)
+        with torch.no_grad():  # PyTorch's default initialisation, from our generator
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    bound = 1.0 / m.in_features**0.5
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=generator) * 2 * bound - bound)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=generator) * 2 * bound - bound)
+        self.bounds = TensorList()  # lo_1, hi_1, lo_2, hi_2, ... (state: set at the first fit)
+        self.memory = TensorList()  # replayed [x, T(z_1), T(z_2), ...] rows of earlier phases (state)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.reduce = None
+
+    def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
+        """Sum the standardisation moments and average the networks' gradients across data-parallel ranks."""
+        self.reduce = reduce
+
+    def _head(self, i: int, u: Tensor) -> Tensor:
+        if len(self.bounds) == 0:
+            return u
+        lo, hi = self.bounds[2 * i], self.bounds[2 * i + 1]
+        both, lower = torch.isfinite(lo) & torch.isfinite(hi), torch.isfinite(lo) & ~torch.isfinite(hi)
+        lo0, span = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(both, hi - lo, 1.0)
+        return torch.where(both, lo0 + span * torch.sigmoid(u), torch.where(lower, lo0 + nn.functional.softplus(u), u))
+
+    def _outputs(self, xh: Tensor) -> list[Tensor]:
+        out: list[Tensor] = []
+        for i, net in enumerate(self.nets):
+            inp = xh if (i == 0 or not self.chain) else out[-1].detach()  # layer by layer: inputs held fixed
+            out.append(self._head(i, net(inp)))
+        return out
+
+    def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
+        """``steps`` Adam steps of eq. 7 on the sleep samples ``x`` with targets T(z_l) (bottom-up)."""
+        if not self.standardize.fitted:
+            self.standardize.fit(x, self.reduce)
+        if len(self.bounds) == 0 and self._bounds_fn is not None:
+            for lo, hi in self._bounds_fn():
+                self.bounds.append(lo.to(device=x.device, dtype=x.dtype))
+                self.bounds.append(hi.to(device=x.device, dtype=x.dtype))
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        fresh = torch.cat([self.standardize(x)] + [t.to(x.dtype) for t in targets], dim=-1).detach()
+        pool = torch.cat([fresh, *self.memory], dim=0) if len(self.memory) else fresh
+        if self.replay > 0:  # keep this phase for the next `replay` phases
+            kept = [fresh, *self.memory][: self.replay]
+            self.memory.clear()
+            for t in kept:
+                self.memory.append(t)
+        d_in = x.shape[1]
+        splits = [d_in, *self.out_dims]
+        loss = torch.zeros((), dtype=x.dtype, device=x.device)
+        ones = torch.ones((), dtype=x.dtype, device=x.device)
+        ranks = self.reduce(ones.clone()) if self.reduce is not None else ones
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                idx = torch.randint(0, pool.shape[0], (min(self.batch_size, pool.shape[0]),), device=x.device)
+                rows = torch.split(pool[idx], splits, dim=-1)
+                preds = self._outputs(rows[0])
+                loss = sum(((p - t) ** 2).sum(-1).mean() for p, t in zip(preds, rows[1:], strict=True))
+                self.optimizer.zero_grad()
+                loss.backward()
+                if self.reduce is not None:
+                    for p in self.parameters():
+                        if p.grad is not None:
+                            p.grad = self.reduce(p.grad) / ranks
+                self.optimizer.step()
+        info = {"recognition_loss": float(loss.detach())}
+        with torch.no_grad():
+            preds = self._outputs(fresh[:_R2_ROWS, :d_in])
+            for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+                info[f"recognition_r2_{i + 1}"] = _r2(p, t[:_R2_ROWS].to(p.dtype))
+        return info
+
+    def fit_state(self) -> dict[str, Tensor]:
+        """Adam's moments and step counts as named tensors (checkpoints; empty before the first fit)."""
+        if self.optimizer is None:
+            return {}
+        out = {}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"adam.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        return out
+
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
+        """Restore Adam's state saved by :meth:`fit_state`."""
+        if not state:
+            return
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        per_param: dict[int, dict[str, Tensor]] = {}
+        for key, v in state.items():
+            _, i, k = key.split(".", 2)
+            per_param.setdefault(int(i), {})[k] = v.clone()
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """r_l(x) bottom-up, each ``[B, K_l]``."""
+        return self._outputs(self.standardize(x))
