@@ -283,7 +283,7 @@ def test_killed_process_leaves_a_resumable_partial_directory(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from wakesleep import io as wio
+        from wakesleep import outdirs
         with outdirs.resumable_dir({str(out)!r}) as stage:
             stage.mark_started()
             (stage.path / "checkpoint.txt").write_text("step 7")
