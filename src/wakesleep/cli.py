@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from wakesleep.commands import add_overrides
 from wakesleep.errors import WakesleepError
 
 #: plug-in subcommands: name -> (module, one-line help). The module provides add_arguments(parser), run(args).
@@ -53,15 +54,12 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value with a dotted key, e.g. --set train.lr=1e-3 (repeatable)",
-    )
+def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
+    """``--set``, ``--overwrite``, ``--resume`` (``resume_help``) and the progress flags of a command writing DIR."""
+    add_overrides(p)
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    _add_progress(p)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -253,18 +251,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, metavar="FILE.yaml")
     p.add_argument("--out", required=True, metavar="DIR")
-    _add_set(p)
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help=(
+    _add_run_options(
+        p,
+        resume_help=(
             "continue the run in DIR from DIR/checkpoint up to the config's train.epochs (or train.max_iters) "
             "iterations in all, appending to DIR/metrics.jsonl; the config must describe the same model, "
             "algorithm, data and batch size"
         ),
     )
-    _add_progress(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -291,18 +285,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quick", action="store_true", help="scaled-down settings (minutes on a laptop)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="replace the built-in config")
-    _add_set(p)
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help=(
+    _add_run_options(
+        p,
+        resume_help=(
             "continue the interrupted run kept in DIR.partial (sbn and patches; the same --quick, --config and "
             "--set options): finished algorithm entries are reloaded, not retrained; an entry with a checkpoint "
             "(train.checkpoint_every) continues from it"
         ),
     )
-    _add_progress(p)
     p.set_defaults(func=cmd_experiment)
 
     wanted = _command_of(argv)

@@ -7,14 +7,13 @@ it offers as ``capabilities`` (:class:`~wakesleep.algorithms.base.Capabilities`)
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from wakesleep.algorithms.base import Algorithm, Capabilities, WakeGradient
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import WakesleepError, import_registered
 
 __all__ = [
     "ALGORITHMS",
@@ -46,13 +45,7 @@ def algorithm_class(name: str) -> type:
     if name not in ALGORITHMS:
         raise WakesleepError(f"algorithm.name: unknown algorithm {name!r} (known: {', '.join(sorted(ALGORITHMS))})")
     module_name, cls_name = ALGORITHMS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise WakesleepError(f"algorithm.name: {name!r} is not available in this version") from None
-        raise
-    return getattr(module, cls_name)
+    return getattr(import_registered(module_name, "algorithm.name", name), cls_name)
 
 
 def options_class(name: str) -> type:

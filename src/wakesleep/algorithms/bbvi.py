@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.algorithms.base import WakeGradient
-from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions
 from wakesleep.errors import WakesleepError
 from wakesleep.schema import option
 
@@ -81,16 +81,12 @@ class BBVI(ProposalAlgorithm):
     def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
         super().__init__(model, **hyperparameters)
         self.control_variate, self.k = self.options.control_variate, self.options.k
-        self._require_hierarchical()
-        self._set_proposal_options()
-        self.proposal = self._build_proposal()
+        self._setup_proposal()
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, signal)``: grad_theta of the first is the ELBO gradient (batch mean);
         ``signal = log p - log q`` ``[K, B]`` detached; ``log_q`` carries the graph to the proposal."""
-        x = self._check_x(x)
-        _, log_p, log_q = log_weights(self.model, self.proposal, x, self.k)
-        signal = log_p.detach() - log_q.detach()
+        log_p, log_q, signal = self._particles(x)
         return log_p.mean(0).mean(), log_q, signal
 
     def wake_gradient(self, x: Tensor) -> WakeGradient:
@@ -148,8 +144,7 @@ class BBVI(ProposalAlgorithm):
                 kept, signal = cached
                 grads = self.recognition_gradient(kept, signal) if self.control_variate == "ranganath" else kept
             else:
-                _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
-                signal = log_p.detach() - log_q.detach()
+                _, log_q, signal = self._particles(x)
                 grads = self.recognition_gradient(log_q, signal)
         for p, g in zip(self.recognition_parameters(), grads, strict=True):
             g = -g.detach()

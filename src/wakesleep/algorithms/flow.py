@@ -39,11 +39,10 @@ from torch import Tensor, nn
 from wakesleep.algorithms.flows import FlowCascade
 from wakesleep.algorithms.vae import ReparameterizedBound, ReparameterizedOptions, elbo_reduce
 from wakesleep.errors import WakesleepError
+from wakesleep.models.links import mlp
 from wakesleep.schema import option
 
 __all__ = ["FlowProposal", "FlowVAE"]
-
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
 
 
 class FlowProposal(nn.Module):
@@ -84,13 +83,9 @@ class FlowProposal(nn.Module):
         self.amortized = bool(amortized)
         context_dim = None
         if self.amortized:
-            mods: list[nn.Module] = []
-            d = int(self._obs_layer[0].embed_dim)
-            for h in hidden:
-                mods += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
-                d = h
-            self.context = nn.Sequential(*mods)
-            context_dim = d
+            in_dim = int(self._obs_layer[0].embed_dim)
+            self.context = mlp(in_dim, hidden, activation)
+            context_dim = hidden[-1] if hidden else in_dim
         else:
             self.context = None
         flows = {}

@@ -277,29 +277,21 @@ def select_hyperparameters(
     var = float(((yv - yv.mean(0)) ** 2).mean().clamp_min(1e-300))
     grid: dict[tuple[float, float], float] = {}
     for h in bandwidths:
+        # the normal equations (gram + nt * lam * I) w = rhs; held-out predictions are val @ w
         if kind == "exact":
-            k = gaussian_kernel(xt, xt, h)
-            kv = gaussian_kernel(xv, xt, h)
-            eye = torch.eye(nt, dtype=k.dtype, device=k.device)
-            for lam in ridges:
-                chol, info = torch.linalg.cholesky_ex(k + nt * lam * eye)
-                if int(info) != 0:
-                    grid[(float(h), float(lam))] = float("inf")
-                    continue
-                pred = kv @ torch.cholesky_solve(yt, chol)
-                grid[(float(h), float(lam))] = float(((pred - yv) ** 2).mean()) / var
+            gram, rhs, val = gaussian_kernel(xt, xt, h), yt, gaussian_kernel(xv, xt, h)
         else:
             feats = make_features(kind, xt, h, n_components, generator)
-            pt, pv = feats(xt), feats(xv)
-            g, c = pt.T @ pt, pt.T @ yt
-            eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-            for lam in ridges:
-                chol, info = torch.linalg.cholesky_ex(g + nt * lam * eye)
-                if int(info) != 0:
-                    grid[(float(h), float(lam))] = float("inf")
-                    continue
-                pred = pv @ torch.cholesky_solve(c, chol)
-                grid[(float(h), float(lam))] = float(((pred - yv) ** 2).mean()) / var
+            pt, val = feats(xt), feats(xv)
+            gram, rhs = pt.T @ pt, pt.T @ yt
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        for lam in ridges:
+            chol, info = torch.linalg.cholesky_ex(gram + nt * lam * eye)
+            if int(info) != 0:
+                grid[(float(h), float(lam))] = float("inf")
+                continue
+            pred = val @ torch.cholesky_solve(rhs, chol)
+            grid[(float(h), float(lam))] = float(((pred - yv) ** 2).mean()) / var
     finite = {k: v for k, v in grid.items() if math.isfinite(v)}
     if not finite:
         raise RuntimeError("krr: every grid point gave a non-finite held-out error")

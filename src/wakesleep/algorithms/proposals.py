@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from wakesleep.algorithms.base import Algorithm, Capabilities, WakeGradient
 from wakesleep.errors import WakesleepError
 from wakesleep.families.standard import bernoulli_log_prob_sum
+from wakesleep.models.links import ACTIVATION_MODULES, mlp
 from wakesleep.ops import linear
 from wakesleep.schema import option
 
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 STRUCTURES = ("bottom_up", "top_down")
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
 _LOG_STD_MIN, _LOG_STD_MAX = -9.0, 5.0
 
 
@@ -90,13 +90,7 @@ class _Factor(nn.Module):
         super().__init__()
         self.kind, self.dim, self.categories = kind, dim, categories
         n_out = {"gaussian": 2 * dim, "lognormal": 2 * dim, "bernoulli": dim, "categorical": dim * categories}[kind]
-        mods: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            mods += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
-            d = h
-        mods.append(nn.Linear(d, n_out))
-        self.net = nn.Sequential(*mods)
+        self.net = mlp(in_dim, hidden, activation, n_out)
         if kind in ("gaussian", "lognormal"):  # start with unit spread and a small mean (a stable first step)
             with torch.no_grad():
                 self.net[-1].weight.mul_(0.1)
@@ -199,9 +193,9 @@ class LayeredProposal(nn.Module):
             raise NotImplementedError(
                 f"LayeredProposal: structure={structure!r} is not implemented here (only 'bottom_up')"
             )
-        if activation not in _ACTIVATIONS:
+        if activation not in ACTIVATION_MODULES:
             raise WakesleepError(
-                f"proposal.activation: unknown activation {activation!r} (known: {', '.join(_ACTIVATIONS)})"
+                f"proposal.activation: unknown activation {activation!r} (known: {', '.join(ACTIVATION_MODULES)})"
             )
         if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
             raise WakesleepError("proposal: needs a HierarchicalModel (wakesleep.build_model)")
@@ -317,7 +311,7 @@ class LayeredProposal(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # the base of the algorithms with a sampling recognition model
 # --------------------------------------------------------------------------------------------------------
-ACTIVATIONS = tuple(_ACTIVATIONS)
+ACTIVATIONS = tuple(ACTIVATION_MODULES)
 
 
 def hidden_widths(value: Any, where: str = "algorithm.proposal_hidden") -> tuple[int, ...]:
@@ -380,6 +374,27 @@ class ProposalAlgorithm(Algorithm):
     def _build_proposal(self) -> nn.Module:
         """The bottom-up :class:`LayeredProposal` of ``self.hidden`` and ``self.activation``."""
         return LayeredProposal(self.model, self.hidden, self.activation)
+
+    def _setup_proposal(self) -> None:
+        """Check the model (:meth:`_require_hierarchical`), read the proposal options and build ``self.proposal``."""
+        self._require_hierarchical()
+        self._set_proposal_options()
+        self.proposal = self._build_proposal()
+
+    def _particles(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log_p, log_q, log_w)``, each ``[K, B]``, of ``self.k`` new particles per row of ``x`` (checked).
+
+        ``log_w = log p - log q`` is detached; ``log_p`` and ``log_q`` carry their graphs (particles detached).
+        """
+        _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
+        return log_p, log_q, log_p.detach() - log_q.detach()
+
+    def _importance_weighted_surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(objective, log_q, log_w)`` of new particles: ``objective = (1/B) sum_b sum_k w~_kb log p(x_b, z_kb)``
+        with the self-normalised weights ``w~ = softmax_k(log_w)`` detached (RWS's and VIMCO's wake gradient)."""
+        log_p, log_q, log_w = self._particles(x)
+        w = torch.softmax(log_w, dim=0)
+        return (w * log_p).sum(0).mean(), log_q, log_w
 
     def _check_x(self, x: Tensor) -> Tensor:
         d = self.model.obs_dim

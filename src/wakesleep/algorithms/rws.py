@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.algorithms.base import WakeGradient
-from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions
 from wakesleep.schema import option
 
 __all__ = ["ReweightedWakeSleep", "iw_diagnostics"]
@@ -80,9 +80,7 @@ class ReweightedWakeSleep(ProposalAlgorithm):
         super().__init__(model, **hyperparameters)
         o = self.options
         self.k, self.q_update, self.sleep_samples = o.k, o.q_update, o.sleep_samples
-        self._require_hierarchical()
-        self._set_proposal_options()
-        self.proposal = self._build_proposal()
+        self._setup_proposal()
 
     # --- wake -----------------------------------------------------------------------------------------
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,11 +89,7 @@ class ReweightedWakeSleep(ProposalAlgorithm):
         ``objective = (1/B) sum_b sum_k w~_kb log p(x_b, z_kb)`` with the weights detached; ``log_q [K, B]``
         carries the graph to the recognition parameters (particles detached) for the wake-phase q update.
         """
-        x = self._check_x(x)
-        _, log_p, log_q = log_weights(self.model, self.proposal, x, self.k)
-        log_w = log_p.detach() - log_q.detach()
-        w = torch.softmax(log_w, dim=0)
-        return (w * log_p).sum(0).mean(), log_q, log_w
+        return self._importance_weighted_surrogate(x)
 
     def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of grad_theta (1/B) sum_b log p(x_b): the self-normalised importance-weighted gradient.
@@ -119,8 +113,7 @@ class ReweightedWakeSleep(ProposalAlgorithm):
     def _fresh_wake_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(wake-phase objective, log_w)`` on new particles (when the wake phase's are not given)."""
         with torch.enable_grad():
-            _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
-        log_w = log_p.detach() - log_q.detach()
+            _, log_q, log_w = self._particles(x)
         return self._wake_q_objective(log_q, log_w), log_w
 
     def recognition_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from wakesleep.algorithms.base import WakeGradient
 from wakesleep.algorithms.proposals import (
-    _ACTIVATIONS,
     LayeredProposal,
     ProposalAlgorithm,
     ProposalOptions,
@@ -56,6 +55,7 @@ from wakesleep.algorithms.proposals import (
     proposal_kind,
 )
 from wakesleep.errors import WakesleepError
+from wakesleep.models.links import mlp
 from wakesleep.schema import SEED_MAX, option
 
 __all__ = ["VAE", "ReparameterizedBound", "ReparameterizedOptions", "TopDownProposal", "elbo_reduce", "iwae_reduce"]
@@ -117,12 +117,8 @@ class TopDownProposal(nn.Module):
         self.kinds = [proposal_kind(layer) for layer in layers[:-1]]
         if not all(k in ("gaussian", "lognormal") for k in self.kinds):
             raise WakesleepError("TopDownProposal: every latent layer must be real-valued or positive")
-        mods: list[nn.Module] = []
-        d = int(layers[-1].embed_dim)
-        for h in hidden:
-            mods += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
-            d = h
-        self.encoder = nn.Sequential(*mods)
+        self.encoder = mlp(int(layers[-1].embed_dim), hidden, activation)
+        d = hidden[-1] if hidden else int(layers[-1].embed_dim)
         self.factors = nn.ModuleList(
             _Factor(
                 self.kinds[t],

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.algorithms.base import WakeGradient
-from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions, log_weights
+from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions
 from wakesleep.algorithms.rws import iw_diagnostics
 from wakesleep.schema import option
 
@@ -86,17 +86,11 @@ class VIMCO(ProposalAlgorithm):
     def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
         super().__init__(model, **hyperparameters)
         self.k = self.options.k
-        self._require_hierarchical()
-        self._set_proposal_options()
-        self.proposal = self._build_proposal()
+        self._setup_proposal()
 
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(objective_theta, log_q, log_w)``: grad_theta of the first is the wake gradient (batch mean)."""
-        x = self._check_x(x)
-        _, log_p, log_q = log_weights(self.model, self.proposal, x, self.k)
-        log_w = log_p.detach() - log_q.detach()
-        w = torch.softmax(log_w, 0)
-        return (w * log_p).sum(0).mean(), log_q, log_w
+        return self._importance_weighted_surrogate(x)
 
     def wake_gradient(self, x: Tensor) -> WakeGradient:
         """Estimate of grad_theta L_K (batch mean): ``sum_k w~_k grad_theta log p(x, z_k)``.
@@ -127,8 +121,7 @@ class VIMCO(ProposalAlgorithm):
             q_grads, log_w = cached
         else:
             with torch.enable_grad():
-                _, log_p, log_q = log_weights(self.model, self.proposal, self._check_x(x), self.k)
-                log_w = log_p.detach() - log_q.detach()
+                _, log_q, log_w = self._particles(x)
                 objective = self.recognition_objective(log_q, log_w)
                 q_grads = list(torch.autograd.grad(objective, self.recognition_parameters()))
         self._descend(q_grads)

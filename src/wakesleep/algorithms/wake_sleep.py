@@ -165,9 +165,7 @@ class WakeSleep(ProposalAlgorithm):
         o = self.options
         self.variant, self.q_update, self.k = o.variant, o.q_update, o.k
         self.generative_activation, self.sleep_samples = o.generative_activation, o.sleep_samples
-        self._require_hierarchical()
-        self._set_proposal_options()
-        self.proposal = self._build_proposal()
+        self._setup_proposal()
         layers = list(model.layers.values())
         self.is_sbn = all(
             getattr(layer, "family", None) is not None and layer.family.name == "bernoulli" for layer in layers

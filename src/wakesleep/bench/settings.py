@@ -14,38 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import WakesleepError, setting_error
 
 __all__ = ["BENCHMARKS", "BenchSettings", "setting_error"]
 
 #: the benchmarks there are (sbn: the paper's 784-200-200-200 sigmoid belief network on Fashion-MNIST)
 BENCHMARKS = ("sbn",)
-
-_NO_VALUE = object()
-
-
-def setting_error(setting: str, detail: str, value: Any = _NO_VALUE) -> WakesleepError:
-    """A :class:`WakesleepError` about one setting: ``"<setting>: <detail>"`` (``"<setting> <value>: ..."``).
-
-    Parameters
-    ----------
-    setting : str
-        The setting's name (a field of :class:`BenchSettings`), kept as ``exc.setting``.
-    detail : str
-        What is wrong, kept as ``exc.detail``.
-    value : optional
-        The value the detail is about, kept as ``exc.value`` and shown after the name.
-
-    Returns
-    -------
-    WakesleepError
-    """
-    shown = setting if value is _NO_VALUE else f"{setting} {value}"
-    exc = WakesleepError(f"{shown}: {detail}")
-    exc.setting, exc.detail = setting, detail  # type: ignore[attr-defined]
-    if value is not _NO_VALUE:
-        exc.value = value  # type: ignore[attr-defined]
-    return exc
 
 
 @dataclass(frozen=True)

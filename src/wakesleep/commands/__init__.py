@@ -11,12 +11,33 @@ errors about a setting raised by the library (``exc.setting``) are reported unde
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from wakesleep.errors import WakesleepError
 
-__all__ = ["flag_of", "naming_flags"]
+__all__ = ["add_overrides", "flag_of", "naming_flags", "settings_from_flags"]
+
+
+def add_overrides(
+    p: argparse.ArgumentParser,
+    help_text: str = "override a config value with a dotted key, e.g. --set train.lr=1e-3 (repeatable)",
+) -> None:
+    """Register ``--set KEY=VALUE`` (repeatable; the values go to ``args.overrides``, a list)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def settings_from_flags(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The settings record ``cls`` (a dataclass) of the parsed flags, not yet validated.
+
+    Each field is ``values[field]`` when given (a flag that needs converting), else the flag of the same name
+    (``args.<field>``, as :func:`flag_of` spells it).
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: values[name] if name in values else getattr(args, name) for name in names})
 
 
 def flag_of(setting: str, flags: Mapping[str, str] | None = None) -> str:

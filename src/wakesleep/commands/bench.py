@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from wakesleep.bench.settings import BENCHMARKS, BenchSettings
-from wakesleep.commands import naming_flags
+from wakesleep.commands import add_overrides, naming_flags, settings_from_flags
 from wakesleep.errors import WakesleepError
 
 __all__ = ["add_arguments", "run", "settings_from_args"]
@@ -48,14 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image (default 16)")
     p.add_argument("--ais-temperatures", type=int, default=1000, help="AIS temperatures (default 1000)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the experiment config, e.g. --set algorithm.recognition_ridge=1e-3",
-    )
+    add_overrides(p, "override the experiment config, e.g. --set algorithm.recognition_ridge=1e-3")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per algorithm (default: none)")
 
 
@@ -66,27 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
         if not algorithms:
             raise WakesleepError("--algorithms: empty (give labels of experiment.algorithms, or leave it out)")
-    settings = BenchSettings(
-        benchmark=args.benchmark,
-        epochs=args.epochs,
-        config=args.config,
-        algorithms=algorithms,
-        n=args.n,
-        device=args.device,
-        threads=args.threads,
-        dtype=args.dtype,
-        mmd_samples=args.mmd_samples,
-        curve_samples=args.curve_samples,
-        evals=args.evals,
-        nll_k=args.nll_k,
-        nll_points=args.nll_points,
-        proposal_steps=args.proposal_steps,
-        ais_points=args.ais_points,
-        ais_chains=args.ais_chains,
-        ais_temperatures=args.ais_temperatures,
-        overrides=tuple(args.overrides),
-        timeout=args.timeout,
-    )
+    settings = settings_from_flags(BenchSettings, args, algorithms=algorithms, overrides=tuple(args.overrides))
     with naming_flags(FLAGS):
         return settings.validate()
 

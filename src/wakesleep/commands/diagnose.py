@@ -16,6 +16,9 @@ from wakesleep.eval.diagnose import REFERENCES
 
 __all__ = ["add_arguments", "run"]
 
+#: the flags passed on to :func:`~wakesleep.eval.diagnose.diagnose` as its keyword arguments of the same name
+PASSED_ON = tuple("points reference chains temperatures repeats importance_samples sleeps seed device".split())
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register the options of ``wakesleep diagnose``."""
@@ -39,18 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from wakesleep.runtime import keep_freed_memory
 
     keep_freed_memory()
-    result = diagnose(
-        args.run,
-        points=args.points,
-        reference=args.reference,
-        chains=args.chains,
-        temperatures=args.temperatures,
-        repeats=args.repeats,
-        importance_samples=args.importance_samples,
-        sleeps=args.sleeps,
-        seed=args.seed,
-        device=args.device,
-    )
+    result = diagnose(args.run, **{name: getattr(args, name) for name in PASSED_ON})
     for line in result.lines():
         print(line)
     if args.out:

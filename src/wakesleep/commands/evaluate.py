@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from wakesleep.commands import naming_flags
+from wakesleep.commands import naming_flags, settings_from_flags
 from wakesleep.errors import WakesleepError
 from wakesleep.eval.run import METRICS, NLL_METHODS, EvalSettings
 
@@ -87,20 +87,12 @@ def _image_shape(text: str | None) -> tuple[int, int] | None:
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     """The validated :class:`~wakesleep.eval.run.EvalSettings` of the parsed flags (errors name the flag)."""
-    settings = EvalSettings(
+    settings = settings_from_flags(
+        EvalSettings,
+        args,
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
-        n_samples=args.n_samples,
         bandwidth=_bandwidth(args.bandwidth),
-        nll_points=args.nll_points,
-        k=args.k,
-        proposal_steps=args.proposal_steps,
-        nll_method=args.nll_method,
-        ais_chains=args.ais_chains,
-        ais_temperatures=args.ais_temperatures,
-        ais_leapfrog=args.ais_leapfrog,
-        posterior_samples=args.posterior_samples,
         image_shape=_image_shape(args.image_shape),
-        seed=args.seed,
     )
     with naming_flags():
         return settings.validate()

@@ -49,24 +49,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import WakesleepError, setting_error
 
 __all__ = ["METRICS", "NLL_METHODS", "EvalSettings", "evaluate_run", "reference_data", "training_data"]
 
 METRICS = ("mmd", "nll", "plots", "posterior")
 NLL_METHODS = ("proposal", "gaussian", "ais")
-
-_NO_VALUE = object()
-
-
-def _setting_error(setting: str, detail: str, value: Any = _NO_VALUE) -> WakesleepError:
-    """``"<setting>: <detail>"`` (or ``"<setting> <value>: ..."``), with ``setting``, ``detail``, ``value`` kept
-    on the exception so that the command line can name its flag instead."""
-    exc = WakesleepError(f"{setting if value is _NO_VALUE else f'{setting} {value}'}: {detail}")
-    exc.setting, exc.detail = setting, detail  # type: ignore[attr-defined]
-    if value is not _NO_VALUE:
-        exc.value = value  # type: ignore[attr-defined]
-    return exc
 
 
 @dataclass(frozen=True)
@@ -118,27 +106,27 @@ class EvalSettings:
             One line naming the first bad setting (``exc.setting``).
         """
         if not self.metrics:
-            raise _setting_error("metrics", "empty")
+            raise setting_error("metrics", "empty")
         for m in self.metrics:
             if m not in METRICS:
-                raise _setting_error("metrics", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
+                raise setting_error("metrics", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
         for name in ("n_samples", "nll_points", "k", "posterior_samples", "ais_chains", "ais_temperatures"):
             _integer(self, name, 1)
         _integer(self, "ais_leapfrog", 1)
         _integer(self, "proposal_steps", 0)
         _integer(self, "seed", 0)
         if self.nll_method not in NLL_METHODS:
-            raise _setting_error("nll_method", f"must be one of {', '.join(NLL_METHODS)}, got {self.nll_method!r}")
+            raise setting_error("nll_method", f"must be one of {', '.join(NLL_METHODS)}, got {self.nll_method!r}")
         bw = self.bandwidth
         if isinstance(bw, str):
             if bw not in ("median", "power"):
-                raise _setting_error("bandwidth", f"must be a number, 'median' or 'power', got {bw!r}")
+                raise setting_error("bandwidth", f"must be a number, 'median' or 'power', got {bw!r}")
         elif isinstance(bw, bool) or not isinstance(bw, int | float) or not (math.isfinite(bw) and bw > 0):
-            raise _setting_error("bandwidth", f"must be a positive number, 'median' or 'power', got {bw!r}")
+            raise setting_error("bandwidth", f"must be a positive number, 'median' or 'power', got {bw!r}")
         if self.image_shape is not None:
             shape = self.image_shape
             if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-                raise _setting_error("image_shape", f"must be two positive integers (H, W), got {shape!r}")
+                raise setting_error("image_shape", f"must be two positive integers (H, W), got {shape!r}")
         return self
 
 
@@ -146,7 +134,7 @@ def _integer(settings: EvalSettings, name: str, minimum: int) -> None:
     value = getattr(settings, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive integer" if minimum == 1 else "a non-negative integer"
-        raise _setting_error(name, f"must be {what}, got {value!r}")
+        raise setting_error(name, f"must be {what}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -245,7 +233,7 @@ def _image_shape(settings: EvalSettings, hint: Any, dim: int) -> tuple[int, ...]
     if settings.image_shape is not None:
         h, w = settings.image_shape
         if h * w != dim:
-            raise _setting_error("image_shape", f"{h}x{w} = {h * w} pixels, the data have {dim} columns")
+            raise setting_error("image_shape", f"{h}x{w} = {h * w} pixels, the data have {dim} columns")
         return h, w
     if hint is not None:
         return tuple(hint)
@@ -273,7 +261,7 @@ def _check_nll_method(model: torch.nn.Module, settings: EvalSettings) -> Any:
         if method == "ais":
             ais_kernel(model, "ais_log_likelihood")
     except WakesleepError as exc:
-        raise _setting_error("nll_method", str(exc), value=method) from None
+        raise setting_error("nll_method", str(exc), value=method) from None
     return None
 
 
@@ -317,7 +305,7 @@ def _nll(
                 model, pts, chains=chains, temperatures=settings.ais_temperatures, leapfrog=leapfrog, seed=seed
             )
         except WakesleepError as exc:
-            raise _setting_error("nll_method", str(exc), value=method) from None
+            raise setting_error("nll_method", str(exc), value=method) from None
         hmc = res.kernel == "hmc"
         entry.update({"chains": chains, "temperatures": res.temperatures, "kernel": res.kernel})
         if hmc:

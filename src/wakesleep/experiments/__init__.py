@@ -17,7 +17,6 @@ fails after its first algorithm entry started training is kept there, and ``--re
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterable
@@ -26,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from wakesleep.errors import WakesleepError
+from wakesleep.errors import WakesleepError, import_registered
 from wakesleep.experiments.base import LEGACY_KEYS, QUICK_KEY, Experiment, ExperimentContext
 
 #: name -> module defining ``EXPERIMENT`` (or an :class:`Experiment` given to :func:`register`)
@@ -68,13 +67,7 @@ def get_experiment(name: str) -> Experiment:
     target = EXPERIMENTS[name]
     if isinstance(target, Experiment):
         return target
-    try:
-        module = importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name == target:
-            raise WakesleepError(f"experiment: {name!r} is not available in this version") from None
-        raise
-    return module.EXPERIMENT
+    return import_registered(target, "experiment", name).EXPERIMENT
 
 
 def available_experiments() -> list[str]:

@@ -16,7 +16,7 @@ become the layer (the contract that :func:`wakesleep.models.build_model` follows
     e.g. Gaussian's ``variance``. It subclasses ``ExponentialFamily.Options``, which holds ``learn``.
 ``top_only``
     The names of the keys only a top layer takes (its initial parameter, ``learn``); a conditional layer
-    gets its parameter from its link instead.
+    gets its parameter from its link instead. The one key besides ``learn`` is read by :meth:`top_parameter`.
 :meth:`from_options`, :meth:`layer_parameters`, :meth:`top_parameter`
     The family object, its layer-level parameters (``log_var``...) and the top layer's initial parameter.
 :meth:`in_support` and ``support_text``
@@ -88,7 +88,14 @@ class ExponentialFamily:
         return {}
 
     def top_parameter(self, options: Any) -> float:
-        """Initial value of the top layer's standard parameter (the link output), the same for every unit."""
+        """Initial value of the top layer's standard parameter (the link output), the same for every unit.
+
+        The value of the one key of ``top_only`` besides ``learn`` (e.g. Gaussian's ``mean``); without such a
+        key, 1 for a positive parameter and 0 otherwise.
+        """
+        keys = [k for k in self.top_only if k != "learn"]
+        if len(keys) == 1:
+            return getattr(options, keys[0])
         return 1.0 if self.param_kind == "positive" else 0.0
 
     # --- the support, for checking data ------------------------------------------------------------------

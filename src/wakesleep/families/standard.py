@@ -43,9 +43,6 @@ class Gaussian(ExponentialFamily):
     def layer_parameters(self, options: Any, dim: int) -> dict[str, tuple[Tensor, bool]]:
         return {"log_var": (torch.full((dim,), math.log(options.variance)), options.learn_variance)}
 
-    def top_parameter(self, options: Any) -> float:
-        return options.mean
-
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([x, x * x], dim=-1)
 
@@ -101,9 +98,6 @@ class Laplace(ExponentialFamily):
         scale: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="top layer only: initial scale")
 
     top_only = ("learn", "scale")
-
-    def top_parameter(self, options: Any) -> float:
-        return options.scale
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x.abs().unsqueeze(-1)
@@ -206,9 +200,6 @@ class Bernoulli(ExponentialFamily):
 
     top_only = ("learn", "logit")
 
-    def top_parameter(self, options: Any) -> float:
-        return options.logit
-
     def in_support(self, x: np.ndarray) -> np.ndarray:
         return (x == 0) | (x == 1)
 
@@ -257,9 +248,6 @@ class Poisson(ExponentialFamily):
         rate: float = option(1.0, minimum=0.0, exclusive_minimum=True, doc="top layer only: initial rate of every unit")
 
     top_only = ("learn", "rate")
-
-    def top_parameter(self, options: Any) -> float:
-        return options.rate
 
     def in_support(self, x: np.ndarray) -> np.ndarray:
         return _is_integer(x) & (x >= 0)
@@ -312,9 +300,6 @@ class Gamma(ExponentialFamily):
 
     def layer_parameters(self, options: Any, dim: int) -> dict[str, tuple[Tensor, bool]]:
         return {"log_shape": (torch.full((dim,), math.log(options.shape)), options.learn_shape)}
-
-    def top_parameter(self, options: Any) -> float:
-        return options.mean
 
     def in_support(self, x: np.ndarray) -> np.ndarray:
         return np.isfinite(x) & (x > 0)

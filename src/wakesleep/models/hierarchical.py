@@ -108,7 +108,34 @@ class MixturePriorLayer(nn.Module):
         return self.dim
 
 
-class HierarchicalModel(nn.Module):
+class ModelBase(nn.Module):
+    """What every model shares: ``dtype`` and ``device`` (those of a scalar buffer ``_anchor``, which moves with
+    the module) and :meth:`_joint`, the sum of ``log_joint``'s per-layer terms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_anchor", torch.zeros(()))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @staticmethod
+    def _joint(terms: list[Tensor], per_layer: bool) -> Tensor | list[Tensor]:
+        """``terms`` themselves (``per_layer``), else their sum (added top first)."""
+        if per_layer:
+            return terms
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
+
+
+class HierarchicalModel(ModelBase):
     """A deep exponential-family model of any depth (paper section 3).
 
     Parameters
@@ -128,7 +155,6 @@ class HierarchicalModel(nn.Module):
         if len(layers) < 2:
             raise ValueError("a model needs at least one latent layer and an observation layer")
         self.layers = nn.ModuleDict({layer.name: layer for layer in layers})
-        self.register_buffer("_anchor", torch.zeros(()))
 
     # --- structure -----------------------------------------------------------------------------------
     @property
@@ -154,14 +180,6 @@ class HierarchicalModel(nn.Module):
     @property
     def conditionals(self) -> list[ExpFamLayer]:
         return [self.layers[n] for n in self.layer_names[1:]]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._anchor.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
 
     # --- sampling and densities ----------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -191,12 +209,7 @@ class HierarchicalModel(nn.Module):
         terms = [layers[0].log_prob(values[0])]
         for i in range(1, len(layers)):
             terms.append(layers[i].log_prob(values[i], layers[i - 1].embed(values[i - 1])))
-        if per_layer:
-            return terms
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        return total
+        return self._joint(terms, per_layer)
 
     def extra_repr(self) -> str:
         return " -> ".join(

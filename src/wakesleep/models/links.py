@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,6 +11,24 @@ from torch import Tensor, nn
 from wakesleep.ops import linear
 
 LINKS = ("linear", "softplus_linear", "mlp")
+
+#: the hidden nonlinearities of MLPs (links, proposals, encoders), by name
+ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
+
+
+def mlp(in_dim: int, hidden: Sequence[int], activation: str = "tanh", out_dim: int | None = None) -> nn.Sequential:
+    """``Linear, activation`` per hidden width, then a final ``Linear`` to ``out_dim`` (None: none).
+
+    The output width is ``out_dim``, else the last hidden width (``in_dim`` without hidden layers).
+    """
+    mods: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        mods += [nn.Linear(d, h), ACTIVATION_MODULES[activation]()]
+        d = h
+    if out_dim is not None:
+        mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
 
 
 class LinearLink(nn.Module):
@@ -47,14 +67,7 @@ class MLPLink(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: list[int], activation: str = "tanh", softplus: bool = False):
         super().__init__()
-        acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
-        mods: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            mods += [nn.Linear(d, h), acts[activation]()]
-            d = h
-        mods.append(nn.Linear(d, out_dim))
-        self.net = nn.Sequential(*mods)
+        self.net = mlp(in_dim, hidden, activation, out_dim)
         self.softplus = softplus
 
     def forward(self, z: Tensor) -> Tensor:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wakesleep.families import FAMILIES
-from wakesleep.models.hierarchical import ExpFamLayer, HierarchicalModel
-from wakesleep.models.links import ConstantLink
+from wakesleep.models.hierarchical import ExpFamLayer, HierarchicalModel, ModelBase
+from wakesleep.models.links import ConstantLink, mlp
 
 __all__ = [
     "SoftplusOffsetLink",
@@ -33,27 +33,9 @@ __all__ = [
 ]
 
 
-class _Base(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("_anchor", torch.zeros(()))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._anchor.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
-
+class _Base(ModelBase):
     def log_joint(self, x: Tensor, zs: list[Tensor], per_layer: bool = False):
-        terms = self._terms(x, zs)
-        if per_layer:
-            return terms
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
-        return total
+        return self._joint(self._terms(x, zs), per_layer)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -114,12 +96,7 @@ class CircleModel(_Base):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            mods, d = [], 2
-            for h in hidden:
-                mods += [nn.Linear(d, h), nn.Tanh()]
-                d = h
-            mods.append(nn.Linear(d, obs_dim))
-            self.net = nn.Sequential(*mods)
+            self.net = mlp(2, hidden, "tanh", obs_dim)
         ls = torch.tensor(math.log(sigma_x))
         if learn_sigma:
             self.log_sigma = nn.Parameter(ls)
