@@ -60,7 +60,8 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
 
 def onednn_rate(n: int = 2048, reps: int = 5) -> float:
     """Measured float32 rate of the oneDNN product behind ``wakesleep``'s linear layers (0 if not used)."""
-    from wakesleep.ops import _mm, onednn_enabled
+    from wakesleep.ops import onednn_enabled
+    from wakesleep.ops import onednn_mm as _mm
 
     if not onednn_enabled():
         return 0.0

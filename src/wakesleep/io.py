@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wakesleep._fsutil import _UMASK, _fsync_dir
 from wakesleep.errors import WakesleepError
+from wakesleep.fsutil import UMASK, fsync_dir
 
 __all__ = [
     "atomic_write",
@@ -52,7 +52,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the final file should not be
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; the final file should not be
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
@@ -62,7 +62,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

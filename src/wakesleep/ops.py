@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PRECISIONS", "autocast", "full_precision", "linear", "matmul", "onednn_enabled"]
+__all__ = ["PRECISIONS", "autocast", "full_precision", "linear", "matmul", "onednn_enabled", "onednn_mm"]
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,7 +38,7 @@ def _dense(t: Tensor) -> Tensor:
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
-def _mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
+def onednn_mm(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """``a @ b_t.T (+ bias)`` by oneDNN; ``a`` ``[n, k]``, ``b_t`` ``[m, k]`` (any strides)."""
     return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b_t), bias, "none", [], "")
 
@@ -51,9 +51,9 @@ def onednn_enabled() -> bool:
             try:  # the op is internal to PyTorch: check that it exists and computes x W^T + b
                 g = torch.Generator().manual_seed(0)
                 a, w, b, c = (torch.randn(s, generator=g) for s in ((5, 3), (4, 3), (4,), (5, 4)))
-                ok = bool(torch.allclose(_mm(a, w, b), torch.addmm(b, a, w.t()), atol=1e-5))
-                ok = ok and bool(torch.allclose(_mm(c.t(), a.t()), c.t() @ a, atol=1e-5))  # transposed operands
-                ok = ok and bool(torch.allclose(_mm(c, w.t()), c @ w, atol=1e-5))
+                ok = bool(torch.allclose(onednn_mm(a, w, b), torch.addmm(b, a, w.t()), atol=1e-5))
+                ok = ok and bool(torch.allclose(onednn_mm(c.t(), a.t()), c.t() @ a, atol=1e-5))  # transposed operands
+                ok = ok and bool(torch.allclose(onednn_mm(c, w.t()), c @ w, atol=1e-5))
             except Exception:  # noqa: BLE001 - any failure means: use F.linear
                 ok = False
         _STATE["ok"] = ok
@@ -66,7 +66,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         x2 = x.reshape(-1, x.shape[-1])
-        return _mm(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return onednn_mm(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -77,16 +77,16 @@ class _OneDNNLinear(torch.autograd.Function):
         differentiable = torch.is_grad_enabled()  # create_graph=True: stay with ops that have derivatives
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = (g2 @ weight if differentiable else _mm(g2, weight.t())).view(x.shape)
+            grad_x = (g2 @ weight if differentiable else onednn_mm(g2, weight.t())).view(x.shape)
         if need_w:  # [out, in] = G^T X. oneDNN copies a transposed input operand but reads a transposed weight
             # operand in place, so the larger of G and X goes in as the weight (for out > in that gives X^T G,
             # made contiguous again: a transposed gradient would slow every later elementwise op, e.g. Adam's)
             if differentiable:
                 grad_w = g2.t() @ x2
             elif weight.shape[0] <= weight.shape[1]:
-                grad_w = _mm(g2.t(), x2.t())
+                grad_w = onednn_mm(g2.t(), x2.t())
             else:
-                grad_w = _mm(x2.t(), g2.t()).t().contiguous()
+                grad_w = onednn_mm(x2.t(), g2.t()).t().contiguous()
         if need_b:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
@@ -138,5 +138,5 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_WORK
         and onednn_enabled()
     ):
-        return _mm(a, b.t())
+        return onednn_mm(a, b.t())
     return a @ b

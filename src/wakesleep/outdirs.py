@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wakesleep._fsutil import _UMASK, _fsync_dir
 from wakesleep.errors import WakesleepError
+from wakesleep.fsutil import UMASK, fsync_dir
 from wakesleep.io import save_json
 
 __all__ = [
@@ -193,7 +193,7 @@ def _promote(tmp: Path, out: Path, kind: str) -> None:
         old = out.parent / f".{out.name}.old-{_token()}"
         os.rename(out, old)
     os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         _discard(old, out)
 
@@ -233,7 +233,7 @@ def recover_interrupted_swap(out: str | os.PathLike, kind: str = "run") -> str |
         os.rename(source, out)
     except OSError:  # another process recovered it first
         return did
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if not staged:
         return "restored"
     for p in olds:
@@ -254,7 +254,7 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False, *, kind: str = "
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the final directory should not be
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; the final directory should not be
         yield tmp
         _check_target(out, overwrite, kind)
     except BaseException:

@@ -13,10 +13,10 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()
+UMASK = _umask()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename durable (best effort; not every platform can open a directory)."""
     try:
         fd = os.open(path, os.O_RDONLY)
