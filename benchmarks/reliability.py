@@ -27,9 +27,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ("train", "sample", "experiment", "evaluate", "bench")
 FILES = {
     "tests/test_catalogue.py": "named bad inputs and API mistakes",
-    "tests/test_property_inputs.py": "generated configs, options and data arrays",
+    "tests/test_property_inputs.py": "generated configs, options and data arrays (2 tests: 700 + 500 examples)",
     "tests/test_support_model_fuzz.py": "generated model sections",
     "tests/test_support_data.py": "data against each family's support",
     "tests/test_kill_resume.py": "killed training processes resumed",
@@ -45,7 +46,8 @@ def kind_of(case: dict) -> str:
         label = name.split("[", 1)[1].rstrip("]")
         if name.startswith("test_api"):
             return "catalogue: Python API"
-        return "catalogue: " + label.split(":")[0].split(" ")[0]
+        command = label.split(":")[0].split(" ")[0]
+        return "catalogue: " + (command if command in COMMANDS else "command line (no, unknown command or flag)")
     return FILES[case["file"]]
 
 
