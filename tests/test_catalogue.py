@@ -502,6 +502,7 @@ def _api_cases() -> dict[str, Callable[[], object]]:
     import torch
 
     import wakesleep
+    from wakesleep import eval as E
     from wakesleep.eval import mmd
     from wakesleep.training import Trainer
 
@@ -522,6 +523,15 @@ def _api_cases() -> dict[str, Callable[[], object]]:
         "Trainer.fit: empty data": lambda: Trainer(algo).fit(torch.zeros(0, 3)),
         "ddc_hm: wake before sleep": lambda: wakesleep.build_algorithm("ddc_hm", model).wake_gradient(x),
         "eval.mmd: wrong columns": lambda: mmd(x, torch.randn(20, 2)),
+        "eval.log_likelihood: wrong columns": lambda: E.log_likelihood(model, torch.randn(10, 2), k=10),
+        "eval.log_likelihood: k zero": lambda: E.log_likelihood(model, x, k=0),
+        "eval.ais_log_likelihood: chains zero": lambda: E.ais_log_likelihood(model, x, chains=0, temperatures=5),
+        "eval.mmd_test: wrong columns": lambda: E.mmd_test(x, torch.randn(10, 2)),
+        "eval.relative_mmd_test: wrong columns": lambda: E.relative_mmd_test(x, x, torch.randn(10, 2)),
+        "eval.median_bandwidth: empty": lambda: E.median_bandwidth(torch.zeros(0, 3)),
+        "eval.exact_log_likelihood_gaussian: nan": lambda: E.exact_log_likelihood_gaussian(model, x * float("nan")),
+        "eval.recovery_error: shapes": lambda: E.recovery_error(np.zeros((3, 2)), np.zeros((4, 2))),
+        "eval.fit_proposal: negative steps": lambda: E.fit_proposal(model, x, steps=-1),
     }
 
 
