@@ -112,15 +112,15 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=1))
     ref = results.get(labels[0], {}).get("ais_test")
     head = (
-        f"| entry | s/epoch | test AIS NLL | paired vs {labels[0]} | grad cosine z3 / z2 / z1 / x (refs agree) "
+        f"| entry | s/epoch | test AIS NLL | minus {labels[0]}, paired | grad cosine z3 / z2 / z1 / x (refs agree) "
         "| E[z1|x] err (const) | E[z2|x] err (const) | E[z3|x] err (const) | invalid means z1 / z2 / z3 |"
     )
     print(head)
-    print("| --- " * (head.count("|") - 1) + "|")
+    print("| --- " * 9 + "|")
     for label in labels:
         row = results[label]
         nll = row["ais_test"]
-        diff = paired_nll_difference(ref, nll) if label != labels[0] else None
+        diff = paired_nll_difference(nll, ref) if label != labels[0] else None  # NLL_label - NLL_first
         secs = row.get("train_seconds")
         cells = [label, f"{secs / args.epochs:.1f}" if secs else "", f"{nll['nll']:.2f} +- {nll['sem']:.2f}"]
         cells.append(f"{diff['mean']:+.2f} +- {diff['sem']:.2f}" if diff else "")

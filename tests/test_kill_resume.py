@@ -49,7 +49,7 @@ def config(tmp_path: Path, name: str, options: dict, layers: list) -> Path:
         "model": {"layers": layers, "dtype": "float64", "seed": 0},
         "algorithm": {"name": name, **options},
         "train": {
-            "epochs": 30,
+            "epochs": 12,
             "batch_size": 20,
             "lr": 1e-2,
             "seed": 1,
@@ -108,7 +108,7 @@ def test_killed_first_run_resumes_to_identical_tensors(tmp_path, capsys, name, o
     out = tmp_path / "run"
     proc = start(cfg, out)
     wait_for_checkpoint(proc, tmp_path / "run.partial")
-    time.sleep(rng.uniform(0.0, 0.3))
+    time.sleep(rng.uniform(0.0, 0.05))
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # finished before the signal arrived: nothing to resume, and nothing lost

@@ -70,8 +70,11 @@ class Diagnosis:
         The same per parameter block (``layers.x.link.weight``, ...).
     posterior : dict
         Per latent layer: ``mae`` (|E_q[z | x] - reference| averaged over points and units), ``mae_constant_guess``,
-        ``mae_reference_agreement`` (between two references; None with one), ``invalid_fraction``; None
-        values where the algorithm has no posterior read-out.
+        ``mae_reference_agreement`` (between two references; None with one), ``invalid_fraction`` (of the
+        point-unit expectations that are impossible: a Bernoulli mean outside [0, 1], a negative mean of a
+        non-negative latent, a negative variance), ``invalid_fraction_beyond_0.01`` (impossible by more than
+        0.01) and ``invalid_max_excess`` (the largest distance from a possible value); None values where the
+        algorithm has no posterior read-out.
     reference_nll : list of float or None
         Per reference, the mean NLL of the points it implies (AIS, enumeration, importance sampling).
     reference_ess : list of float
@@ -117,7 +120,9 @@ class Diagnosis:
             out.append(
                 f"E[{name} | x]: mean |error| {row['mae']:.3f}, constant guess {row['mae_constant_guess']:.3f}"
                 + (f", references differ by {agree:.3f}" if agree is not None else "")
-                + f"; invalid expectations {100 * row['invalid_fraction']:.1f} %"
+                + f"; invalid expectations {100 * row['invalid_fraction']:.1f} % "
+                f"({100 * row['invalid_fraction_beyond_0.01']:.1f} % by more than 0.01, at most "
+                f"{row['invalid_max_excess']:.3g})"
             )
         out.append(f"{self.seconds:.0f} s")
         return out
@@ -303,15 +308,17 @@ def _load(run_dir: str | os.PathLike, device: str | None) -> tuple[nn.Module, An
 
 
 def _invalid(name: str, mean: Tensor, second: Tensor | None) -> Tensor:
-    """Per (point, unit): whether E_q[z] and E_q[z^2] are impossible for the family ``name``."""
-    bad = torch.zeros_like(mean, dtype=torch.bool)
+    """Per (point, unit): how far E_q[z] and E_q[z^2] are from possible values for the family ``name`` (0 where
+    they are possible): the distance of a Bernoulli mean outside [0, 1], of a non-negative latent's mean below
+    0, of a variance E_q[z^2] - E_q[z]^2 below 0."""
+    excess = torch.zeros_like(mean)
     if name == "bernoulli":
-        bad |= (mean < 0) | (mean > 1)
+        excess = torch.maximum(excess, torch.maximum(-mean, mean - 1))
     if name in ("poisson", "gamma", "categorical"):
-        bad |= mean < 0
+        excess = torch.maximum(excess, -mean)
     if second is not None and name != "bernoulli":
-        bad |= second - mean * mean < 0
-    return bad
+        excess = torch.maximum(excess, mean * mean - second)
+    return excess.clamp_min(0)
 
 
 def diagnose(
@@ -471,6 +478,8 @@ def diagnose(
         ref_mean = torch.stack([m[i] for _, m, _, _ in refs]).mean(0)
         guess = ref_mean.mean(0, keepdim=True).expand_as(ref_mean)
         row: dict[str, Any] = {
+            "invalid_fraction_beyond_0.01": None,
+            "invalid_max_excess": None,
             "mae": None,
             "mae_constant_guess": float((guess - ref_mean).abs().mean()),
             "mae_reference_agreement": (
@@ -483,7 +492,10 @@ def diagnose(
             row["mae"] = float((qm - ref_mean).abs().mean())
             second = q_second.get(name)
             second = second.reshape(qm.shape).to(qm.device) if second is not None else None
-            row["invalid_fraction"] = float(_invalid(_family(layers[i]), qm, second).double().mean())
+            excess = _invalid(_family(layers[i]), qm, second)
+            row["invalid_fraction"] = float((excess > 0).double().mean())
+            row["invalid_fraction_beyond_0.01"] = float((excess > 0.01).double().mean())
+            row["invalid_max_excess"] = float(excess.max())
         out.posterior[name] = row
     out.seconds = time.perf_counter() - t0
     return out
