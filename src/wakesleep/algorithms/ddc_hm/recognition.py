@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,28 @@ from wakesleep.algorithms.ddc_hm.ridge import (
 from wakesleep.ops import matmul
 
 _R2_ROWS = 512  # sleep samples in the R^2 diagnostic of each read-out
+
+
+def adam_state_tensors(optimizer: torch.optim.Adam | None) -> dict[str, Tensor]:
+    """An Adam optimiser's moments and step counts as named tensors ``adam.<param>.<key>`` (empty if None)."""
+    if optimizer is None:
+        return {}
+    out = {}
+    for i, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"adam.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def adam_from_state_tensors(params: Iterable[nn.Parameter], lr: float, state: dict[str, Tensor]) -> torch.optim.Adam:
+    """A new Adam over ``params`` holding the state :func:`adam_state_tensors` saved."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    per_param: dict[int, dict[str, Tensor]] = {}
+    for key, v in state.items():
+        _, i, k = key.split(".", 2)
+        per_param.setdefault(int(i), {})[k] = v.clone()
+    optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
+    return optimizer
 
 
 class TensorList(nn.Module):
@@ -379,24 +401,12 @@ class MLPDDCRecognition(nn.Module):
 
     def fit_state(self) -> dict[str, Tensor]:
         """Adam's moments and step counts as named tensors (checkpoints; empty before the first fit)."""
-        if self.optimizer is None:
-            return {}
-        out = {}
-        for i, st in self.optimizer.state_dict()["state"].items():
-            for k, v in st.items():
-                out[f"adam.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        return out
+        return adam_state_tensors(self.optimizer)
 
     def load_fit_state(self, state: dict[str, Tensor]) -> None:
-        if not state:
-            return
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        per_param: dict[int, dict[str, Tensor]] = {}
-        for key, v in state.items():
-            _, i, k = key.split(".", 2)
-            per_param.setdefault(int(i), {})[k] = v.clone()
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        """Restore Adam's state saved by :meth:`fit_state`."""
+        if state:
+            self.optimizer = adam_from_state_tensors(self.net.parameters(), self.lr, state)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.net(self.standardize(x))
@@ -549,25 +559,12 @@ class DeepDDCRecognition(nn.Module):
 
     def fit_state(self) -> dict[str, Tensor]:
         """Adam's moments and step counts as named tensors (checkpoints; empty before the first fit)."""
-        if self.optimizer is None:
-            return {}
-        out = {}
-        for i, st in self.optimizer.state_dict()["state"].items():
-            for k, v in st.items():
-                out[f"adam.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        return out
+        return adam_state_tensors(self.optimizer)
 
     def load_fit_state(self, state: dict[str, Tensor]) -> None:
         """Restore Adam's state saved by :meth:`fit_state`."""
-        if not state:
-            return
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
-        per_param: dict[int, dict[str, Tensor]] = {}
-        for key, v in state.items():
-            _, i, k = key.split(".", 2)
-            per_param.setdefault(int(i), {})[k] = v.clone()
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        if state:
+            self.optimizer = adam_from_state_tensors(self.parameters(), self.lr, state)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """r_l(x) bottom-up, each ``[B, K_l]``."""
