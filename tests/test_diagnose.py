@@ -98,7 +98,7 @@ def test_diagnose_ddc_hm_on_tiny_sbn_is_accurate_and_valid():
 
 def test_diagnose_ais_reports_two_references(monkeypatch):
     model, x = tiny_sbn()
-    monkeypatch.setattr("wakesleep.eval.diagnose.MAX_CONFIGURATIONS", 4)  # too many to enumerate: AIS
+    monkeypatch.setattr("wakesleep.eval.references.MAX_CONFIGURATIONS", 4)  # too many to enumerate: AIS
     algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=500, features=20)
     res = diagnose((model, algo), x, chains=8, temperatures=50, repeats=2)
     assert res.reference == "ais" and len(res.reference_nll) == 2

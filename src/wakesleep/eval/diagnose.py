@@ -29,8 +29,6 @@ layer whose references disagree says nothing about the algorithm.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 import os
 import time
@@ -42,12 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.errors import WakesleepError
+from wakesleep.eval.references import REFERENCES, cosine, family_name, reference_posterior
 
 __all__ = ["Diagnosis", "REFERENCES", "diagnose", "reference_posterior"]
-
-REFERENCES = ("auto", "enumerate", "ais", "importance")
-MAX_CONFIGURATIONS = 2**16  # exact enumeration up to this many joint latent configurations
-_CHUNK_ELEMENTS = 2**22  # configurations x points x widest layer per chunk of an enumeration / IS pass
 
 
 @dataclass
@@ -126,160 +121,6 @@ class Diagnosis:
             )
         out.append(f"{self.seconds:.0f} s")
         return out
-
-
-@dataclass
-class _Reference:
-    grads: dict[str, Tensor]  # float64, keyed by parameter name
-    means: list[Tensor]  # E[z_l | x], top first, [B, D_l]
-    nll: float | None
-    ess: float
-
-
-def _cosine(a: Tensor, b: Tensor) -> float:
-    den = float(a.norm() * b.norm())
-    return float(a @ b) / den if den > 0 else math.nan
-
-
-def _family(layer: nn.Module) -> str:
-    fam = getattr(layer, "family", None)
-    return getattr(fam, "name", "mog") if fam is not None else "mog"
-
-
-def _configurations(model: nn.Module) -> Tensor | None:
-    """Every joint latent configuration ``[C, sum D_l]`` (top first), or None when not enumerable."""
-    layers = list(model.layers.values())[:-1]
-    values: list[list[float]] = []
-    for layer in layers:
-        name = _family(layer)
-        if name == "bernoulli":
-            values += [[0.0, 1.0]] * int(layer.dim)
-        elif name == "categorical":
-            values += [[float(c) for c in range(int(layer.family.categories))]] * int(layer.dim)
-        else:
-            return None
-    if math.prod(len(v) for v in values) > MAX_CONFIGURATIONS:
-        return None
-    return torch.tensor(list(itertools.product(*values)), dtype=torch.float64)
-
-
-def _split(configs: Tensor, dims: list[int]) -> list[Tensor]:
-    return list(torch.split(configs, dims, dim=-1))
-
-
-def _weighted_reference(
-    md: nn.Module, x: Tensor, particles: list[Tensor], proposal_is_prior: bool, chunk: int
-) -> _Reference:
-    """Posterior expectations under self-normalised weights of particles shared by all points.
-
-    ``particles``: ``[S, D_l]`` per latent layer (top first). The weight of particle s for point b is
-    p(x_b, z_s) (enumeration: every configuration once) or p(x_b | z_1s) (prior draws).
-    """
-    s_total, b = particles[0].shape[0], x.shape[0]
-
-    def log_weights(lo: int, hi: int) -> Tensor:
-        zs = [p[lo:hi, None, :].expand(-1, b, -1) for p in particles]
-        xs = x.expand(hi - lo, -1, -1)
-        if proposal_is_prior:
-            return md.log_joint(xs, zs, per_layer=True)[-1]
-        return md.log_joint(xs, zs)
-
-    with torch.no_grad():
-        lw = torch.cat([log_weights(lo, min(lo + chunk, s_total)) for lo in range(0, s_total, chunk)])  # [S, B]
-    log_norm = torch.logsumexp(lw, 0)
-    w = torch.exp(lw - log_norm)  # [S, B]
-    ess = float((1.0 / (w * w).sum(0)).median())
-    nll = float(-(log_norm - (math.log(s_total) if proposal_is_prior else 0.0)).mean())
-    means = [w.T @ p for p in particles]
-    md.zero_grad()
-    for lo in range(0, s_total, chunk):
-        hi = min(lo + chunk, s_total)
-        zs = [p[lo:hi, None, :].expand(-1, b, -1) for p in particles]
-        ((md.log_joint(x.expand(hi - lo, -1, -1), zs) * w[lo:hi]).sum() / b).backward()
-    grads = {k: p.grad.detach().clone() for k, p in md.named_parameters() if p.grad is not None}
-    return _Reference(grads, means, nll, ess)
-
-
-def reference_posterior(
-    model: nn.Module,
-    x: Tensor,
-    kind: str = "auto",
-    *,
-    chains: int = 16,
-    temperatures: int = 1000,
-    importance_samples: int = 100_000,
-    seed: int = 1,
-) -> tuple[str, dict[str, Tensor], list[Tensor], float | None, float]:
-    """One reference for the wake gradient and the posterior means of ``x`` (module docstring).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A wakesleep :class:`~wakesleep.models.HierarchicalModel`.
-    x : Tensor
-        ``[B, D_x]`` points.
-    kind : {"auto", "enumerate", "ais", "importance"}
-        The reference (``auto``: enumeration where at most 2^16 latent configurations, AIS for a sigmoid belief
-        network, else importance sampling from the prior).
-    chains, temperatures : int
-        AIS chains per point and intermediate distributions.
-    importance_samples : int
-        Prior draws (``importance``).
-    seed : int
-        Seed of the reference's randomness (the global RNG is restored afterwards).
-
-    Returns
-    -------
-    (kind, grads, means, nll, ess)
-        The kind used; E_{p(z|x)}[grad_theta log p(x, z)] averaged over the points (float64, keyed by parameter
-        name; the exact or estimated gradient of (1/B) sum_b log p(x_b)); E[z_l | x] per latent layer (top first,
-        ``[B, D_l]``); the mean NLL of the points the reference implies; the median effective sample size.
-    """
-    if kind not in REFERENCES:
-        raise WakesleepError(f"reference: must be one of {', '.join(REFERENCES)}, got {kind!r}")
-    md = copy.deepcopy(model).double()
-    xd = x.detach().to(device=next(md.parameters()).device, dtype=torch.float64)
-    dims = [int(d) for d in md.dims[:-1]]
-    configs = _configurations(md) if kind in ("auto", "enumerate") else None
-    if kind == "enumerate" and configs is None:
-        raise WakesleepError(
-            f"reference: enumerate needs Bernoulli or categorical latents with at most {MAX_CONFIGURATIONS} joint "
-            "configurations"
-        )
-    if kind == "auto":
-        if configs is not None:
-            kind = "enumerate"
-        elif all(_family(layer) == "bernoulli" for layer in list(md.layers.values())[:-1]):
-            kind = "ais"
-        else:
-            kind = "importance"
-    chunk_rows = max(1, _CHUNK_ELEMENTS // max(1, xd.shape[0] * max(int(md.obs_dim), *dims)))
-    if kind == "enumerate":
-        ref = _weighted_reference(md, xd, _split(configs.to(xd.device), dims), False, chunk_rows)
-        return kind, ref.grads, ref.means, ref.nll, ref.ess
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        if kind == "importance":
-            with torch.no_grad():
-                particles = md.sample(int(importance_samples))[:-1]
-            particles = [p.reshape(p.shape[0], -1).double() for p in particles]
-            ref = _weighted_reference(md, xd, particles, True, chunk_rows)
-            return kind, ref.grads, ref.means, ref.nll, ref.ess
-        from wakesleep.eval import ais_log_likelihood
-
-        res = ais_log_likelihood(
-            model, x.to(model.dtype), chains=chains, temperatures=temperatures, seed=seed, return_samples=True
-        )
-    finally:
-        torch.set_rng_state(state)
-    w = torch.softmax(res.log_weights.double(), 0).to(xd.device)  # [C, B]
-    zs = [z.double().to(xd.device) for z in res.samples]
-    md.zero_grad()
-    ((md.log_joint(xd.expand(chains, -1, -1), zs) * w).sum() / xd.shape[0]).backward()
-    grads = {k: p.grad.detach().clone() for k, p in md.named_parameters() if p.grad is not None}
-    means = [torch.einsum("cb,cbd->bd", w, z) for z in zs]
-    return kind, grads, means, float(res.nll), float(res.ess.median())
 
 
 def _load(run_dir: str | os.PathLike, device: str | None) -> tuple[nn.Module, Any, Any]:
@@ -455,10 +296,10 @@ def diagnose(
         a = torch.cat([est[k].flatten().to(refs[0][0][k].device) for k in keys])
         per = [torch.cat([g[k].flatten() for k in keys]) for g, *_ in refs]
         ref = torch.stack(per).mean(0)
-        agree = 1.0 if exact else (_cosine(per[0], per[1]) if len(per) > 1 else None)
+        agree = 1.0 if exact else (cosine(per[0], per[1]) if len(per) > 1 else None)
         return {
-            "cosine": _cosine(a, ref),
-            "cosine_per_reference": [_cosine(a, p) for p in per],
+            "cosine": cosine(a, ref),
+            "cosine_per_reference": [cosine(a, p) for p in per],
             "reference_agreement": agree,
             "relative_error": float((a - ref).norm() / ref.norm()) if float(ref.norm()) > 0 else math.nan,
             "norm_estimate": float(a.norm()),
@@ -492,7 +333,7 @@ def diagnose(
             row["mae"] = float((qm - ref_mean).abs().mean())
             second = q_second.get(name)
             second = second.reshape(qm.shape).to(qm.device) if second is not None else None
-            excess = _invalid(_family(layers[i]), qm, second)
+            excess = _invalid(family_name(layers[i]), qm, second)
             row["invalid_fraction"] = float((excess > 0).double().mean())
             row["invalid_fraction_beyond_0.01"] = float((excess > 0.01).double().mean())
             row["invalid_max_excess"] = float(excess.max())
