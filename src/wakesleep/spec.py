@@ -44,6 +44,7 @@ __all__ = [
     "TRAIN_DEFAULTS",
     "resolve_config",
     "load_config",
+    "first_difference",
 ]
 
 SECTIONS = ("model", "algorithm", "train", "data", "experiment")
@@ -283,7 +284,7 @@ class RunSpec:
 
     def first_difference(self, other: RunSpec, ignore: Iterable[str] = ()) -> str | None:
         """The first dotted key where this spec and ``other`` differ (keys in ``ignore`` skipped), or None."""
-        return _first_difference(self.to_dict(), other.to_dict(), "", set(ignore))
+        return first_difference(self.to_dict(), other.to_dict(), ignore)
 
     def with_overrides(self, overrides: Iterable[tuple[str, Any]]) -> RunSpec:
         """A new spec with dotted-key overrides applied to :meth:`to_dict` and validated again."""
@@ -300,7 +301,15 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
 
-def _first_difference(a: Any, b: Any, prefix: str, ignore: set[str]) -> str | None:
+def first_difference(a: Any, b: Any, ignore: Iterable[str] = ()) -> str | None:
+    """The first dotted key where the mappings ``a`` and ``b`` differ (keys in ``ignore`` skipped), or None.
+
+    ``"the whole config"`` when ``a`` and ``b`` themselves differ and are not both mappings.
+    """
+    return _difference(a, b, "", set(ignore))
+
+
+def _difference(a: Any, b: Any, prefix: str, ignore: set[str]) -> str | None:
     if prefix in ignore:
         return None
     if isinstance(a, Mapping) and isinstance(b, Mapping):
@@ -310,7 +319,7 @@ def _first_difference(a: Any, b: Any, prefix: str, ignore: set[str]) -> str | No
                 continue
             if k not in a or k not in b:
                 return key
-            diff = _first_difference(a[k], b[k], key, ignore)
+            diff = _difference(a[k], b[k], key, ignore)
             if diff is not None:
                 return diff
         return None

@@ -263,23 +263,11 @@ def _check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     except yaml.YAMLError:
         raise WakesleepError(f"--resume: {saved_path} is not valid YAML") from None
-    key = _first_difference(saved, yaml.safe_load(dump_config(config)))
+    from wakesleep.spec import first_difference
+
+    key = first_difference(saved, yaml.safe_load(dump_config(config)))
     if key is not None:
         raise WakesleepError(
-            f"--resume: the config differs from the interrupted run's ({saved_path}) in {key or 'the whole config'} "
+            f"--resume: the config differs from the interrupted run's ({saved_path}) in {key} "
             "(pass the same --quick, --config and --set options)"
         )
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    """The first dotted key where ``a`` and ``b`` differ ("" for the values themselves), or None if equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if k not in a or k not in b:
-                return key
-            diff = _first_difference(a[k], b[k], key)
-            if diff is not None:
-                return diff
-        return None
-    return None if a == b else prefix
