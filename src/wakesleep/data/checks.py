@@ -20,7 +20,6 @@ from wakesleep.data.binarize import parse_scheme
 from wakesleep.errors import WakesleepError
 
 if TYPE_CHECKING:
-    from wakesleep.data.dataset import DataSet
     from wakesleep.families import ExponentialFamily
 
 __all__ = ["MIN_ROWS", "as_rows", "check_dataset", "check_numeric", "check_observations"]
@@ -134,7 +133,7 @@ def check_observations(
 
 
 def check_dataset(
-    ds: DataSet,
+    ds: Any,
     family: ExponentialFamily | None,
     where: str,
     test_where: str | None = None,
@@ -148,7 +147,7 @@ def check_dataset(
 
     Parameters
     ----------
-    ds : DataSet
+    ds : wakesleep.data.DataSet
         The data set (tensors on any device).
     family : ExponentialFamily or None
         The observation layer's family (None: no support check).
