@@ -107,7 +107,7 @@ def first_non_finite(named: Sequence[tuple[str, torch.Tensor]]) -> str | None:
     if not named:
         return None
     norms = torch._foreach_norm([t.detach() for _, t in named])
-    if all(math.isfinite(float(v)) for v in norms):
+    if bool(torch.isfinite(torch.stack([v.float() for v in norms])).all()):  # one device sync, not one per tensor
         return None
     for name, t in named:
         if not torch.isfinite(t.detach()).all():
