@@ -170,3 +170,45 @@ def test_errors_are_one_line(tmp_path):
         diagnose((model, algo), x, repeats=0)
     with pytest.raises(WakesleepError, match="enumerate"):
         reference_posterior(build(linear_gaussian_config()), x[:, :4], "enumerate")
+
+
+def test_reference_expectations_of_statistics_match_the_means():
+    model, x = tiny_sbn()
+    square = [lambda z: torch.cat([z, 2.0 * z], -1)] * 2
+    for kind, opts in (("enumerate", {}), ("importance", {"importance_samples": 5000})):
+        got_kind, _, means, _, _, expect = reference_posterior(model, x, kind, statistics=square, **opts)
+        assert got_kind == kind
+        for e, m in zip(expect, means, strict=True):
+            torch.testing.assert_close(e, torch.cat([m, 2.0 * m], -1), rtol=1e-10, atol=1e-12)
+    with pytest.raises(WakesleepError, match="one per latent layer"):
+        reference_posterior(model, x, "enumerate", statistics=square[:1])
+
+
+def test_wake_gradient_with_the_recognitions_own_representation_is_unchanged():
+    model, x = tiny_sbn()
+    torch.manual_seed(2)
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=500, features=20)
+    algo.sleep()
+    plain = algo.wake_gradient(x)
+    given = algo.wake_gradient(x, representation=algo.recognise(x))
+    for k, v in plain.items():
+        torch.testing.assert_close(given[k], v, rtol=0, atol=0)
+    # T at the sleep samples is what the regressions were fitted on
+    feats = algo.encoding_functions(algo._samples[1], "z1")
+    torch.testing.assert_close(feats, algo._feats[1], rtol=0, atol=0)
+    with pytest.raises(WakesleepError, match="representation must be 2 tensors"):
+        algo.wake_gradient(x, representation=algo.recognise(x)[:1])
+
+
+def test_a_perfect_recognition_gives_the_exact_gradient_when_the_features_span_the_latent_space():
+    """With K >> 2^D_l random features every function of a small binary layer is linear in T, so with the exact
+    posterior's E[T | x] the regressions of eqs. 31-35 return the exact gradient up to sleep-sample noise."""
+    model, x = tiny_sbn()
+    torch.manual_seed(3)
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=20000, features=60, grad_ridge=1e-8)
+    res = diagnose((model, algo), x, sleeps=1)
+    for name, row in res.layers.items():
+        assert row["cosine_exact_recognition"] > 0.995, (name, row)
+    for row in res.posterior.values():
+        assert 0.0 <= row["recognition_unexplained"]
+    assert any("with a perfect recognition" in line for line in res.lines())

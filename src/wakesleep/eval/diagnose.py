@@ -58,7 +58,11 @@ class Diagnosis:
     settings : dict
         The settings used (chains, temperatures, repeats, importance samples, sleeps, seed).
     layers : dict
-        Per model layer (``z3``, ..., ``x``): ``cosine`` (against the mean of the references), ``cosine_per_reference``,
+        Per model layer (``z3``, ..., ``x``): ``cosine`` (against the mean of the references),
+        ``cosine_exact_recognition`` (DDC-HM: the cosine of the wake gradient computed with one reference's
+        expectations E[T(z_l) | x] in place of the recognition's r_l(x), against another reference; it isolates
+        the error of the gradient regressions, eqs. 31-35, from the recognition's; None for other algorithms),
+        ``cosine_per_reference``,
         ``reference_agreement`` (cosine between the first two references; 1.0 for an exact reference; None with
         one), ``relative_error``, ``norm_estimate``, ``norm_reference``.
     blocks : dict
@@ -68,7 +72,10 @@ class Diagnosis:
         ``mae_reference_agreement`` (between two references; None with one), ``invalid_fraction`` (of the
         point-unit expectations that are impossible: a Bernoulli mean outside [0, 1], a negative mean of a
         non-negative latent, a negative variance), ``invalid_fraction_beyond_0.01`` (impossible by more than
-        0.01) and ``invalid_max_excess`` (the largest distance from a possible value); None values where the
+        0.01), ``invalid_max_excess`` (the largest distance from a possible value) and
+        ``recognition_unexplained`` (DDC-HM: sum |r_l(x) - E_ref[T(z_l) | x]|^2 over the points and encoding
+        functions, divided by the reference expectations' spread around their mean over the points: the
+        recognition's error on these data points, the reference's own noise included); None values where the
         algorithm has no posterior read-out.
     reference_nll : list of float or None
         Per reference, the mean NLL of the points it implies (AIS, enumeration, importance sampling).
@@ -104,6 +111,11 @@ class Diagnosis:
             out.append(
                 f"grad {name}: cosine {row['cosine']:.3f}"
                 + (f" (references agree at {agree:.3f})" if agree is not None else "")
+                + (
+                    f", with a perfect recognition {row['cosine_exact_recognition']:.3f}"
+                    if row.get("cosine_exact_recognition") is not None
+                    else ""
+                )
                 + f", relative error {row['relative_error']:.3f}, norms {row['norm_estimate']:.3g} vs "
                 f"{row['norm_reference']:.3g}"
             )
@@ -118,6 +130,11 @@ class Diagnosis:
                 + f"; invalid expectations {100 * row['invalid_fraction']:.1f} % "
                 f"({100 * row['invalid_fraction_beyond_0.01']:.1f} % by more than 0.01, at most "
                 f"{row['invalid_max_excess']:.3g})"
+                + (
+                    f"; recognition leaves {100 * row['recognition_unexplained']:.1f} % of E[T | x] unexplained"
+                    if row.get("recognition_unexplained") is not None
+                    else ""
+                )
             )
         out.append(f"{self.seconds:.0f} s")
         return out
@@ -258,10 +275,15 @@ def diagnose(
             if hasattr(algo, "expectation"):
                 q_second = {n: algo.expectation(x, n, lambda z: z * z).double() for n in names}
 
+    # DDC-HM: the references' expectations of the encoding functions, E[T(z_l) | x], give the wake gradient with a
+    # perfect recognition, which splits its error into the recognition's and the gradient regressions'
+    encode = getattr(algo, "encoding_functions", None)
+    statistics = [lambda z, n=n: encode(z, n).double() for n in names] if callable(encode) else None
     refs: list[tuple[dict[str, Tensor], list[Tensor], float | None, float]] = []
+    expectations: list[list[Tensor]] = []
     kind = reference
     for r in range(repeats):
-        kind, grads, means, nll, ess = reference_posterior(
+        kind, grads, means, nll, ess, *rest = reference_posterior(
             model,
             x,
             kind,
@@ -269,11 +291,19 @@ def diagnose(
             temperatures=temperatures,
             importance_samples=importance_samples,
             seed=seed + r,
+            statistics=statistics,
         )
         refs.append((grads, means, nll, ess))
+        if rest:
+            expectations.append(rest[0])
         if kind == "enumerate":
             break  # exact: one is enough
     exact = kind == "enumerate"
+    oracle: list[dict[str, Tensor]] = []
+    if expectations:
+        for e in expectations:
+            g = algo.wake_gradient(x, representation=[t.to(model.dtype) for t in e])
+            oracle.append({k: v.detach().double() for k, v in g.items()})
     out = Diagnosis(
         reference=kind,
         points=int(x.shape[0]),
@@ -297,8 +327,16 @@ def diagnose(
         per = [torch.cat([g[k].flatten() for k in keys]) for g, *_ in refs]
         ref = torch.stack(per).mean(0)
         agree = 1.0 if exact else (cosine(per[0], per[1]) if len(per) > 1 else None)
+        exact_recognition = None
+        if oracle:
+            # a perfect recognition's gradient from reference i against reference j != i (independent noise)
+            pick = [(0, 0)] if len(per) == 1 else [(i, (i + 1) % len(per)) for i in range(min(len(per), len(oracle)))]
+            exact_recognition = sum(
+                cosine(torch.cat([oracle[i][k].flatten().to(per[j].device) for k in keys]), per[j]) for i, j in pick
+            ) / len(pick)
         return {
             "cosine": cosine(a, ref),
+            "cosine_exact_recognition": exact_recognition,
             "cosine_per_reference": [cosine(a, p) for p in per],
             "reference_agreement": agree,
             "relative_error": float((a - ref).norm() / ref.norm()) if float(ref.norm()) > 0 else math.nan,
@@ -327,7 +365,15 @@ def diagnose(
                 0.0 if exact else float((refs[0][1][i] - refs[1][1][i]).abs().mean()) if len(refs) > 1 else None
             ),
             "invalid_fraction": None,
+            "recognition_unexplained": None,
         }
+        if expectations:
+            # the recognition on these points against the reference's E[T(z_l) | x]: the fraction of the
+            # expectations' variance over points that r_l(x) leaves unexplained (reference noise included)
+            target = torch.stack([e[i] for e in expectations]).mean(0)[:, :-1]
+            got = algo.recognise(x)[i][:, :-1].double().to(target.device)
+            spread = (target - target.mean(0)).pow(2).sum()
+            row["recognition_unexplained"] = float((got - target).pow(2).sum() / spread) if spread > 0 else None
         if q_means is not None:
             qm = q_means[name].reshape(ref_mean.shape).to(ref_mean.device)
             row["mae"] = float((qm - ref_mean).abs().mean())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,25 @@ class _Reference:
     means: list[Tensor]  # E[z_l | x], top first, [B, D_l]
     nll: float | None
     ess: float
+    expectations: list[Tensor] | None = None  # E[statistics_l(z_l) | x], top first, [B, K_l]
+
+
+Statistics = Sequence[Callable[[Tensor], Tensor]]
+
+
+def _expect(statistics: Statistics | None, particles: list[Tensor], weights: Tensor) -> list[Tensor] | None:
+    """E[statistics_l(z_l) | x_b] per latent layer under normalised ``weights``: shared particles ``[S, D_l]`` with
+    weights ``[S, B]``, or per-point particles ``[C, B, D_l]`` with weights ``[C, B]``."""
+    if statistics is None:
+        return None
+    if len(statistics) != len(particles):
+        raise WakesleepError(f"reference: statistics must be {len(particles)} callables, one per latent layer")
+    out = []
+    with torch.no_grad():
+        for fn, z in zip(statistics, particles, strict=True):
+            t = fn(z).double()
+            out.append(weights.T @ t if z.ndim == 2 else torch.einsum("cb,cbk->bk", weights, t))
+    return out
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -60,7 +80,12 @@ def _split(configs: Tensor, dims: list[int]) -> list[Tensor]:
 
 
 def _weighted_reference(
-    md: nn.Module, x: Tensor, particles: list[Tensor], proposal_is_prior: bool, chunk: int
+    md: nn.Module,
+    x: Tensor,
+    particles: list[Tensor],
+    proposal_is_prior: bool,
+    chunk: int,
+    statistics: Statistics | None = None,
 ) -> _Reference:
     """Posterior expectations under self-normalised weights of particles shared by all points.
 
@@ -89,7 +114,7 @@ def _weighted_reference(
         zs = [p[lo:hi, None, :].expand(-1, b, -1) for p in particles]
         ((md.log_joint(x.expand(hi - lo, -1, -1), zs) * w[lo:hi]).sum() / b).backward()
     grads = {k: p.grad.detach().clone() for k, p in md.named_parameters() if p.grad is not None}
-    return _Reference(grads, means, nll, ess)
+    return _Reference(grads, means, nll, ess, _expect(statistics, particles, w))
 
 
 def reference_posterior(
@@ -101,7 +126,11 @@ def reference_posterior(
     temperatures: int = 1000,
     importance_samples: int = 100_000,
     seed: int = 1,
-) -> tuple[str, dict[str, Tensor], list[Tensor], float | None, float]:
+    statistics: Statistics | None = None,
+) -> (
+    tuple[str, dict[str, Tensor], list[Tensor], float | None, float]
+    | tuple[str, dict[str, Tensor], list[Tensor], float | None, float, list[Tensor]]
+):
     """One reference for the wake gradient and the posterior means of ``x`` (module docstring).
 
     Parameters
@@ -119,13 +148,18 @@ def reference_posterior(
         Prior draws (``importance``).
     seed : int
         Seed of the reference's randomness (the global RNG is restored afterwards).
+    statistics : sequence of callables, optional
+        One function per latent layer (top first) mapping ``[..., D_l]`` float64 latents to ``[..., K_l]``; when
+        given, the result has a sixth element, E[statistics_l(z_l) | x_b] per layer (``[B, K_l]``), e.g. the
+        reference posterior's expectations of DDC-HM's encoding functions (eq. 2).
 
     Returns
     -------
-    (kind, grads, means, nll, ess)
+    (kind, grads, means, nll, ess) or (kind, grads, means, nll, ess, expectations)
         The kind used; E_{p(z|x)}[grad_theta log p(x, z)] averaged over the points (float64, keyed by parameter
         name; the exact or estimated gradient of (1/B) sum_b log p(x_b)); E[z_l | x] per latent layer (top first,
-        ``[B, D_l]``); the mean NLL of the points the reference implies; the median effective sample size.
+        ``[B, D_l]``); the mean NLL of the points the reference implies; the median effective sample size; with
+        ``statistics``, the expectations of the statistics.
     """
     if kind not in REFERENCES:
         raise WakesleepError(f"reference: must be one of {', '.join(REFERENCES)}, got {kind!r}")
@@ -146,9 +180,13 @@ def reference_posterior(
         else:
             kind = "importance"
     chunk_rows = max(1, _CHUNK_ELEMENTS // max(1, xd.shape[0] * max(int(md.obs_dim), *dims)))
+
+    def result(ref: _Reference) -> tuple:
+        head = (kind, ref.grads, ref.means, ref.nll, ref.ess)
+        return head if statistics is None else (*head, ref.expectations)
+
     if kind == "enumerate":
-        ref = _weighted_reference(md, xd, _split(configs.to(xd.device), dims), False, chunk_rows)
-        return kind, ref.grads, ref.means, ref.nll, ref.ess
+        return result(_weighted_reference(md, xd, _split(configs.to(xd.device), dims), False, chunk_rows, statistics))
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -156,8 +194,7 @@ def reference_posterior(
             with torch.no_grad():
                 particles = md.sample(int(importance_samples))[:-1]
             particles = [p.reshape(p.shape[0], -1).double() for p in particles]
-            ref = _weighted_reference(md, xd, particles, True, chunk_rows)
-            return kind, ref.grads, ref.means, ref.nll, ref.ess
+            return result(_weighted_reference(md, xd, particles, True, chunk_rows, statistics))
         from wakesleep.eval import ais_log_likelihood
 
         res = ais_log_likelihood(
@@ -171,4 +208,4 @@ def reference_posterior(
     ((md.log_joint(xd.expand(chains, -1, -1), zs) * w).sum() / xd.shape[0]).backward()
     grads = {k: p.grad.detach().clone() for k, p in md.named_parameters() if p.grad is not None}
     means = [torch.einsum("cb,cbd->bd", w, z) for z in zs]
-    return kind, grads, means, float(res.nll), float(res.ess.median())
+    return result(_Reference(grads, means, float(res.nll), float(res.ess.median()), _expect(statistics, zs, w)))

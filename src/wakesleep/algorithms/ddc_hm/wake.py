@@ -54,6 +54,17 @@ class WakePhase:
             rs = self.recognizer(x)[::-1]
         return [with_intercept(r) for r in rs]
 
+    def encoding_functions(self, z: Tensor, layer: str) -> Tensor:
+        """T(z_l) of latent ``layer`` with the constant feature appended (eq. 4): ``[..., D_l] -> [..., K_l + 1]``,
+        what :meth:`recognise` approximates in expectation. E.g. a reference posterior's expectations of it give
+        the wake gradient with a perfect recognition (``wake_gradient(x, representation=...)``)."""
+        self._require_sleep()
+        i = self.model.latent_names.index(layer)
+        flat = z.reshape(-1, z.shape[-1]).to(device=self.model.device, dtype=self.model.dtype)
+        with torch.no_grad(), full_precision(flat.device):
+            t = with_intercept(self._encode(i, flat))
+        return t.reshape(*z.shape[:-1], t.shape[-1])
+
     def expectation(self, x: Tensor, layer: str, fn: Callable[[Tensor], Tensor]) -> Tensor:
         """E_q[fn(z_l) | x] for latent ``layer``, by regressing fn on T(z_l) over sleep samples (eq. 5).
 
@@ -83,7 +94,9 @@ class WakePhase:
             w = w / w.sum(0, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return w.reshape(w.shape[0], *r.shape[:-1])
 
-    def _wake_terms(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    def _wake_terms(
+        self, x: Tensor, representation: list[Tensor] | None = None
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """The wake gradient (eq. 36) as ``(top, [(eta_l, G_l), ...])``: grad_theta of the scalar ``top`` plus the
         vector-Jacobian products ``G_l . d eta_l / d theta`` of the natural parameters eta_l(z_{l+1}) at the sleep
         samples. Each cotangent G_l = d(eq. 36)/d eta_l is written in closed form from the family's mean
@@ -98,6 +111,7 @@ class WakePhase:
           phase, and enters through ``top``; G_0 is then -a_1 mu(eta_0) alone;
 
         where a_l = w(mean_b r_l(x_b)) are the regression weights of the sleep samples (module docstring).
+        ``representation`` replaces r_l(x) (:meth:`wake_gradient`).
         """
         self._require_sleep()
         if x.ndim != 2 or x.shape[1] != self.model.obs_dim:
@@ -106,7 +120,7 @@ class WakePhase:
         layers = list(self._links_model().layers.values())
         z = self._samples
         n_latent = len(layers) - 1
-        rs = self.recognise(x)
+        rs = self.recognise(x) if representation is None else self._given_representation(x, representation)
         b_total = self._sum(x.new_tensor([x.shape[0]]))
         if self.readout_weights == "nonnegative":  # weights are not linear in r: average them over the batch
             a = [self._weights(i, rs[i]).mean(1) for i in range(n_latent)]
@@ -175,6 +189,14 @@ class WakePhase:
                 top = top + (data_term[:, -1] * bias).sum()
         return top, pairs
 
+    def _given_representation(self, x: Tensor, representation: list[Tensor]) -> list[Tensor]:
+        dims = [int(f.shape[1]) for f in self._feats]
+        rs = list(representation)
+        if len(rs) != len(dims) or any(tuple(r.shape) != (x.shape[0], k) for r, k in zip(rs, dims, strict=False)):
+            want = ", ".join(f"[{x.shape[0]}, {k}]" for k in dims)
+            raise WakesleepError(f"ddc_hm: representation must be {len(dims)} tensors ({want}), top first")
+        return [r.to(device=self.model.device, dtype=self._feats[i].dtype) for i, r in enumerate(rs)]
+
     def surrogate(self, x: Tensor) -> Tensor:
         """Scalar whose gradient w.r.t. theta is the DDC-HM wake gradient (eq. 36) averaged over ``x``
         (``top + sum_l G_l . eta_l`` with the cotangents G_l held fixed; :meth:`wake_gradient` applies the same
@@ -183,14 +205,19 @@ class WakePhase:
         top, pairs = self._wake_terms(x)
         return top + sum((g * eta).sum() for eta, g in pairs)
 
-    def wake_gradient(self, x: Tensor) -> WakeGradient:
+    def wake_gradient(self, x: Tensor, *, representation: list[Tensor] | None = None) -> WakeGradient:
         """Estimate of grad_theta (1/B) sum_b log p_theta(x_b) (eq. 36), keyed by parameter name.
+
+        ``representation`` (diagnostics): posterior expectations E[T(z_l) | x_b] to use in place of the
+        recognition's r_l(x_b), one ``[B, K_l + 1]`` tensor per latent layer, top first (e.g. a reference
+        posterior's expectations of :meth:`encoding_functions`): the gradient the regressions of eqs. 31-35 give
+        with a perfect recognition.
 
         With a reducer (:meth:`set_reducer`) the per-rank sums over sleep samples are summed across ranks, so
         the same (global) gradient is returned on every rank.
         """
         with torch.enable_grad():
-            top, pairs = self._wake_terms(x)
+            top, pairs = self._wake_terms(x, representation)
             outputs = [top] + [eta for eta, _ in pairs]
             cotangents = [torch.ones_like(top)] + [g for _, g in pairs]
             keep = [i for i, o in enumerate(outputs) if o.requires_grad]
