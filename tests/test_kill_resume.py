@@ -9,6 +9,7 @@ run that was never stopped.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -32,6 +33,8 @@ ALGORITHMS = {
     "al_ws": {"sleep_samples": 40},
 }
 CONTINUOUS = {"vae": {}, "iwae": {"k": 3}, "flow": {}}
+#: every run also writes TensorBoard event files when it can (their bytes hold wall times: not compared)
+TENSORBOARD = importlib.util.find_spec("tensorboardX") is not None
 
 SBN = [
     {"name": "z2", "family": "bernoulli", "dim": 3},
@@ -57,6 +60,7 @@ def config(tmp_path: Path, name: str, options: dict, layers: list) -> Path:
             "checkpoint_every": 1,
             "samples": 50,
             "threads": 1,
+            "tensorboard": TENSORBOARD,
         },
         "data": {"source": "model", "n": 60},
     }
@@ -124,6 +128,8 @@ def test_killed_first_run_resumes_to_identical_tensors(tmp_path, capsys, name, o
     assert rc == 0, capsys.readouterr().err
     assert out.is_dir() and not (tmp_path / "run.partial").exists()
     assert_same_run(reference, out)
+    if TENSORBOARD:  # the killed run's event file and the resumed run's (none if it only had to write the end)
+        assert 1 <= len(list((out / "tensorboard").glob("events.out.tfevents.*"))) <= 2
 
 
 def test_resume_refuses_a_changed_seed(tmp_path, capsys):
@@ -139,7 +145,7 @@ def test_resume_refuses_a_changed_seed(tmp_path, capsys):
 
 
 def test_identical_seeded_runs_write_identical_files(tmp_path, capsys):
-    """Every file but the wall-clock ones (metrics.jsonl and the checkpoint's state.json hold seconds)."""
+    """Every file but the wall-clock ones (metrics.jsonl, the checkpoint's state.json, TensorBoard's event files)."""
     cfg = config(tmp_path, "ddc_hm", ALGORITHMS["ddc_hm"], SBN)
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
@@ -148,6 +154,6 @@ def test_identical_seeded_runs_write_identical_files(tmp_path, capsys):
     files = sorted(str(p.relative_to(runs[0])) for p in runs[0].rglob("*") if p.is_file())
     assert "samples.npz" in files and "checkpoint/algorithm.safetensors" in files
     for name in files:
-        if name in ("metrics.jsonl", "checkpoint/state.json"):
+        if name in ("metrics.jsonl", "checkpoint/state.json") or name.startswith("tensorboard/"):
             continue
         assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name

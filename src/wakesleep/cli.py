@@ -6,7 +6,7 @@ Subcommands::
     wakesleep sample --run DIR -n N --out FILE.npz
     wakesleep experiment NAME --out DIR [--quick] [--config FILE.yaml] [--set key=value ...] [--resume]
 
-plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``, ``diagnose``): a module of
+plus plug-in subcommands registered in :data:`COMMANDS` (``evaluate``, ``bench``, ``diagnose``, ``plot``): a module of
 :mod:`wakesleep.commands` with
 ``add_arguments(parser)`` and ``run(args) -> int | None``, imported lazily. A user's mistake
 (:class:`~wakesleep.errors.WakesleepError`, a missing file, bad YAML) prints ``error: <one line>`` on stderr and
@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("wakesleep.commands.evaluate", "evaluate a trained run (MMD, log-likelihood, posteriors)"),
     "bench": ("wakesleep.commands.bench", "time algorithms on standard models"),
     "diagnose": ("wakesleep.commands.diagnose", "a trained run's wake gradient and posteriors against references"),
+    "plot": ("wakesleep.commands.plot", "draw the learning curves of runs (metrics.jsonl) into a PNG"),
 }
 
 EXIT_USER_ERROR = 2
@@ -75,6 +76,7 @@ RESUMABLE_CHANGES = (
     "train.threads",
     "train.on_divergence",
     "train.max_rollbacks",
+    "train.tensorboard",
 )
 
 
@@ -227,14 +229,9 @@ def _command_of(argv: list[str] | None) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser. Plug-in modules are imported only when ``argv`` asks for their subcommand."""
+    from wakesleep import __version__ as ver
     from wakesleep.experiments import EXPERIMENTS
 
-    try:
-        from importlib.metadata import version
-
-        ver = version("wakesleep")
-    except Exception:  # noqa: BLE001 - not installed (PYTHONPATH=src)
-        ver = "unknown"
     parser = _Parser(prog="wakesleep", description="Wake-sleep learning of hierarchical latent-variable models.")
     parser.add_argument("--version", action="version", version=f"wakesleep {ver}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

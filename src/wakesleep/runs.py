@@ -178,16 +178,30 @@ class Run:
         """Train; with ``out_dir`` write the run's files there (:func:`write_run`).
 
         ``config.yaml`` is written first on a fresh run and after training on a resumed one (``resume_from``,
-        a checkpoint directory, usually ``out_dir/checkpoint``; see :meth:`Trainer.fit`).
+        a checkpoint directory, usually ``out_dir/checkpoint``; see :meth:`Trainer.fit`). With
+        ``train.tensorboard`` the records also go to ``out_dir/tensorboard/``
+        (:class:`~wakesleep.training.tensorboard.TensorBoardWriter`).
         """
         spec = self.spec
+        board = None
+        if out_dir is not None and spec.train.tensorboard:
+            from wakesleep.training.tensorboard import (
+                TENSORBOARD_DIR,
+                TensorBoardWriter,
+                chain_callbacks,
+                image_shape_of,
+            )
+
+            shape = image_shape_of(self.data, int(getattr(self.model, "obs_dim", 0)))
+            board = TensorBoardWriter(Path(out_dir) / TENSORBOARD_DIR, image_shape=shape, seed=spec.train.seed)
+            callback = chain_callbacks(callback, board)
         if out_dir is not None and resume_from is None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             wio.write_text(Path(out_dir) / "config.yaml", dump_config(spec.to_dict()))
         trainer = make_trainer(
             self.algorithm, spec.train, out_dir=out_dir, progress=progress, callback=callback, **trainer_overrides
         )
-        with threads(spec.train):
+        with threads(spec.train), board if board is not None else contextlib.nullcontext():
             trainer.fit(self.data, resume_from=resume_from)
             if out_dir is not None:
                 if resume_from is not None:
@@ -280,6 +294,10 @@ def prepare(spec: RunSpec, data: Any = None) -> Run:
         Training data to use instead of ``spec.data`` (checked against the model).
     """
     check_memory(spec)
+    if spec.train.tensorboard:
+        from wakesleep.training.tensorboard import require_tensorboard
+
+        require_tensorboard("train.tensorboard")
     with threads(spec.train):
         torch.manual_seed(spec.train.seed)
         model = build_model(spec)

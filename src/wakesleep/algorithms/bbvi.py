@@ -64,6 +64,7 @@ class BBVI(ProposalAlgorithm):
     """
 
     name = "bbvi"
+    needs_hierarchical = False  # the model is read only through log_joint and the proposal
 
     @dataclass(frozen=True)
     class Options(ProposalOptions):

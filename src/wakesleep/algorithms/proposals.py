@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributions as D
@@ -52,11 +52,34 @@ __all__ = [
     "ProposalOptions",
     "hidden_widths",
     "log_weights",
+    "model_layers",
     "proposal_kind",
     "STRUCTURES",
 ]
 
 STRUCTURES = ("bottom_up", "top_down")
+
+
+def model_layers(model: nn.Module) -> list[Any]:
+    """The layers a proposal reads, top latent first, observation last.
+
+    A ``HierarchicalModel``'s ``layers``, or ``model.proposal_layers()`` for a model that is not one but describes
+    its sites that way (``wakesleep.models.from_pyro``): objects with ``name``, ``dim``, ``family`` (``support``,
+    ``name``, ``categories``), ``embed(value)`` and ``embed_dim``.
+
+    Raises
+    ------
+    WakesleepError
+        For a model with neither.
+    """
+    describe = getattr(model, "proposal_layers", None)
+    if callable(describe):
+        return list(describe())
+    if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
+        raise WakesleepError("proposal: needs a HierarchicalModel (wakesleep.build_model)")
+    return list(model.layers.values())
+
+
 _LOG_STD_MIN, _LOG_STD_MAX = -9.0, 5.0
 
 
@@ -197,15 +220,13 @@ class LayeredProposal(nn.Module):
             raise WakesleepError(
                 f"proposal.activation: unknown activation {activation!r} (known: {', '.join(ACTIVATION_MODULES)})"
             )
-        if not hasattr(model, "layers") or not hasattr(model, "latent_names"):
-            raise WakesleepError("proposal: needs a HierarchicalModel (wakesleep.build_model)")
+        layers = model_layers(model)
         if isinstance(hidden, int):
             hidden = (hidden,) if hidden > 0 else ()
         hidden = tuple(int(h) for h in hidden)
         if any(h <= 0 for h in hidden):
             raise WakesleepError(f"proposal.hidden: widths must be positive, got {list(hidden)}")
         self.structure, self.hidden, self.activation = structure, hidden, activation
-        layers = list(model.layers.values())
         self._layers = layers  # plain list: the model's modules are not registered here
         self.n_latent = len(layers) - 1
         self.kinds = [proposal_kind(layer) for layer in layers[:-1]]
@@ -361,8 +382,15 @@ class ProposalAlgorithm(Algorithm):
     Options = ProposalOptions
     proposal: nn.Module
 
+    #: False where the algorithm reads the model only through ``log_joint``, ``sample`` and its proposal, so that a
+    #: model describing its layers by ``proposal_layers()`` (``model_layers``; e.g. a Pyro model) is accepted too
+    needs_hierarchical: ClassVar[bool] = True
+
     def _require_hierarchical(self) -> None:
-        """The proposals read the model's layers: a ``HierarchicalModel`` (``wakesleep.build_model``)."""
+        """The proposals read the model's layers: a ``HierarchicalModel`` (``wakesleep.build_model``), or, where
+        ``needs_hierarchical`` is False, a model with ``proposal_layers()``."""
+        if not self.needs_hierarchical and callable(getattr(self.model, "proposal_layers", None)):
+            return
         if not hasattr(self.model, "layers") or not hasattr(self.model, "latent_names"):
             raise WakesleepError(f"{self.name}: needs a HierarchicalModel (wakesleep.build_model)")
 

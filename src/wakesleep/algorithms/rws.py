@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from wakesleep.algorithms.base import WakeGradient
 from wakesleep.algorithms.proposals import ProposalAlgorithm, ProposalOptions
+from wakesleep.errors import WakesleepError
 from wakesleep.schema import option
 
 __all__ = ["ReweightedWakeSleep", "iw_diagnostics"]
@@ -61,9 +62,19 @@ class ReweightedWakeSleep(ProposalAlgorithm):
         of the paper).
     proposal_activation : str
         Hidden nonlinearity of the proposal.
+    proposal : nn.Module, optional
+        Any proposal (protocol of ``docs/DESIGN.md``: ``sample(x, k, reparameterize)``, ``log_prob(x, zs)``) to
+        use instead of the layered one (Python API only), e.g. a Pyro guide
+        (:class:`wakesleep.models.pyro_models.PyroGuide`); its parameters are the recognition parameters.
+
+    Notes
+    -----
+    The model is read only through ``log_joint``, ``sample`` and the proposal (``needs_hierarchical = False``),
+    so a model from :func:`wakesleep.models.from_pyro` is accepted.
     """
 
     name = "rws"
+    needs_hierarchical = False
 
     @dataclass(frozen=True)
     class Options(ProposalOptions):
@@ -75,12 +86,24 @@ class ReweightedWakeSleep(ProposalAlgorithm):
         sleep_samples: int | None = option(
             None, minimum=1, doc="dreamt samples per sleep-phase q update (null: the minibatch size)"
         )
+        proposal: Any = option(None, doc="a proposal module to use instead of the layered one (Python API only)")
+
+        def validate(self, prefix: str) -> None:
+            if self.proposal is not None and not isinstance(self.proposal, nn.Module):
+                raise WakesleepError(
+                    f"{prefix}.proposal must be a torch.nn.Module with sample(x, k) and log_prob(x, zs) "
+                    f"(Python API only), got {type(self.proposal).__name__}"
+                )
 
     def __init__(self, model: torch.nn.Module, **hyperparameters: Any) -> None:
         super().__init__(model, **hyperparameters)
         o = self.options
         self.k, self.q_update, self.sleep_samples = o.k, o.q_update, o.sleep_samples
-        self._setup_proposal()
+        if o.proposal is None:
+            self._setup_proposal()
+        else:  # a given proposal (e.g. a Pyro guide): the model is read only through log_joint and sample
+            self._set_proposal_options()
+            self.proposal = o.proposal
 
     # --- wake -----------------------------------------------------------------------------------------
     def surrogate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

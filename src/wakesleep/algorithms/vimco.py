@@ -76,6 +76,7 @@ class VIMCO(ProposalAlgorithm):
     """
 
     name = "vimco"
+    needs_hierarchical = False  # the model is read only through log_joint and the proposal
 
     @dataclass(frozen=True)
     class Options(ProposalOptions):

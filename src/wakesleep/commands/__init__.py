@@ -7,6 +7,7 @@ errors about a setting raised by the library (``exc.setting``) are reported unde
 
 * :mod:`wakesleep.commands.evaluate`: ``wakesleep evaluate --run DIR`` (:func:`wakesleep.eval.run.evaluate_run`);
 * :mod:`wakesleep.commands.bench`: ``wakesleep bench sbn --out DIR`` (:func:`wakesleep.bench.run_bench`).
+* :mod:`wakesleep.commands.plot`: ``wakesleep plot --run DIR`` (:func:`wakesleep.eval.curves.plot_learning_curves`).
 """
 
 from __future__ import annotations

@@ -214,6 +214,10 @@ def run_experiment(
             f"--resume: supported for experiments {' and '.join(resumable_experiments())} only, not {name!r}"
         )
     config, options = _resolve(name, config_path, quick, overrides)
+    if config["train"].get("tensorboard"):
+        from wakesleep.training.tensorboard import require_tensorboard
+
+        require_tensorboard("train.tensorboard")
     if not experiment.resumable:
         with staged_dir(out, overwrite, kind="experiment") as tmp:
             return _run(ExperimentContext(experiment, config, options, Path(tmp), quick, progress))

@@ -36,6 +36,7 @@ An experiment is a module of science: its options, its run, its report. Adding o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -267,11 +268,18 @@ class ExperimentContext:
         return build_algorithm(self.spec, model)
 
     def fit(
-        self, algorithm: Any, data: Any, *, track: Callable[[], Mapping[str, Any]] | None = None
+        self,
+        algorithm: Any,
+        data: Any,
+        *,
+        track: Callable[[], Mapping[str, Any]] | None = None,
+        image_shape: Sequence[int] | None = None,
     ) -> tuple[Any, list[dict[str, Any]]]:
-        """Train an algorithm the experiment built itself (its own model) with the ``train`` section; no files.
+        """Train an algorithm the experiment built itself (its own model) with the ``train`` section; no run directory.
 
-        ``train.max_iters``, when set, ends the run (the epochs are then unbounded); no moment-gap monitor.
+        ``train.max_iters``, when set, ends the run (the epochs are then unbounded); no moment-gap monitor. With
+        ``train.tensorboard`` the records and the tracked numbers go to ``out_dir/tensorboard/`` (the one file
+        written), with grids of model samples when the observations are images.
 
         Parameters
         ----------
@@ -281,6 +289,9 @@ class ExperimentContext:
             The training data.
         track : callable, optional
             Called at every logged step; its numbers join ``step``, ``seconds`` and ``grad_norm`` in the history.
+        image_shape : sequence of int, optional
+            The shape of one observation as an image, for TensorBoard's sample grids (default: 28 x 28 for 784
+            columns, else none).
 
         Returns
         -------
@@ -290,22 +301,34 @@ class ExperimentContext:
         from wakesleep.runs import make_trainer
 
         history: list[dict[str, Any]] = []
+        t = self.spec.train
+        board = None
+        if t.tensorboard:
+            from wakesleep.training.tensorboard import TENSORBOARD_DIR, TensorBoardWriter, image_shape_of
+
+            shape = image_shape if image_shape is not None else image_shape_of(None, int(data.shape[-1]))
+            board = TensorBoardWriter(self.out_dir / TENSORBOARD_DIR, image_shape=shape, seed=t.seed)
 
         def callback(trainer: Any, rec: Mapping[str, Any]) -> None:
-            extra = track()  # first, as the measures may draw samples
-            history.append({"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"), **extra})
+            extra = track() if track is not None else {}  # first, as the measures may draw samples
+            if track is not None:
+                history.append(
+                    {"step": rec["step"], "seconds": rec["seconds"], "grad_norm": rec.get("grad_norm"), **extra}
+                )
+            if board is not None:
+                board(trainer, {**rec, **extra})
 
-        t = self.spec.train
         epochs = t.epochs if t.max_iters is None else 10**6
         trainer = make_trainer(
             algorithm,
             t,
             epochs=epochs,
             progress=self.progress,
-            callback=callback if track is not None else None,
+            callback=callback if track is not None or board is not None else None,
             monitor_samples=0,
         )
-        return trainer.fit(data), history
+        with board if board is not None else contextlib.nullcontext():
+            return trainer.fit(data), history
 
     def finish(self, results: Mapping[str, Any]) -> dict[str, Any]:
         """``{"experiment", "quick", **results, "config"}``, saved as results.json with report.md and config.yaml."""

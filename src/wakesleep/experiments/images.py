@@ -262,7 +262,10 @@ class Images(Experiment):
         mean_err = float((((ds0["_mean"] > 0.5).to(xt.dtype)) != xt).to(torch.float64).mean())
         algorithm = ctx.algorithm(model)
         trainer, history = ctx.fit(
-            algorithm, torch.as_tensor(x_train), track=lambda: {"mmd2": sample_mmd(min(n_mmd, 500), seed + 2)}
+            algorithm,
+            torch.as_tensor(x_train),
+            track=lambda: {"mmd2": sample_mmd(min(n_mmd, 500), seed + 2)},
+            image_shape=shape,
         )
         g = torch.Generator().manual_seed(seed + 3)
         samples = model.sample(n_mmd, generator=g)[-1]

@@ -37,6 +37,11 @@ class TrainOptions:
         "stop", doc="on NaN/inf: stop naming the last good checkpoint, or go back to it with halved learning rates"
     )
     max_rollbacks: int = option(3, minimum=0, doc="the most rollbacks in one fit (on_divergence: rollback)")
+    tensorboard: bool = option(
+        False,
+        doc="also write each record's numbers and, for image data, model sample grids as TensorBoard event files "
+        "to <run dir>/tensorboard/ (needs the tensorboard extra: pip install 'wakesleep[tensorboard]')",
+    )
 
     def validate(self, prefix: str = "train") -> None:
         """Cross-field checks (device spelling, precision against device and dtype)."""
