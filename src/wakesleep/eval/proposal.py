@@ -39,7 +39,7 @@ _LOG_STD_MIN, _LOG_STD_MAX = -7.0, 4.0
 
 
 class FactorisedProposal(nn.Module):
-    """Bottom-up factorised proposal ``q(z_1 | x) ... q(z_L | z_{L-1})`` (proposal protocol of DESIGN.md).
+    """Bottom-up factorised proposal ``q(z | x) = prod_l q(z_l | z_{l-1})``, z_0 = x (proposal protocol of DESIGN.md).
 
     Parameters
     ----------

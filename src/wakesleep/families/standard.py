@@ -83,7 +83,7 @@ class Gaussian(ExponentialFamily):
 
 
 class Laplace(ExponentialFamily):
-    """Laplace with location 0 and scale b: S(x) = |x|, eta = -1 / b, A = log(2 b) (paper eq. 13, z1)."""
+    """Laplace with location 0 and scale b: S(x) = ``|x|``, eta = -1 / b, A = log(2 b) (paper eq. 13, z1)."""
 
     name = "laplace"
     n_stats = 1
