@@ -179,9 +179,9 @@ except TrainingDiverged as error:
 
 # %%
 # ``train.on_divergence: rollback`` goes back to the last checkpoint (written every ``checkpoint_every``
-# iterations) with both learning rates halved, at most ``max_rollbacks`` times, and carries on. The gradient
-# of the first step after a checkpoint does not depend on the learning rate, so a checkpoint right before the
-# failing step cannot help: checkpoint every few iterations, not every one. A rollback is a safety net, not a
+# iterations) with both learning rates halved and new random draws, at most ``max_rollbacks`` times, and carries
+# on. The gradient of the first step after a checkpoint does not depend on the learning rate (only on the new
+# sleep samples and minibatches), so checkpoint every few iterations, not every one. A rollback is a safety net, not a
 # fix: a learning rate that needs several of them was too large to begin with (and float64, ``model.dtype``,
 # leaves more room).
 rollback = {**base["train"], "on_divergence": "rollback", "checkpoint_every": 10, "max_rollbacks": 4}

@@ -86,6 +86,53 @@ def test_rollback_returns_to_the_checkpoint_with_halved_learning_rates(tmp_path)
     assert steps == sorted(steps) and steps[-1] == 12
 
 
+class UnluckyDraw(Algorithm):
+    """Prior-sampling gradient that diverges whenever the first draw of the global RNG at step 7 is below 0.9,
+    a failure that depends on the random draws and not on the learning rate. Its step counter is a buffer, so a
+    rollback to the checkpoint at step 6 restores it."""
+
+    def __init__(self, model: torch.nn.Module, **hp) -> None:
+        super().__init__(model, **hp)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def wake_gradient(self, x: torch.Tensor) -> WakeGradient:
+        zs = [z.unsqueeze(1).expand(50, x.shape[0], -1) for z in self.model.sample(50)[:-1]]
+        grads = self._grad_dict(self.model.log_joint(x, zs).mean())
+        self.step += 1
+        if int(self.step) == 7 and float(torch.rand(())) < 0.9:
+            grads["layers.x.link.weight"] = grads["layers.x.link.weight"] * float("nan")
+        return grads
+
+
+def test_rollback_draws_new_random_numbers(tmp_path):
+    """A step that diverges because of its random draws succeeds on a later try: each rollback reseeds the
+    streams (restoring the checkpoint's RNG state alone would repeat the same draws, and the same failure)."""
+    model = wakesleep.build_model({"layers": LAYERS, "dtype": "float64", "seed": 0})
+    x = model.sample(60, generator=torch.Generator().manual_seed(1))[-1]
+
+    def run(out):
+        trainer = Trainer(
+            UnluckyDraw(model=wakesleep.build_model({"layers": LAYERS, "dtype": "float64", "seed": 0})),
+            epochs=4,
+            batch_size=20,
+            lr=1e-2,
+            checkpoint_every=2,
+            out_dir=out,
+            on_divergence="rollback",
+            max_rollbacks=60,
+            monitor_samples=0,
+        )
+        torch.manual_seed(3)
+        return trainer.fit(x)
+
+    first = run(tmp_path / "a")
+    assert 1 <= first.rollbacks_ < 60 and first.n_iter_ == 12
+    again = run(tmp_path / "b")  # reproducible: the same rollbacks and the same model
+    assert again.rollbacks_ == first.rollbacks_
+    for p, q in zip(first.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_cli_divergence_is_one_error_line(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(

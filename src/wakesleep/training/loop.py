@@ -294,6 +294,13 @@ class Trainer:
         }
         gens = self._streams.generators
         self.n_iter_ = restore_checkpoint(ckpt, self.model, self.algorithm, optimizers, gens, self._device)
+        # new random draws after a rollback (sleep samples, minibatch order): a divergence in the first step after
+        # the checkpoint would otherwise recur whatever the learning rate, since that step's gradient is
+        # computed before the learning rate acts; seeded by the checkpoint's state, so the fit stays reproducible
+        offset = int(torch.randint(0, 2**62, (1,)).item()) + self.rollbacks_
+        torch.manual_seed(offset)
+        for i, g in enumerate(gens.values()):
+            g.manual_seed(offset + 1 + i)
         self.epochs_ = self.n_iter_ / self._layout.per_epoch
         self._streams.start_epoch()
         if training_data.dataset is not None:
