@@ -46,6 +46,11 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     "ddc_stats": ({"extra_stats": "sufficient"}, {"sleep_every": 20}),
     "ddc_deep": ({"recognition": "deep"}, {"sleep_every": 20}),
     "ddc_deep_stats": ({"recognition": "deep", "extra_stats": "sufficient"}, {"sleep_every": 20}),
+    "ddc_stats_cond": ({"extra_stats": "sufficient", "beta": "conditional"}, {"sleep_every": 20}),
+    "ddc_stats_cond_n3000": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 3000},
+        {"sleep_every": 20},
+    ),
     "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
 }
 

@@ -44,6 +44,19 @@ from wakesleep.eval.posterior import (
     gaussian_posterior,
     nuts_posterior,
 )
+from wakesleep.eval.power import (
+    KERNEL_FAMILIES,
+    PairComparison,
+    PowerRelativeMMDResult,
+    SampleComparison,
+    SampleKernel,
+    compare_samples,
+    kernel_grid,
+    kernel_mmd,
+    kernel_relative_mmd_test,
+    relative_mmd_power_test,
+    split_samples,
+)
 from wakesleep.eval.proposal import FactorisedProposal, fit_proposal
 from wakesleep.eval.recovery import Matching, match_columns, model_recovery_error, recovery_error
 from wakesleep.eval.relative import RelativeMMDResult, relative_mmd_test
@@ -60,6 +73,17 @@ __all__ = [
     "select_bandwidth",
     "relative_mmd_test",
     "RelativeMMDResult",
+    "relative_mmd_power_test",
+    "PowerRelativeMMDResult",
+    "compare_samples",
+    "SampleComparison",
+    "PairComparison",
+    "SampleKernel",
+    "KERNEL_FAMILIES",
+    "kernel_grid",
+    "kernel_mmd",
+    "kernel_relative_mmd_test",
+    "split_samples",
     "log_likelihood",
     "LogLikelihoodResult",
     "PriorProposal",
