@@ -46,9 +46,10 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     "ddc_stats": ({"extra_stats": "sufficient"}, {"sleep_every": 20}),
     "ddc_deep": ({"recognition": "deep"}, {"sleep_every": 20}),
     "ddc_deep_stats": ({"recognition": "deep", "extra_stats": "sufficient"}, {"sleep_every": 20}),
-    "ddc_stats_cond": ({"extra_stats": "sufficient", "beta": "conditional"}, {"sleep_every": 20}),
-    "ddc_stats_cond_n3000": (
-        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 3000},
+    "ddc_cond": ({"beta": "conditional"}, {"sleep_every": 20}),
+    "ddc_cond_n10000": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20}),
+    "ddc_stats_cond_n10000": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 20},
     ),
     "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
@@ -78,7 +79,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--n", type=int, default=10000, help="training images")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--points", type=int, default=100, help="training images diagnosed (0: no diagnosis)")
     ap.add_argument("--chains", type=int, default=16)
     ap.add_argument("--temperatures", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=2)
@@ -101,7 +102,7 @@ def main() -> None:
             results.setdefault(label, {})["train_seconds"] = time.perf_counter() - t0
         row = results.setdefault(label, {})
         row["config"] = cfg
-        if "diagnosis" not in row and cfg["algorithm"]["name"] == "ddc_hm":
+        if "diagnosis" not in row and cfg["algorithm"]["name"] == "ddc_hm" and args.points > 0:
             d = diagnose(
                 run_dir, points=args.points, chains=args.chains, temperatures=args.temperatures, repeats=args.repeats
             )

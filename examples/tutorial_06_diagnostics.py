@@ -169,7 +169,7 @@ synthetic = {
 base = {
     "model": synthetic,
     "algorithm": {"name": "vae"},
-    "train": {"epochs": 3, "batch_size": 100, "lr": 0.03, "recognition_lr": 0.03, "seed": 0, "log_every": 10},
+    "train": {"epochs": 3, "batch_size": 100, "lr": 0.03, "recognition_lr": 0.03, "seed": 1, "log_every": 10},
     "data": {"source": "model", "n": 2000, "seed": 1},
 }
 try:
