@@ -48,10 +48,17 @@ import time
 from pathlib import Path
 
 import torch
-from scipy import stats as sps
 
 from wakesleep import runs
-from wakesleep.eval.compare import draw_samples, model_ais_nll, paired_nll_difference
+from wakesleep.eval.compare import (
+    draw_samples,
+    independent_pixel_nll,
+    independent_pixel_samples,
+    kernel_ranks_baseline_last,
+    model_ais_nll,
+    paired_nll_difference,
+    sample_test_verdicts,
+)
 from wakesleep.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,15 +91,7 @@ def train_entries(args: argparse.Namespace, results: dict) -> None:
 def score_likelihoods(args: argparse.Namespace, results: dict, train_x: torch.Tensor, test_x: torch.Tensor) -> None:
     """AIS NLL of the first ``--nll-points`` test images for each learned model; exact for independent pixels."""
     pts = test_x[: args.nll_points].double()
-    p = train_x.double().mean(0).clamp(1e-3, 1 - 1e-3)
-    log_px = (pts * p.log() + (1 - pts) * (1 - p).log()).sum(1)
-    results.setdefault(INDEP, {})["nll_test"] = {
-        "nll": float(-log_px.mean()),
-        "sem": float(log_px.std() / math.sqrt(len(log_px))),
-        "points": len(log_px),
-        "exact": True,
-        "log_px": log_px.tolist(),
-    }
+    results.setdefault(INDEP, {})["nll_test"] = independent_pixel_nll(train_x, pts)
     for label in LEARNED if args.nll_points > 0 else ():
         row = results[label]
         if "nll_test" in row and row["nll_test"].get("points") == args.nll_points:
@@ -106,55 +105,14 @@ def score_likelihoods(args: argparse.Namespace, results: dict, train_x: torch.Te
 
 def model_samples(args: argparse.Namespace, results: dict, train_x: torch.Tensor) -> dict[str, torch.Tensor]:
     """``--mmd-samples`` seeded samples of every model (independent pixels first)."""
-    g = torch.Generator().manual_seed(50_000)
-    p = train_x.double().mean(0)
-    out = {INDEP: torch.bernoulli(p.expand(args.mmd_samples, -1), generator=g)}
+    out = {INDEP: independent_pixel_samples(train_x, args.mmd_samples, seed=50_000)}
     for label in LEARNED:
         _, model = runs.load_run(Path(results[label]["run_dir"]))
         out[label] = draw_samples(model, args.mmd_samples, seed=40_000)
     return out
 
 
-# the tests reported: label -> (kernel family, scale) of the fixed kernel; "power" is the per-pair selection
-FIXED = {"median": ("gaussian", 1.0), "quadratic": ("quadratic", 0.0), "patch": ("patch", 1.0)}
 TESTS = ("median", "power", "power_any", "quadratic", "patch")
-
-
-def _kernel_name(comp: dict, family: str, scale: float) -> str:
-    """Name of the grid kernel of ``family`` with ``scale`` in a :meth:`SampleComparison.to_dict`."""
-    return next(k["name"] for k in comp["kernels"] if k["family"] == family and math.isclose(k["scale"], scale))
-
-
-def _pair_p(comp: dict, test: str, a: str, b: str) -> dict:
-    """Which of ``a``, ``b`` the test finds closer to the data, its one-sided p-value and statistic.
-
-    Fixed kernels: the direction with the smaller p-value (both directions are recorded); ``power``: the
-    direction chosen on the selection half.
-    """
-    pair = next(p for p in comp["pairs"] if {p["y"], p["z"]} == {a, b})
-    if test in ("power", "power_any"):
-        pw = pair["power" if test == "power" else "power_unconstrained"]
-        t_z = pw["test"]["statistic"]
-        return {
-            "closer": pair["z"] if pw["closer"] == "z" else pair["y"],
-            "p": pw["p_value"],
-            "log10_p": pw["log10_p_value"],
-            "statistic": t_z if pw["closer"] == "z" else -t_z,
-            "kernel": pw["kernel"]["name"],
-        }
-    kname = _kernel_name(comp, *FIXED[test])
-    t_z = pair["by_kernel"][kname]["statistic"]  # H1: pair["z"] closer
-    t_a = -t_z if pair["y"] == a else t_z
-    closer, t = (a, t_a) if t_a > 0 else (b, -t_a)
-    log_p = float(sps.norm.logsf(t))
-    return {
-        "closer": closer,
-        "p": math.exp(log_p),
-        "log10_p": log_p / math.log(10.0),
-        "statistic": t,
-        "p_first_closer": float(sps.norm.sf(t_a)),
-        "kernel": kname,
-    }
 
 
 def sample_tests(args: argparse.Namespace, results: dict, train_x: torch.Tensor, test_x: torch.Tensor) -> dict:
@@ -176,36 +134,9 @@ def sample_tests(args: argparse.Namespace, results: dict, train_x: torch.Tensor,
 
 
 def summarise(comp: dict) -> dict:
-    """Per test: the per-model MMD^2, the checks against independent pixels, and the learned pairs."""
-    out = {}
-    for test in TESTS:
-        kname = comp["common_kernel"]["name"] if test.startswith("power") else _kernel_name(comp, *FIXED[test])
-        mmd2 = comp["mmd2"][kname]
-        vs_indep = {m: _pair_p(comp, test, m, INDEP) for m in LEARNED}
-        learned = {f"{a} vs {b}": _pair_p(comp, test, a, b) for i, a in enumerate(LEARNED) for b in LEARNED[i + 1 :]}
-        for v in learned.values():  # does the kernel that judged this pair rank independent pixels last itself?
-            v["kernel_ranks_indep_last"] = _kernel_ranks_indep_last(comp, v["kernel"])
-        out[test] = {
-            "kernel": kname,
-            "mmd2": mmd2,
-            "vs_indep": vs_indep,
-            "ranks_indep_last": all(v["closer"] == m and v["p"] < LEVEL for m, v in vs_indep.items()),
-            "mmd2_ranks_indep_last": all(mmd2[INDEP] > mmd2[m] for m in LEARNED),
-            "learned_pairs": learned,
-        }
-    return out
-
-
-def _kernel_ranks_indep_last(comp: dict, kname: str) -> bool:
-    """Whether the fixed-kernel test of ``kname`` on the test half prefers every learned model to independent
-    pixels at level ``LEVEL``."""
-    for m in LEARNED:
-        pair = next(p for p in comp["pairs"] if {p["y"], p["z"]} == {m, INDEP})
-        t = pair["by_kernel"][kname]["statistic"]
-        t_m = t if pair["z"] == m else -t
-        if not float(sps.norm.sf(t_m)) < LEVEL:
-            return False
-    return True
+    """Per test: the per-model MMD^2, the checks against independent pixels, and the learned pairs
+    (:func:`wakesleep.eval.compare.sample_test_verdicts`)."""
+    return sample_test_verdicts(comp, LEARNED, TESTS, level=LEVEL)
 
 
 def kernel_table(comp: dict) -> list[str]:
@@ -221,7 +152,7 @@ def kernel_table(comp: dict) -> list[str]:
             pair = next(p for p in comp["pairs"] if {p["y"], p["z"]} == {a, b})
             t = pair["by_kernel"][k["name"]]["statistic"]
             cells.append(f"{(t if pair['z'] == b else -t):+.1f}")
-        cells.append("yes" if _kernel_ranks_indep_last(comp, k["name"]) else "no")
+        cells.append("yes" if kernel_ranks_baseline_last(comp, k["name"], list(LEARNED), LEVEL) else "no")
         cells.append("yes" if k["name"] in comp.get("qualified", []) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -309,10 +240,10 @@ def report(out: dict, comp: dict) -> str:
         row = tests["tests"][t]
         cells = [t]
         for m in LEARNED:
-            v = row["vs_indep"][m]
+            v = row["vs_baseline"][m]
             mark = "" if v["closer"] == m else " <- indep closer"
             cells.append(_fmt_p(v) + mark)
-        cells += [str(row["mmd2_ranks_indep_last"]), "**yes**" if row["ranks_indep_last"] else "no"]
+        cells += [str(row["mmd2_ranks_baseline_last"]), "**yes**" if row["valid"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -326,10 +257,10 @@ def report(out: dict, comp: dict) -> str:
     ]
     for t in TESTS:
         row = tests["tests"][t]
-        if not row["ranks_indep_last"]:
+        if not row["valid"]:
             continue
         for pair, v in row["learned_pairs"].items():
-            ok = "yes" if v["kernel_ranks_indep_last"] else "**no**"
+            ok = "yes" if v["kernel_ranks_baseline_last"] else "**no**"
             lines.append(f"| {t} | {pair} | {v['closer']} | {_fmt_p(v)} | {v['kernel']} | {ok} |")
     lines += [
         "",

@@ -135,17 +135,93 @@ def test_sbn_tiny(tmp_path):
     assert ds["algorithms"]["ddc_hm"]["nll"]["proposal"].startswith("fit_proposal")
     assert ds["algorithms"]["vimco_k50"]["nll"]["proposal"] == "own recognition model"
     assert all(r["nll"]["nll"] > 0 for r in ds["algorithms"].values())
-    assert 0.0 <= ds["relative_tests"]["vimco_k50"]["p_value"] <= 1.0
     for r in ds["algorithms"].values():  # AIS on the first 4 test images, beside importance sampling on them
         assert r["ais_nll"]["points"] == 4 and r["ais_nll"]["kernel"] == "gibbs" and len(r["ais_nll"]["log_px"]) == 4
         assert r["nll"]["nll_on_ais_points"] == pytest.approx(-sum(r["nll"]["log_px"][:4]) / 4)
-    diff = ds["relative_tests"]["vimco_k50"]["ais_nll_difference"]
+    diff = ds["ais_nll_differences"]["vimco_k50"]
     a, v = ds["algorithms"]["ddc_hm"]["ais_nll"], ds["algorithms"]["vimco_k50"]["ais_nll"]
     assert diff["mean"] == pytest.approx(a["nll"] - v["nll"])
-    assert "AIS NLL" in (out / "report.md").read_text()
-    assert ds["independent_pixels"]["nll"] > 0 and "independent pixels" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "AIS NLL" in text
+    # independent pixels: exact NLLs (on the AIS images too, paired with the candidate), and the sample baseline
+    ind = ds["independent_pixels"]
+    assert ind["nll"]["nll"] > 0 and ind["nll"]["exact"] and ind["nll"]["points"] == 5
+    assert ind["ais_nll"]["points"] == 4
+    assert ds["ais_nll_differences"]["independent_pixels"]["mean"] == pytest.approx(a["nll"] - ind["ais_nll"]["nll"])
+    assert "| independent pixels (training means; baseline) |" in text
+    check_sbn_sample_tests(ds, text, ["ddc_hm", "vimco_k50"], n_select=50)
+    assert json.loads((out / "results.json").read_text())["datasets"][0]["sample_tests"]["tests"].keys() == {
+        "median",
+        "power",
+        "quadratic",
+        "patch",
+    }
     for name in ("results.json", "report.md", "fashion_mnist_samples.png"):
         assert (out / name).is_file(), name
+
+
+def check_sbn_sample_tests(ds: dict, text: str, learned: list[str], n_select: int) -> None:
+    """The sample tests of one data set of `experiment sbn`: compare_samples with independent pixels as the
+    baseline, each test's check against it, and the report marking the verdicts of tests that fail it."""
+    st = ds["sample_tests"]
+    comp = st["comparison"]
+    assert comp["names"] == ["independent_pixels", *learned] and comp["baseline"] == "independent_pixels"
+    assert st["kernels"] == ["gaussian", "quadratic", "patch"] and st["n_select"] == n_select == st["n_test"]
+    assert comp["n_select"]["independent_pixels"] == n_select and st["seed"] == 0
+    assert list(st["tests"]) == ["median", "power", "quadratic", "patch"]
+    assert (
+        st["tests"]["median"]["kernel"].startswith("gaussian")
+        and "(median x 2^+0.0)" in st["tests"]["median"]["kernel"]
+    )
+    assert ds["bandwidth"] == pytest.approx(st["median_bandwidth"]) and ds["bandwidth"] > 0
+    assert "### Which sample tests can tell" in text and "### Learned models by the sample tests" in text
+    pair = f"{learned[0]} vs {learned[1]}"
+    for name, t in st["tests"].items():
+        assert set(t["mmd2"]) == {"independent_pixels", *learned}
+        assert set(t["vs_baseline"]) == set(learned) and pair in t["learned_pairs"]
+        ranks = all(v["closer"] == m and v["p"] < 0.01 for m, v in t["vs_baseline"].items())
+        assert t["ranks_baseline_last"] == ranks
+        assert t["valid"] == (ranks and (name != "power" or bool(st["qualified"])))
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | {pair} |"))
+        assert ("not valid: " in row) != t["valid"], row
+        if t["baseline_above"]:
+            assert f"not valid: ranks independent pixels above {', '.join(t['baseline_above'])}" in row
+
+
+def test_sample_test_verdicts_rank_independent_pixels_last():
+    """On images of tied pixel pairs, the quadratic test tells independent pixels from the data's own law (valid)
+    and prefers it to a noisier model; the report of `experiment sbn` marks only invalid tests' verdicts."""
+    from wakesleep.errors import WakesleepError
+    from wakesleep.eval import compare_samples
+    from wakesleep.eval.compare import independent_pixel_samples, sample_test_verdicts
+    from wakesleep.experiments.sbn import _sample_test_lines
+
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n: int, flip: float) -> torch.Tensor:  # 4 x 4 images: 8 independent pairs of tied pixels
+        half = torch.bernoulli(torch.full((n, 8), 0.3, dtype=torch.float64), generator=g)
+        x = half.repeat_interleave(2, dim=1)
+        return (x + torch.bernoulli(torch.full_like(x, flip), generator=g)) % 2
+
+    data, train = draw(600, 0.0), draw(600, 0.0)
+    samples = {"indep": independent_pixel_samples(train, 600, seed=1), "good": draw(600, 0.0), "meh": draw(600, 0.25)}
+    comp = compare_samples(data, samples, ["gaussian", "quadratic"], baseline="indep", seed=0)
+    with pytest.raises(WakesleepError, match="baseline"):
+        sample_test_verdicts(compare_samples(data, samples, ["quadratic"], seed=0), ["good", "meh"])
+    with pytest.raises(WakesleepError, match="unknown test"):
+        sample_test_verdicts(comp, ["good", "meh"], ["nope"])
+    v = sample_test_verdicts(comp, ["good", "meh"], ["median", "power", "quadratic"])
+    assert v == sample_test_verdicts(comp.to_dict(), ["good", "meh"], ["median", "power", "quadratic"])
+    quad = v["quadratic"]
+    assert quad["valid"] and quad["mmd2_ranks_baseline_last"] and quad["kernel"] == "quadratic c=0 centred"
+    assert quad["learned_pairs"]["good vs meh"]["closer"] == "good" and quad["learned_pairs"]["good vs meh"]["p"] < 0.01
+    # the report: a valid test's verdicts read "valid", an invalid one's say why
+    v["median"].update(valid=False, ranks_baseline_last=False, baseline_above=["meh"], baseline_tied=["good"])
+    st = {"tests": v, "level": 0.01, "qualified": list(comp.qualified), "n_kernels": len(comp.kernels)}
+    lines = _sample_test_lines({"algorithms": {"good": {}, "meh": {}}, "sample_tests": st})
+    row = next(line for line in lines if line.startswith("| median | good vs meh |"))
+    assert "not valid: ranks independent pixels above meh; does not prefer good to independent pixels" in row
+    assert next(line for line in lines if line.startswith("| quadratic | good vs meh |")).endswith("| valid |")
 
 
 def test_independent_pixel_reference():

@@ -2,8 +2,11 @@
 
 Sample draws, MMD^2 at a given kernel width, importance-sampled and AIS negative log-likelihoods with their
 per-point estimates, the paired difference of two such estimates on the same points, and the references a
-model has to beat (Gaussians fitted to real-valued data; independent Bernoulli pixels for binary images).
-Used by ``wakesleep experiment patches|sbn`` and ``wakesleep bench sbn``.
+model has to beat (Gaussians fitted to real-valued data; independent Bernoulli pixels for binary images), and
+the verdicts of sample tests that can tell (:func:`sample_test_verdicts`: each test of a
+:func:`wakesleep.eval.compare_samples` comparison is checked to rank the baseline last before its verdicts on
+learned models count). Used by ``wakesleep experiment patches|sbn``, ``wakesleep bench sbn`` and
+``benchmarks/sample_test_ranking.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from typing import Any
 
 import torch
+from scipy import stats as sps
 
 from wakesleep.errors import WakesleepError
 
@@ -26,6 +30,11 @@ __all__ = [
     "gaussian_references",
     "gaussian_reference_nll",
     "independent_pixels",
+    "independent_pixel_samples",
+    "independent_pixel_nll",
+    "SAMPLE_TEST_KERNELS",
+    "sample_test_verdicts",
+    "kernel_ranks_baseline_last",
     "principal_directions",
     "variance_ratio",
 ]
@@ -337,6 +346,225 @@ def independent_pixels(
     if ais_points > 0:
         t = test[:ais_points].double()
         out["nll_ais_points"] = float(-(t * p.log() + (1 - t) * (1 - p).log()).sum(1).mean())
+    return out
+
+
+def independent_pixel_samples(train: torch.Tensor, n: int, seed: int = 50_000) -> torch.Tensor:
+    """``n`` images of the independent-pixel model: each pixel Bernoulli at its mean over the training images.
+
+    The baseline every model of binary images must beat in a sample test (the marginals are not clamped, so a
+    pixel never on in the training images is never on in a sample).
+
+    Parameters
+    ----------
+    train : torch.Tensor
+        ``[N, D]`` training images (binary, or grey levels in [0, 1] whose mean is the binarised images' mean).
+    n : int
+        Number of images drawn.
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n, D]`` float64 binary images on the CPU.
+    """
+    p = train.double().cpu().mean(0)
+    return torch.bernoulli(p.expand(int(n), -1), generator=torch.Generator().manual_seed(int(seed)))
+
+
+def independent_pixel_nll(train: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
+    """Exact NLL of ``x`` under the independent-pixel model of :func:`independent_pixel_samples`.
+
+    The marginals are clamped to ``[1e-3, 1 - 1e-3]`` so that a pixel never on in the training images does
+    not give a test image probability 0.
+
+    Parameters
+    ----------
+    train : torch.Tensor
+        ``[N, D]`` training images.
+    x : torch.Tensor
+        ``[n, D]`` binary images scored.
+
+    Returns
+    -------
+    dict
+        ``nll`` (mean, nats per image), its standard error ``sem``, ``points``, ``exact`` (True) and the
+        per-image ``log_px`` (so :func:`paired_nll_difference` pairs it with a model's estimate).
+    """
+    p = train.double().cpu().mean(0).clamp(1e-3, 1 - 1e-3)
+    t = x.double().cpu()
+    log_px = (t * p.log() + (1 - t) * (1 - p).log()).sum(1)
+    n = log_px.numel()
+    return {
+        "nll": float(-log_px.mean()) if n else math.nan,
+        "sem": float(log_px.std() / math.sqrt(n)) if n > 1 else math.nan,
+        "points": n,
+        "exact": True,
+        "log_px": log_px.tolist(),
+    }
+
+
+#: the fixed-kernel sample tests of :func:`sample_test_verdicts`: name -> (kernel family, scale) of the grid
+#: kernel (:meth:`wakesleep.eval.SampleComparison.kernel`); ``power`` and ``power_any`` choose a kernel per pair
+SAMPLE_TEST_KERNELS = {"median": ("gaussian", 1.0), "quadratic": ("quadratic", 0.0), "patch": ("patch", 1.0)}
+
+
+def _as_comparison_dict(comparison: Any) -> dict[str, Any]:
+    return comparison if isinstance(comparison, dict) else comparison.to_dict()
+
+
+def _grid_kernel_name(comp: dict[str, Any], family: str, scale: float) -> str:
+    for k in comp["kernels"]:
+        if k["family"] == family and math.isclose(k["scale"], scale, rel_tol=1e-9):
+            return k["name"]
+    raise WakesleepError(f"sample_test_verdicts: the comparison has no {family!r} kernel with scale {scale!r}")
+
+
+def _find_pair(comp: dict[str, Any], a: str, b: str) -> dict[str, Any]:
+    for p in comp["pairs"]:
+        if {p["y"], p["z"]} == {a, b}:
+            return p
+    raise WakesleepError(f"sample_test_verdicts: no pair ({a!r}, {b!r}); candidates are {comp['names']}")
+
+
+def _pair_verdict(comp: dict[str, Any], test: str, a: str, b: str) -> dict[str, Any]:
+    """Which of ``a``, ``b`` the test finds closer to the reference, its one-sided p-value and statistic.
+
+    Fixed kernels: the direction with the smaller p-value (``p_first_closer``: the p-value for ``a``);
+    ``power`` / ``power_any``: the kernel and the direction chosen on the selection part.
+    """
+    pair = _find_pair(comp, a, b)
+    if test in ("power", "power_any"):
+        pw = pair["power" if test == "power" else "power_unconstrained"]
+        t_z = pw["test"]["statistic"]
+        return {
+            "closer": pair["z"] if pw["closer"] == "z" else pair["y"],
+            "p": pw["p_value"],
+            "log10_p": pw["log10_p_value"],
+            "statistic": t_z if pw["closer"] == "z" else -t_z,
+            "kernel": pw["kernel"]["name"],
+        }
+    kname = _grid_kernel_name(comp, *SAMPLE_TEST_KERNELS[test])
+    t_z = pair["by_kernel"][kname]["statistic"]  # H1: pair["z"] closer
+    t_a = -t_z if pair["y"] == a else t_z
+    closer, t = (a, t_a) if t_a > 0 else (b, -t_a)
+    log_p = float(sps.norm.logsf(t))
+    return {
+        "closer": closer,
+        "p": math.exp(log_p),
+        "log10_p": log_p / math.log(10.0),
+        "statistic": t,
+        "p_first_closer": float(sps.norm.sf(t_a)),
+        "kernel": kname,
+    }
+
+
+def kernel_ranks_baseline_last(comparison: Any, kernel: str, learned: list[str], level: float = 0.01) -> bool:
+    """Whether one grid kernel's fixed-kernel tests on the test part prefer every learned model to the baseline.
+
+    Parameters
+    ----------
+    comparison : SampleComparison or dict
+        :func:`wakesleep.eval.compare_samples` with a ``baseline`` (or its ``to_dict()``).
+    kernel : str
+        The name of a kernel of its grid.
+    learned : list of str
+        The learned candidates.
+    level : float
+        One-sided level of each test.
+
+    Returns
+    -------
+    bool
+    """
+    comp = _as_comparison_dict(comparison)
+    for m in learned:
+        pair = _find_pair(comp, m, comp["baseline"])
+        t = pair["by_kernel"][kernel]["statistic"]
+        if not float(sps.norm.sf(t if pair["z"] == m else -t)) < level:
+            return False
+    return True
+
+
+def sample_test_verdicts(
+    comparison: Any,
+    learned: list[str] | tuple[str, ...],
+    tests: list[str] | tuple[str, ...] = ("median", "power", "quadratic", "patch"),
+    level: float = 0.01,
+) -> dict[str, dict[str, Any]]:
+    """Per sample test: does it rank the baseline last, and its verdicts on every pair of learned models.
+
+    A sample test may rank learned models only if it can tell them from the baseline (the independent-pixel
+    model for binary images; docs/eval.md): for every learned model ``m`` the test of ``(baseline, m)`` must
+    find ``m`` closer to the reference at ``level``. Its verdicts on the learned pairs are computed either way;
+    a report shows those of an invalid test as such.
+
+    Parameters
+    ----------
+    comparison : SampleComparison or dict
+        :func:`wakesleep.eval.compare_samples` with a ``baseline`` (or its ``to_dict()``, e.g. read back from JSON).
+    learned : sequence of str
+        The learned candidates, in the order their pairs are listed.
+    tests : sequence of str
+        ``median`` (Gaussian at the median-heuristic width), ``quadratic`` (centred, ``c = 0``), ``patch``
+        (patch widths at their median) — the fixed kernels of :data:`SAMPLE_TEST_KERNELS`, whose family must be
+        in the comparison's grid —, ``power`` (per pair the kernel chosen for power on the selection part, among
+        the qualified ones for learned pairs) and ``power_any`` (the same among all kernels).
+    level : float
+        The one-sided level of the checks against the baseline.
+
+    Returns
+    -------
+    dict
+        Test -> ``kernel`` (the fixed kernel; for ``power`` tests the comparison's ``common_kernel``), ``mmd2``
+        (candidate -> test-part MMD^2 with that kernel), ``vs_baseline`` (learned model -> verdict of the pair
+        with the baseline), ``ranks_baseline_last`` (every such verdict prefers the model at ``level``),
+        ``baseline_above`` (models the test finds the baseline closer than), ``baseline_tied`` (models it
+        prefers at p >= ``level`` only), ``mmd2_ranks_baseline_last``, ``valid`` (``ranks_baseline_last``; for
+        ``power`` also some kernel qualified, else its learned pairs chose among all kernels) and
+        ``learned_pairs`` (``"a vs b"`` -> verdict). A verdict: ``closer``, ``p``, ``log10_p``, ``statistic``
+        (T, positive towards ``closer``), ``kernel`` and, for learned pairs, ``kernel_ranks_baseline_last``
+        (whether that kernel's own fixed-kernel tests rank the baseline last).
+
+    Raises
+    ------
+    WakesleepError
+        The comparison has no baseline, an unknown test, or a test whose kernel is not in the grid.
+    """
+    comp = _as_comparison_dict(comparison)
+    base = comp.get("baseline")
+    if base is None:
+        raise WakesleepError("sample_test_verdicts: the comparison has no baseline (compare_samples(baseline=...))")
+    learned = [m for m in learned if m != base]
+    out: dict[str, dict[str, Any]] = {}
+    for test in tests:
+        if test in ("power", "power_any"):
+            kname = comp["common_kernel"]["name"]
+        elif test in SAMPLE_TEST_KERNELS:
+            kname = _grid_kernel_name(comp, *SAMPLE_TEST_KERNELS[test])
+        else:
+            known = ", ".join(["power", "power_any", *SAMPLE_TEST_KERNELS])
+            raise WakesleepError(f"sample_test_verdicts: unknown test {test!r} (known: {known})")
+        mmd2 = comp["mmd2"][kname]
+        vs = {m: _pair_verdict(comp, test, m, base) for m in learned}
+        pairs = {
+            f"{a} vs {b}": _pair_verdict(comp, test, a, b) for i, a in enumerate(learned) for b in learned[i + 1 :]
+        }
+        for v in pairs.values():
+            v["kernel_ranks_baseline_last"] = kernel_ranks_baseline_last(comp, v["kernel"], learned, level)
+        ranks = all(v["closer"] == m and v["p"] < level for m, v in vs.items())
+        out[test] = {
+            "kernel": kname,
+            "mmd2": mmd2,
+            "vs_baseline": vs,
+            "ranks_baseline_last": ranks,
+            "baseline_above": [m for m, v in vs.items() if v["closer"] != m],
+            "baseline_tied": [m for m, v in vs.items() if v["closer"] == m and not v["p"] < level],
+            "mmd2_ranks_baseline_last": all(mmd2[base] > mmd2[m] for m in learned),
+            "valid": ranks and (test != "power" or bool(comp.get("qualified"))),
+            "learned_pairs": pairs,
+        }
     return out
 
 
