@@ -79,7 +79,9 @@ def test_weighted_sum_equals_explicit_regression_of_eq_36():
     per-sample gradients (eqs. 31-34) and applying eq. 36 -- to float64 precision."""
     model = build(sbn_config((2, 3, 5), 1))
     x = build(sbn_config((2, 3, 5), 0)).sample(8)[-1]
-    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=30)
+    algo = wakesleep.build_algorithm(
+        "ddc_hm", model, sleep_samples=300, features=20, recognition_hidden=30, beta="analytic"
+    )
     algo.sleep()
     est = algo.wake_gradient(x)
     layers = list(model.layers.values())

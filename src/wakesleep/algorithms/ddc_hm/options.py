@@ -61,7 +61,8 @@ class DDCOptions:
     grad_ridge: float = option(1e-3, minimum=0.0, doc="relative ridge of the gradient regressions (eqs. 31-35)")
     free_stats: bool = option(True, doc="leave exact statistics (extra_stats, x of recognition_input) unpenalised")
     beta: Literal["analytic", "sample", "conditional"] = option(
-        "analytic", doc="beta_l from mean parameters (eq. 32), samples (eq. 35), or the layer's own posterior"
+        "conditional",
+        doc="beta_l from mean parameters (eq. 32), samples (eq. 35), or the layer's own posterior (docs/ddc_hm.md)",
     )
     readout_weights: Literal["linear", "nonnegative"] = option(
         "linear", doc="regression weights of the sleep samples, or those clipped at 0 and renormalised"
