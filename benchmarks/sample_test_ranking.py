@@ -67,7 +67,7 @@ import bench_ddc_recognition as bdr  # noqa: E402  (the training recipe of the S
 
 # RWS with configs/sbn.yaml's experiment setting (K = 5), trained like the other entries
 bdr.ENTRIES.setdefault("rws_k5", ({"name": "rws", "k": 5, "_replace": True}, {}))
-LEARNED = ("ddc_hm", "vimco_k50", "rws_k5")
+LEARNED = ["ddc_hm", "vimco_k50", "rws_k5"]  # --learned replaces it
 INDEP = "indep_pixels"
 LEVEL = 0.01
 
@@ -293,7 +293,11 @@ def main() -> None:
     ap.add_argument("--temperatures", type=int, default=1000)
     ap.add_argument("--test-seed", type=int, default=0, help="seed of the selection/test split and kernel grid")
     ap.add_argument("--train-only", action="store_true", help="train and score likelihoods, skip the sample tests")
+    ap.add_argument(
+        "--learned", default=",".join(LEARNED), help="comma-separated entries of bench_ddc_recognition.ENTRIES"
+    )
     args = ap.parse_args()
+    LEARNED[:] = [s.strip() for s in args.learned.split(",") if s.strip()]
     keep_freed_memory()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
