@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+SBN_X = {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "linear"}
+
 CONFIGS = {
     "synthetic eq. 13 (N=200, K=100, M=100, B=100)": {
         "model": {
@@ -51,17 +53,49 @@ CONFIGS = {
                 {"name": "x", "family": "bernoulli", "dim": 784, "link": "linear"},
             ]
         },
-        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "message"},
+        "algo": {
+            "sleep_samples": 1000,
+            "features": 200,
+            "recognition_hidden": 300,
+            "recognition_input": "message",
+            "beta": "analytic",
+        },
         "batch": 100,
     },
     "SBN 784-200-200-200, x in the read-out (M=300 + x)": {
         "model": "SBN",
-        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "linear"},
+        "algo": {**SBN_X, "beta": "analytic"},
         "batch": 100,
     },
     "SBN 784-200-200-200, recognition as eq. 8 (no x in the read-out)": {
         "model": "SBN",
-        "algo": {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "none"},
+        "algo": {**SBN_X, "recognition_input": "none", "beta": "analytic"},
+        "batch": 100,
+    },
+    # issue 16's options, each on the row above with x in the read-out (session 9's settings otherwise)
+    "SBN, x in the read-out, beta conditional (the default since session 10)": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "conditional"},
+        "batch": 100,
+    },
+    "SBN, x in the read-out, beta conditional, N=10000 (configs/sbn.yaml since session 10)": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000},
+        "batch": 100,
+    },
+    "SBN, x in the read-out, extra_stats sufficient": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "analytic", "extra_stats": "sufficient"},
+        "batch": 100,
+    },
+    "SBN, x in the read-out, K=1000": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "analytic", "features": 1000},
+        "batch": 100,
+    },
+    "SBN, x in the read-out, recognition deep": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "analytic", "recognition": "deep"},
         "batch": 100,
     },
 }
@@ -133,12 +167,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--only", default=None, help="run only the configurations whose name contains this text")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.iters, args.dtype, args.threads)))
         return
     rows = []
     for name in CONFIGS:
+        if args.only and args.only not in name:
+            continue
         out = subprocess.run(
             [
                 sys.executable,
