@@ -51,9 +51,10 @@ MODELS: dict[str, list[dict]] = {
     ],
 }
 
+# the first two are session 9's defaults (beta analytic; beta: conditional is the default since session 10)
 SETTINGS: dict[str, dict] = {
-    "default (1000 sleep samples)": {},
-    "20000 sleep samples": {"sleep_samples": 20000},
+    "session 9 default (1000 sleep samples, beta analytic)": {"beta": "analytic"},
+    "20000 sleep samples, beta analytic": {"sleep_samples": 20000, "beta": "analytic"},
     "20000, beta conditional": {"sleep_samples": 20000, "beta": "conditional"},
     "20000, beta conditional, sufficient stats": {
         "sleep_samples": 20000,
