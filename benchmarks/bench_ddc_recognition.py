@@ -56,6 +56,10 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 20},
     ),
+    "ddc_deep_stats_cond_n10000": (
+        {"recognition": "deep", "extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
+        {"sleep_every": 20},
+    ),
     "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
 }
 
