@@ -60,6 +60,14 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"recognition": "deep", "extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 20},
     ),
+    "ddc_cond_n10000_m1000": (
+        {"beta": "conditional", "sleep_samples": 10000, "recognition_hidden": 1000},
+        {"sleep_every": 20},
+    ),
+    "ddc_cond_n10000_direct": (
+        {"beta": "conditional", "sleep_samples": 10000, "recognition": "direct"},
+        {"sleep_every": 20},
+    ),
     "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
 }
 
