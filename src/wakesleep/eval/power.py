@@ -66,7 +66,7 @@ from wakesleep.errors import WakesleepError
 from wakesleep.eval._checks import as_samples, check_positive_int, common_dtype, same_columns
 from wakesleep.eval._mmd_kernels import DEFAULT_CHUNK, bandwidth_candidates, kernel_sums, median_bandwidth
 from wakesleep.eval._mmd_stats import MIN_VAR_EST
-from wakesleep.eval.relative import RelativeMMDResult
+from wakesleep.eval.relative import RelativeMMDResult, relative_moments, result_from_moments
 
 __all__ = [
     "KERNEL_FAMILIES",
@@ -335,26 +335,16 @@ class _Sums:
         )
 
     def relative(self, y: str, z: str) -> dict[str, Tensor]:
-        """The relative test's moments for ``(y, z)`` per kernel (the formulas of :mod:`wakesleep.eval.relative`)."""
-        m, n, r = self.xx.shape[1], self.own[y].shape[1], self.own[z].shape[1]
-        gxx = self.xx / (m - 1)
-        a_y = 2.0 * (gxx - self.cross_rows[y] / n)
-        a_z = 2.0 * (gxx - self.cross_rows[z] / r)
-        b = 2.0 * (self.own[y] / (n - 1) - self.cross_cols[y] / m)
-        c = 2.0 * (self.own[z] / (r - 1) - self.cross_cols[z] / m)
-        vb, vc = b.var(1, correction=1) / n, c.var(1, correction=1) / r
-        ay_c, az_c = a_y - a_y.mean(1, keepdim=True), a_z - a_z.mean(1, keepdim=True)
-        return {
-            "mmd_xy": self.mmd2(y),
-            "mmd_xz": self.mmd2(z),
-            "var_xy": a_y.var(1, correction=1) / m + vb,
-            "var_xz": a_z.var(1, correction=1) / m + vc,
-            "cov": (ay_c * az_c).sum(1) / (m - 1) / m,
-            "var_diff": (a_y - a_z).var(1, correction=1) / m + vb + vc,
-            "m": torch.tensor(m),
-            "n": torch.tensor(n),
-            "r": torch.tensor(r),
-        }
+        """The relative test's moments for ``(y, z)`` per kernel (:func:`wakesleep.eval.relative.relative_moments`)."""
+        return relative_moments(
+            self.xx,
+            self.own[y],
+            self.own[z],
+            self.cross_rows[y],
+            self.cross_cols[y],
+            self.cross_rows[z],
+            self.cross_cols[z],
+        )
 
 
 def _criteria(mom: dict[str, Tensor]) -> Tensor:
@@ -363,25 +353,8 @@ def _criteria(mom: dict[str, Tensor]) -> Tensor:
 
 
 def _result(mom: dict[str, Tensor], i: int, kernel: SampleKernel) -> RelativeMMDResult:
-    """The relative test of kernel ``i`` as a :class:`RelativeMMDResult` (NaN statistic if its variance is 0)."""
-    diff = float(mom["mmd_xy"][i] - mom["mmd_xz"][i])
-    var = float(mom["var_diff"][i])
-    stat = diff / math.sqrt(var) if var > 0 and math.isfinite(var) else math.nan
-    log_p = float(sps.norm.logsf(stat)) if math.isfinite(stat) else math.nan
-    return RelativeMMDResult(
-        mmd_xy=float(mom["mmd_xy"][i]),
-        mmd_xz=float(mom["mmd_xz"][i]),
-        var_xy=float(mom["var_xy"][i]),
-        var_xz=float(mom["var_xz"][i]),
-        cov=float(mom["cov"][i]),
-        statistic=stat,
-        p_value=math.exp(log_p) if math.isfinite(log_p) else math.nan,
-        log10_p_value=log_p / math.log(10.0),
-        bandwidth=kernel.bandwidth,
-        m=int(mom["m"]),
-        n=int(mom["n"]),
-        r=int(mom["r"]),
-    )
+    """The relative test of kernel ``i`` (NaN statistic if its variance is 0)."""
+    return result_from_moments(mom, i, kernel.bandwidth)
 
 
 # --- inputs and the split -------------------------------------------------------------------------------

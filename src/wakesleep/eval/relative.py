@@ -29,14 +29,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from scipy import stats as sps
+from torch import Tensor
 
 from wakesleep.errors import WakesleepError
 from wakesleep.eval._checks import as_samples, check_positive_int, common_dtype, same_columns
 from wakesleep.eval._mmd_kernels import DEFAULT_CHUNK, Bandwidth, _check_bandwidth, kernel_sums, median_bandwidth
 
-__all__ = ["RelativeMMDResult", "relative_mmd_test"]
+__all__ = ["RelativeMMDResult", "relative_mmd_test", "relative_moments", "result_from_moments"]
 
 
 @dataclass(frozen=True)
@@ -134,48 +134,82 @@ def relative_mmd_test(
         raise WakesleepError(f"{fn}: bandwidth must be a positive number or 'median', got {bandwidth!r}")
     else:
         bw = _check_bandwidth(fn, bandwidth)
-    m, n, r = xt.shape[0], yt.shape[0], zt.shape[0]
-
     sxx, _ = kernel_sums(xt, None, [bw], chunk_size)
     syy, _ = kernel_sums(yt, None, [bw], chunk_size)
     szz, _ = kernel_sums(zt, None, [bw], chunk_size)
     sxy_r, sxy_c = kernel_sums(xt, yt, [bw], chunk_size)
     sxz_r, sxz_c = kernel_sums(xt, zt, [bw], chunk_size)
-    sxx, syy, szz, sxy_r, sxy_c, sxz_r, sxz_c = (s[0] for s in (sxx, syy, szz, sxy_r, sxy_c, sxz_r, sxz_c))
-
-    mxx = sxx.sum() / (m * (m - 1))
-    mmd_xy = mxx + syy.sum() / (n * (n - 1)) - 2.0 * sxy_r.sum() / (m * n)
-    mmd_xz = mxx + szz.sum() / (r * (r - 1)) - 2.0 * sxz_r.sum() / (m * r)
-
-    gxx = sxx / (m - 1)
-    a_y = 2.0 * (gxx - sxy_r / n)
-    a_z = 2.0 * (gxx - sxz_r / r)
-    b = 2.0 * (syy / (n - 1) - sxy_c / m)
-    c = 2.0 * (szz / (r - 1) - sxz_c / m)
-    var_xy = a_y.var(correction=1) / m + b.var(correction=1) / n
-    var_xz = a_z.var(correction=1) / m + c.var(correction=1) / r
-    cov = torch.stack([a_y, a_z]).cov(correction=1)[0, 1] / m
-    # the same quantity computed without cancellation: Var[a_y - a_z] / m + Var[b] / n + Var[c] / r
-    var_diff = float((a_y - a_z).var(correction=1) / m + b.var(correction=1) / n + c.var(correction=1) / r)
-    diff = float(mmd_xy - mmd_xz)
+    mom = relative_moments(sxx, syy, szz, sxy_r, sxy_c, sxz_r, sxz_c)
+    var_diff = float(mom["var_diff"][0])
     if not var_diff > 0.0 or not math.isfinite(var_diff):
         raise WakesleepError(
             f"{fn}: the variance estimate of MMD(x,y) - MMD(x,z) is {var_diff:g} (degenerate samples: "
             "are all points identical or the bandwidth far too small?)"
         )
-    stat = diff / math.sqrt(var_diff)
-    log_p = float(sps.norm.logsf(stat))
+    return result_from_moments(mom, 0, bw)
+
+
+def relative_moments(
+    xx: Tensor, yy: Tensor, zz: Tensor, xy_rows: Tensor, xy_cols: Tensor, xz_rows: Tensor, xz_cols: Tensor
+) -> dict[str, Tensor]:
+    """The relative test's statistics from kernel row sums, for K kernels at once (module docstring).
+
+    Parameters
+    ----------
+    xx, yy, zz : Tensor
+        ``[K, m]``, ``[K, n]``, ``[K, r]``: per kernel, each point's sum of k(., .) over the *other* points of its
+        own sample (the diagonal left out).
+    xy_rows, xy_cols : Tensor
+        ``[K, m]``, ``[K, n]``: row and column sums of the ``x``-``y`` kernel matrix; ``xz_rows``, ``xz_cols``
+        likewise for ``z``.
+
+    Returns
+    -------
+    dict of Tensor
+        ``mmd_xy``, ``mmd_xz`` (unbiased MMD^2), ``var_xy``, ``var_xz``, ``cov`` (first-order (co)variances) and
+        ``var_diff`` (the variance of their difference, computed without cancellation as
+        ``Var[a_y - a_z] / m + Var[b] / n + Var[c] / r``), each ``[K]``; ``m``, ``n``, ``r``.
+    """
+    m, n, r = xx.shape[1], yy.shape[1], zz.shape[1]
+    mxx = xx.sum(1) / (m * (m - 1))
+    gxx = xx / (m - 1)
+    a_y = 2.0 * (gxx - xy_rows / n)
+    a_z = 2.0 * (gxx - xz_rows / r)
+    b = 2.0 * (yy / (n - 1) - xy_cols / m)
+    c = 2.0 * (zz / (r - 1) - xz_cols / m)
+    vb, vc = b.var(1, correction=1) / n, c.var(1, correction=1) / r
+    ay_c, az_c = a_y - a_y.mean(1, keepdim=True), a_z - a_z.mean(1, keepdim=True)
+    return {
+        "mmd_xy": mxx + yy.sum(1) / (n * (n - 1)) - 2.0 * xy_rows.sum(1) / (m * n),
+        "mmd_xz": mxx + zz.sum(1) / (r * (r - 1)) - 2.0 * xz_rows.sum(1) / (m * r),
+        "var_xy": a_y.var(1, correction=1) / m + vb,
+        "var_xz": a_z.var(1, correction=1) / m + vc,
+        "cov": (ay_c * az_c).sum(1) / (m - 1) / m,
+        "var_diff": (a_y - a_z).var(1, correction=1) / m + vb + vc,
+        "m": m,
+        "n": n,
+        "r": r,
+    }
+
+
+def result_from_moments(mom: dict[str, Tensor], i: int, bandwidth: float | None) -> RelativeMMDResult:
+    """The test of kernel ``i`` of :func:`relative_moments` as a :class:`RelativeMMDResult` (a NaN statistic and
+    p-value where that kernel's variance estimate is not positive)."""
+    diff = float(mom["mmd_xy"][i] - mom["mmd_xz"][i])
+    var = float(mom["var_diff"][i])
+    stat = diff / math.sqrt(var) if var > 0 and math.isfinite(var) else math.nan
+    log_p = float(sps.norm.logsf(stat)) if math.isfinite(stat) else math.nan
     return RelativeMMDResult(
-        mmd_xy=float(mmd_xy),
-        mmd_xz=float(mmd_xz),
-        var_xy=float(var_xy),
-        var_xz=float(var_xz),
-        cov=float(cov),
+        mmd_xy=float(mom["mmd_xy"][i]),
+        mmd_xz=float(mom["mmd_xz"][i]),
+        var_xy=float(mom["var_xy"][i]),
+        var_xz=float(mom["var_xz"][i]),
+        cov=float(mom["cov"][i]),
         statistic=stat,
-        p_value=math.exp(log_p),
+        p_value=math.exp(log_p) if math.isfinite(log_p) else math.nan,
         log10_p_value=log_p / math.log(10.0),
-        bandwidth=bw,
-        m=m,
-        n=n,
-        r=r,
+        bandwidth=bandwidth,
+        m=int(mom["m"]),
+        n=int(mom["n"]),
+        r=int(mom["r"]),
     )
