@@ -333,19 +333,13 @@ def independent_pixels(
     dict
         ``mmd2``, ``nll``, ``nll_sem`` and, with ``ais_points``, ``nll_ais_points``.
     """
-    p = train.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    p = train.double().mean(0).clamp(1e-3, 1 - 1e-3)  # clamped draws, as this baseline has always used
     gen = torch.Generator().manual_seed(int(seed))
     s = torch.bernoulli(p.expand(n_mmd, -1), generator=gen)
-    t = test[:nll_points].double()
-    nll = -(t * p.log() + (1 - t) * (1 - p).log()).sum(1)
-    out = {
-        "mmd2": mmd_to(test[:n_mmd].double(), s, bandwidth),
-        "nll": float(nll.mean()),
-        "nll_sem": float(nll.std() / len(nll) ** 0.5),
-    }
+    nll = independent_pixel_nll(train, test[:nll_points])
+    out = {"mmd2": mmd_to(test[:n_mmd].double(), s, bandwidth), "nll": nll["nll"], "nll_sem": nll["sem"]}
     if ais_points > 0:
-        t = test[:ais_points].double()
-        out["nll_ais_points"] = float(-(t * p.log() + (1 - t) * (1 - p).log()).sum(1).mean())
+        out["nll_ais_points"] = independent_pixel_nll(train, test[:ais_points])["nll"]
     return out
 
 
