@@ -33,13 +33,13 @@ def make_run(path: Path, n: int = 5, *, extra: dict | None = None, partial_line:
 def drawn(monkeypatch) -> list:
     """Capture what plot_learning_curves hands to the drawing: (target, keys, labels, runs)."""
     calls: list = []
-    real = curves._draw
+    real = curves.draw_curves
 
     def spy(target, keys, labels, runs):
         calls.append((target, keys, labels, runs))
         return real(target, keys, labels, runs)
 
-    monkeypatch.setattr(curves, "_draw", spy)
+    monkeypatch.setattr(curves, "draw_curves", spy)
     return calls
 
 

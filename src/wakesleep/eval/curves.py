@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_SKIPPED",
     "check_curves",
     "curves_path",
+    "draw_curves",
     "plot_learning_curves",
     "read_run_metrics",
     "written_here",
@@ -195,7 +196,7 @@ def plot_learning_curves(
             raise setting_error("out", "exists (choose another file, or allow replacing it)", value=str(target))
         if target.is_symlink() or not target.is_file() or not written_here(target):
             raise setting_error("out", "exists and was not written by wakesleep; refusing to replace it", str(target))
-    return _draw(target, keys, labels, runs)
+    return draw_curves(target, keys, labels, runs)
 
 
 def check_curves(
@@ -259,7 +260,39 @@ def _prepare(
     return curves_path(paths, out), keys, _labels(paths), runs
 
 
-def _draw(target: Path, keys: list[str], labels: list[str], runs: list[list[dict[str, Any]]]) -> Path:
+def draw_curves(
+    target: str | os.PathLike,
+    keys: Sequence[str],
+    labels: Sequence[str | None],
+    runs: Sequence[Sequence[dict[str, Any]]],
+    *,
+    step_key: str = "step",
+    log_y: Sequence[str] = (),
+) -> Path:
+    """Draw one panel per metric of ``keys`` against ``step_key``, one line per run, into the PNG ``target``.
+
+    The one drawing routine of the library's learning curves (``wakesleep plot`` and
+    :func:`wakesleep.eval.plot_learning_curves`, which ``evaluate`` uses). Nothing is checked: the callers do.
+
+    Parameters
+    ----------
+    target : path
+        The PNG, written atomically (parents created) with a ``Software: wakesleep`` text chunk.
+    keys : sequence of str
+        The metrics, one panel each.
+    labels : sequence of str or None
+        Legend label per run (a single ``None``: no legend).
+    runs : sequence of list of dict
+        Each run's records.
+    step_key : str
+        The x-axis field.
+    log_y : sequence of str
+        Metrics drawn on a log scale.
+
+    Returns
+    -------
+    Path
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -273,13 +306,15 @@ def _draw(target: Path, keys: list[str], labels: list[str], runs: list[list[dict
     try:
         for ax, key in zip(axes.ravel(), keys, strict=False):
             for i, (label, rows) in enumerate(zip(labels, runs, strict=True)):
-                pts = [(r["step"], r[key] if _number(r.get(key)) else math.nan) for r in rows if key in r]
+                pts = [(r[step_key], r[key] if _number(r.get(key)) else math.nan) for r in rows if key in r]
                 if not pts:
                     continue
                 steps, values = zip(*pts, strict=True)
                 ax.plot(steps, values, lw=1.2, color=f"C{i % 10}", label=label, marker="." if len(pts) < 30 else None)
             ax.set_title(key, fontsize=10)
-            ax.set_xlabel("step")
+            ax.set_xlabel(step_key)
+            if key in log_y:
+                ax.set_yscale("log")
             ax.grid(alpha=0.3)
         for ax in axes.ravel()[len(keys) :]:
             ax.set_axis_off()
@@ -294,7 +329,9 @@ def _draw(target: Path, keys: list[str], labels: list[str], runs: list[list[dict
             fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (nrow * 3.0) * math.ceil(len(names) / 4)))
         else:
             fig.tight_layout()
-        metadata = {"Software": f"{SOFTWARE} {__version__} (wakesleep plot)", "Title": "learning curves"}
+        metadata = {"Software": f"{SOFTWARE} {__version__}", "Title": "learning curves"}
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with wio.atomic_write(target, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100, metadata=metadata)
     finally:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from wakesleep.errors import WakesleepError
+from wakesleep.eval.curves import draw_curves
 
 __all__ = ["plot_samples", "plot_image_grid", "plot_learning_curves", "plot_posterior_corner", "read_metrics"]
 
@@ -191,6 +192,9 @@ def plot_learning_curves(
 ) -> Path:
     """One panel per numeric metric against ``step`` from a ``metrics.jsonl`` file (or parsed rows).
 
+    One run's curves, as ``evaluate`` draws them (:func:`wakesleep.eval.curves.draw_curves`; ``wakesleep plot``
+    draws several runs with :func:`wakesleep.eval.curves.plot_learning_curves`).
+
     Parameters
     ----------
     metrics : path-like or list of dict
@@ -217,28 +221,10 @@ def plot_learning_curves(
                     keys.append(k)
     if not keys:
         raise WakesleepError(f"{fn}: no numeric metrics to plot")
-    plt = _plt()
-    ncol = min(3, len(keys))
-    nrow = int(math.ceil(len(keys) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 2.8 * nrow), squeeze=False)
-    for ax, key in zip(axes.ravel(), keys, strict=False):
-        pts = [
-            (r[step_key], r[key])
-            for r in rows
-            if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)
-        ]
-        if not pts:
+    for key in keys:
+        if not any(isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool) for r in rows):
             raise WakesleepError(f"{fn}: metric {key!r} has no numeric values")
-        s, v = zip(*pts, strict=True)
-        ax.plot(s, v, lw=1)
-        ax.set_title(key)
-        ax.set_xlabel(step_key)
-        if key in log_y:
-            ax.set_yscale("log")
-    for ax in axes.ravel()[len(keys) :]:
-        ax.set_axis_off()
-    fig.tight_layout()
-    return _save(fig, path)
+    return draw_curves(path, list(keys), [None], [rows], step_key=step_key, log_y=log_y)
 
 
 def plot_posterior_corner(
