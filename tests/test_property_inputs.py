@@ -98,9 +98,11 @@ def configs(draw):
             raw["algorithm"][key] = draw(st.sampled_from([*sorted(ALGORITHMS), "nope"])) if key == "name" else v
         elif where == "data":
             raw["data"][draw(st.sampled_from(["n", "seed", "source", "true_params", "path", "bogus"]))] = v
-        elif where == "layer" and isinstance(raw["model"].get("layers"), list):
-            i = draw(st.integers(0, 2))
-            raw["model"]["layers"][i][draw(st.sampled_from(LAYER_KEYS))] = v
+        elif where == "layer" and isinstance(raw["model"].get("layers"), list) and raw["model"]["layers"]:
+            layers = raw["model"]["layers"]  # an earlier mutation may have replaced it with a list of anything
+            i = draw(st.integers(0, len(layers) - 1))
+            if isinstance(layers[i], dict):
+                layers[i][draw(st.sampled_from(LAYER_KEYS))] = v
         else:
             raw["model"][draw(st.sampled_from(["seed", "dtype", "init", "layers", "bogus"]))] = v
     if draw(st.integers(0, 9)) == 0:  # now and then a whole section (or the top level) of the wrong kind
