@@ -10,6 +10,8 @@
   is not supported); :func:`exact_log_likelihood` by enumeration or the Gaussian marginal.
 * :func:`nuts_posterior`, :func:`gaussian_posterior`, :func:`enumerate_posterior`: posteriors p(z | x).
 * :func:`recovery_error`, :func:`model_recovery_error`: parameter recovery up to permutation and sign.
+* :func:`latent_predictability`: how much x says about each latent layer under the model's own samples
+  (held-out variance of S(z_l) explained from x by ridge regression and an MLP).
 * :mod:`wakesleep.eval.plots`: samples beside data, learning curves, posterior corner plots.
 * :mod:`wakesleep.eval.compare`: the evaluation steps experiments share (seeded sample draws, NLL estimates with
   per-point values and their paired differences, reference models: fitted Gaussians, independent pixels).
@@ -57,6 +59,7 @@ from wakesleep.eval.power import (
     relative_mmd_power_test,
     split_samples,
 )
+from wakesleep.eval.predictability import PredictabilityResult, latent_predictability
 from wakesleep.eval.proposal import FactorisedProposal, fit_proposal
 from wakesleep.eval.recovery import Matching, match_columns, model_recovery_error, recovery_error
 from wakesleep.eval.relative import RelativeMMDResult, relative_mmd_test
@@ -106,6 +109,8 @@ __all__ = [
     "match_columns",
     "model_recovery_error",
     "Matching",
+    "latent_predictability",
+    "PredictabilityResult",
     "plot_samples",
     "plot_learning_curves",
     "plot_posterior_corner",
