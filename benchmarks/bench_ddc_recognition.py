@@ -69,11 +69,23 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"sleep_every": 20},
     ),
     "vimco_k50": ({"name": "vimco", "k": 50, "_replace": True}, {}),
+    "rws_k5": ({"name": "rws", "k": 5, "_replace": True}, {}),
+    # session 11: the links between latent layers start 3 times stronger (init_std 3 / sqrt(200) instead of
+    # 1 / sqrt(200)), so that z2 and z3 say something about z1 from the first step
+    "ddc_cond_n10000_init3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20}),
+    "vimco_k50_init3": ({"name": "vimco", "k": 50, "_replace": True}, {}),
+}
+
+# label -> changes to configs/sbn.yaml's layers (layer name -> keys), for entries that change the model's start
+MODEL_CHANGES: dict[str, dict[str, dict]] = {
+    "ddc_cond_n10000_init3": {"z2": {"init_std": 0.2121}, "z1": {"init_std": 0.2121}},
+    "vimco_k50_init3": {"z2": {"init_std": 0.2121}, "z1": {"init_std": 0.2121}},
 }
 
 
-def entry_config(label: str, epochs: int, n: int, seed: int) -> dict:
-    """The run config of an entry: configs/sbn.yaml's model, algorithm and train settings, changed as listed."""
+def entry_config(label: str, epochs: int, n: int, seed: int, init: Path | None = None) -> dict:
+    """The run config of an entry: configs/sbn.yaml's model, algorithm and train settings, changed as listed;
+    ``init``: a run directory whose trained weights the model starts from (``model.init``)."""
     base = yaml.safe_load((ROOT / "configs" / "sbn.yaml").read_text())
     algo_changes, train_changes = ENTRIES[label]
     algorithm = copy.deepcopy(base["algorithm"])
@@ -85,7 +97,12 @@ def entry_config(label: str, epochs: int, n: int, seed: int) -> dict:
     train.update(train_changes)
     train["checkpoint_every"] = 10**9  # only the final checkpoint (the algorithm state diagnose loads)
     data = {"source": "fashion_mnist", "binarize": "fixed-seed0", "n": n}
-    return {"model": base["model"], "algorithm": algorithm, "train": train, "data": data}
+    model = dict(base["model"])
+    layer_changes = MODEL_CHANGES.get(label, {})
+    model["layers"] = [{**layer, **layer_changes.get(layer["name"], {})} for layer in model["layers"]]
+    if init is not None:
+        model["init"] = str(Path(init) / "model.safetensors")
+    return {"model": model, "algorithm": algorithm, "train": train, "data": data}
 
 
 def main() -> None:
@@ -95,6 +112,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--n", type=int, default=10000, help="training images")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--init", type=Path, default=None, help="start every entry's model from this run's weights")
     ap.add_argument("--points", type=int, default=100, help="training images diagnosed (0: no diagnosis)")
     ap.add_argument("--chains", type=int, default=16)
     ap.add_argument("--temperatures", type=int, default=1000)
@@ -111,7 +129,7 @@ def main() -> None:
     test_x = None
     for label in labels:
         run_dir = args.out / label
-        cfg = entry_config(label, args.epochs, args.n, args.seed)
+        cfg = entry_config(label, args.epochs, args.n, args.seed, args.init)
         if not (run_dir / "model.safetensors").exists():
             t0 = time.perf_counter()
             runs.train(runs.as_spec(cfg), run_dir, progress=False)

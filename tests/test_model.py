@@ -80,6 +80,20 @@ def test_init_file_sets_parameters(tmp_path):
     assert not torch.equal(model.layers["x"].link.weight, model2.layers["x"].link.weight)
 
 
+def test_init_from_a_runs_safetensors(tmp_path):
+    """``model.init`` may name a trained run's ``model.safetensors``: every tensor is copied."""
+    from wakesleep.io import save_safetensors
+
+    trained = wakesleep.build_model({**PAPER, "seed": 7})
+    save_safetensors(trained, tmp_path / "model.safetensors")
+    model = wakesleep.build_model({**PAPER, "init": str(tmp_path / "model.safetensors")})
+    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    (tmp_path / "bad.safetensors").write_text("not a tensor file")
+    with pytest.raises(wakesleep.WakesleepError, match="model.init"):
+        wakesleep.build_model({**PAPER, "init": str(tmp_path / "bad.safetensors")})
+
+
 @pytest.mark.parametrize(
     "mutate,needle",
     [

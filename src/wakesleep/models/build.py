@@ -35,7 +35,9 @@ class ModelOptions:
     """The keys of the ``model:`` section."""
 
     layers: Any = option(None, doc="the layers, top latent first, observation last (at least two)")
-    init: Any = option(None, doc="initial parameter values: an .npz file or a mapping keyed by parameter name")
+    init: Any = option(
+        None, doc="initial parameter values: an .npz or .safetensors file or a mapping keyed by parameter name"
+    )
     seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of the random initialisation")
     dtype: str = option("float32", choices=("float32", "float64"), doc="floating dtype of the parameters")
 
@@ -259,14 +261,15 @@ def observation_family(model: torch.nn.Module) -> ExponentialFamily | None:
 
 
 def load_parameters(model: torch.nn.Module, source: str | Path | dict) -> None:
-    """Set parameters (and buffers) from an ``.npz`` file or a dict keyed by parameter name.
+    """Set parameters (and buffers) from an ``.npz`` or ``.safetensors`` file or a dict keyed by parameter name.
 
     Parameters
     ----------
     model : torch.nn.Module
         The model whose parameters and buffers are set (in place).
     source : str, Path or dict
-        An ``.npz`` file or a mapping ``parameter name -> array``.
+        An ``.npz`` file, a ``.safetensors`` file (a run's ``model.safetensors``) or a mapping
+        ``parameter name -> array``.
 
     Raises
     ------
@@ -281,12 +284,17 @@ def load_parameters(model: torch.nn.Module, source: str | Path | dict) -> None:
         if not path.is_file():
             _fail(where, f"file not found: {path}")
         try:
-            with np.load(path) as f:
-                arrays = {k: f[k] for k in f.files}
+            if path.suffix == ".safetensors":  # e.g. a run directory's model.safetensors
+                from safetensors.numpy import load_file
+
+                arrays = load_file(str(path))
+            else:
+                with np.load(path) as f:
+                    arrays = {k: f[k] for k in f.files}
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
             _fail(where, f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     else:
-        _fail(where, f"must be a path to an .npz file or a mapping of parameter values, got {source!r}")
+        _fail(where, f"must be a path to an .npz or .safetensors file or a mapping of parameter values, got {source!r}")
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():
         for key, value in arrays.items():
