@@ -74,6 +74,11 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     # 1 / sqrt(200)), so that z2 and z3 say something about z1 from the first step
     "ddc_cond_n10000_init3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20}),
     "vimco_k50_init3": ({"name": "vimco", "k": 50, "_replace": True}, {}),
+    "ddc_cond_n10000_adaptive": (
+        {"beta": "conditional", "sleep_samples": 10000, "recognition_memory": "adaptive"},
+        {"sleep_every": 20},
+    ),
+    "ddc_cond_n10000_lr2e3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20, "lr": 2e-3}),
 }
 
 # label -> changes to configs/sbn.yaml's layers (layer name -> keys), for entries that change the model's start
