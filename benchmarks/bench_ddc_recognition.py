@@ -73,7 +73,6 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     # session 11: the links between latent layers start 3 times stronger (init_std 3 / sqrt(200) instead of
     # 1 / sqrt(200)), so that z2 and z3 say something about z1 from the first step
     "ddc_cond_n10000_init3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20}),
-    "vimco_k50_init3": ({"name": "vimco", "k": 50, "_replace": True}, {}),
     # and the pixels' link too (init_std 3 / sqrt(200) for x as well)
     "ddc_cond_n10000_init3x": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20}),
     "ddc_cond_n10000_adaptive": (
@@ -86,7 +85,6 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
 # label -> changes to configs/sbn.yaml's layers (layer name -> keys), for entries that change the model's start
 MODEL_CHANGES: dict[str, dict[str, dict]] = {
     "ddc_cond_n10000_init3": {"z2": {"init_std": 0.2121}, "z1": {"init_std": 0.2121}},
-    "vimco_k50_init3": {"z2": {"init_std": 0.2121}, "z1": {"init_std": 0.2121}},
     "ddc_cond_n10000_init3x": {"z2": {"init_std": 0.2121}, "z1": {"init_std": 0.2121}, "x": {"init_std": 0.2121}},
 }
 

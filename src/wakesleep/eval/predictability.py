@@ -186,7 +186,7 @@ def latent_predictability(
     t0 = time.perf_counter()
     layers = _check(model, n, n_test, mlp_epochs, mlp_hidden, ridge_grid, statistics)
     n, n_test, mlp_epochs, mlp_hidden = int(n), int(n_test), int(mlp_epochs), int(mlp_hidden)
-    device = _device_of(model)
+    device = model.device
     cuda = device.type == "cuda"
     if cuda and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -196,7 +196,7 @@ def latent_predictability(
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
         gen = torch.Generator(device=device).manual_seed(seed)
-        samples = _draw(layers, n + n_test, gen)
+        samples = model.sample(n + n_test, generator=gen)
         x = samples[-1].reshape(n + n_test, -1)
         targets = [_targets(layer, z, statistics) for layer, z in zip(layers[:-1], samples[:-1], strict=True)]
         del samples
@@ -232,22 +232,6 @@ def _check(
     if statistics not in ("sufficient", "mean"):
         raise WakesleepError(f"{_FN}: statistics must be 'sufficient' or 'mean', got {statistics!r}")
     return layers
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _draw(layers: list[nn.Module], n: int, gen: torch.Generator) -> list[Tensor]:
-    """Ancestral samples ``[z_L, ..., z_1, x]`` (as DDC-HM's sleep phase draws them)."""
-    with torch.no_grad():
-        samples = [layers[0].sample(n, generator=gen)]
-        for layer, parent in zip(layers[1:], layers[:-1], strict=True):
-            eta = layer.natural_params(parent.embed(samples[-1]))
-            samples.append(layer.family.sample(eta, generator=gen))
-    return samples
 
 
 def _targets(layer: nn.Module, z: Tensor, statistics: str) -> Tensor:
