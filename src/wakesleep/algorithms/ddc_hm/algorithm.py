@@ -14,13 +14,20 @@ from torch import Tensor, nn
 
 from wakesleep.algorithms.base import Algorithm, Capabilities
 from wakesleep.algorithms.ddc_hm.features import EncodingFunctions, layer_statistics, layer_support
+from wakesleep.algorithms.ddc_hm.learned import EncodingLearner
 from wakesleep.algorithms.ddc_hm.options import (
     DDCOptions,
     auto_recognition_input,
     readout_inputs,
     recognition_memory,
 )
-from wakesleep.algorithms.ddc_hm.recognition import DeepDDCRecognition, LinearDDCRecognition, MLPDDCRecognition
+from wakesleep.algorithms.ddc_hm.recognition import (
+    DeepDDCRecognition,
+    LinearDDCRecognition,
+    MLPDDCRecognition,
+    adam_from_state_tensors,
+    adam_state_tensors,
+)
 from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
 from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
 from wakesleep.errors import WakesleepError
@@ -29,6 +36,7 @@ from wakesleep.ops import matmul
 __all__ = ["DDCHelmholtzMachine", "message_supported"]
 
 _FIT_PREFIX = "recognizer_fit."  # state_dict keys of the recognition's running fit state
+_FEATURE_PREFIX = "feature_learner."  # state_dict keys of the learned encodings' Adam state
 
 
 def message_supported(model: torch.nn.Module) -> bool:
@@ -140,6 +148,15 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         phase every step the two are the same estimator.
     mlp_layers, mlp_steps, mlp_lr : int, int, float
         Depth, Adam steps per sleep phase and learning rate of the MLP recognition.
+    learn_features : bool
+        Learned encoding functions (issue 16, the paper's §8): each sleep phase, Adam moves the projections W and
+        offsets b of every layer's T(z) = sigma(W z_hat + b) to reduce the held-out error of that layer's gradient
+        regressions (eqs. 31-35), measured on random projections of the per-sample gradients
+        (:class:`~wakesleep.algorithms.ddc_hm.learned.EncodingLearner`). The held-out errors are logged as
+        ``feature_error_<l>``.
+    feature_steps, feature_lr, feature_directions, feature_samples : int, float, int, int
+        ``learn_features``: Adam steps per sleep phase, learning rate, random directions of the sketch and sleep
+        samples used (the first 80 % fit the regressions, the rest measure their error).
     seed : int
         Seed of the random encoding functions and ReLU layer.
 
@@ -241,6 +258,21 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 message_dim=message_dim,
             )
         self.to(device=model.device, dtype=model.dtype)
+        self.learn_features = o.learn_features
+        self.feature_learner = (
+            EncodingLearner(
+                self.encoders,
+                self._exact_stats,
+                steps=o.feature_steps,
+                lr=o.feature_lr,
+                n_directions=o.feature_directions,
+                n_samples=o.feature_samples,
+                ridge=o.grad_ridge,
+                free_stats=o.free_stats,
+            )
+            if o.learn_features
+            else None
+        )
         self._samples: list[Tensor] | None = None
         self._etas: list[Tensor | None] = []
         self._etas_version: tuple = ()
@@ -250,6 +282,10 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         # observation layer eta = W e(z_1) + b: its data term is read from posterior moments (see _wake_terms)
         self._obs_linear = observation_is_linear_in_theta(model)
         self._obs_moments: Tensor | None = None
+
+    def _exact_stats(self, i: int, z: Tensor) -> Tensor | None:
+        """S_l(z) of latent layer i (top first) if its encodings include them (``extra_stats: sufficient``)."""
+        return self._layer_stats[i](z) if self.encoders[i].stats_standardize is not None else None
 
     def _encoding_bounds(self) -> list[tuple[Tensor, Tensor]]:
         """The range of each latent layer's encoding functions, bottom-up (the deep recognition's heads)."""
@@ -289,15 +325,29 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             raise WakesleepError("algorithm.readout_weights: 'nonnegative' does not support data-parallel training")
         self._reduce = reduce
         self.recognizer.set_reducer(reduce)
+        if self.feature_learner is not None:
+            self.feature_learner.reduce = reduce
 
     # --- checkpoints: the submodules' buffers (nn.Module) and the recognition's running fit state ---------
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for k, v in self.recognizer.fit_state().items():  # running statistics, chosen ridges: resumes exactly
             destination[prefix + _FIT_PREFIX + k] = v
+        if self.feature_learner is not None:
+            for k, v in adam_state_tensors(self.feature_learner.optimizer).items():
+                destination[prefix + _FEATURE_PREFIX + k] = v
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
         fit = prefix + _FIT_PREFIX
+        feat = prefix + _FEATURE_PREFIX
+        adam = {k[len(feat) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(feat)}
+        if adam and self.feature_learner is None:
+            unexpected.extend(feat + k for k in adam)
+        elif self.feature_learner is not None:  # over the encoders' W and b, which are loaded in place below
+            params = self.feature_learner.parameters()
+            self.feature_learner.optimizer = (
+                adam_from_state_tensors(params, self.feature_learner.lr, adam) if adam else None
+            )
         self.recognizer.load_fit_state(
             {k[len(fit) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(fit)}
         )

@@ -84,6 +84,13 @@ class DDCOptions:
     recognition_chain: bool = option(
         True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"
     )
+    learn_features: bool = option(
+        False, doc="train T's projections and offsets on the held-out error of the gradient regressions"
+    )
+    feature_steps: int = option(10, minimum=1, doc="learn_features: Adam steps per sleep phase")
+    feature_lr: float = option(1e-3, minimum=0.0, exclusive_minimum=True, doc="learn_features: Adam's learning rate")
+    feature_directions: int = option(8, minimum=1, doc="learn_features: random directions sketching the targets")
+    feature_samples: int = option(2000, minimum=10, doc="learn_features: sleep samples used (80 % fit, 20 % held out)")
     seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of the random encoding functions and ReLU layer")
 
     def validate(self, prefix: str) -> None:

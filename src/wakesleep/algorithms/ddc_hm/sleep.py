@@ -143,10 +143,16 @@ class SleepPhase:
                 enc = self.encoders[i]
                 stats = self._layer_stats[i](samples[i]) if enc.stats_standardize is not None else None
                 enc.fit_standardization(layers[i].embed(samples[i]), stats, self._reduce)
+        info: dict[str, float] = {}
+        if self.feature_learner is not None:  # learned encoding functions: before T is used anywhere this phase
+            embed = [layers[i].embed(samples[i]) for i in range(n_latent)]
+            info = self.feature_learner.step(self.model, samples, self.beta, embed)
+            seconds["seconds_features"] = clock.lap()
+        with torch.no_grad():
             feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
             targets = [f[:, :-1] for f in feats][::-1]
         seconds["seconds_encode"] = clock.lap()
-        info = self.recognizer.fit(samples[-1], targets)
+        info = {**info, **self.recognizer.fit(samples[-1], targets)}
         seconds["seconds_recognition"] = clock.lap()
         with torch.no_grad():
             n = float(self._sum(feats[0].new_tensor([samples[0].shape[0]])))

@@ -1,0 +1,125 @@
+"""DDC-HM's learned encoding functions (``learn_features``, issue 16 item 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wakesleep
+from wakesleep.algorithms.ddc_hm.learned import random_directions, sketched_targets
+from wakesleep.training import Trainer
+
+from oracles import build, linear_gaussian_config, sbn_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def laplace_chain_config(seed: int = 0) -> dict:
+    """Gaussian -> Laplace (scale softplus(B z2)) -> Gaussian, float64: a latent layer without a linear link."""
+    return {
+        "layers": [
+            {"name": "z2", "family": "gaussian", "dim": 2},
+            {"name": "z1", "family": "laplace", "dim": 3, "link": "softplus_linear"},
+            {"name": "x", "family": "gaussian", "dim": 4, "link": "linear"},
+        ],
+        "seed": seed,
+        "dtype": "float64",
+    }
+
+
+MODELS = {
+    "sbn": lambda: build(sbn_config((2, 3, 5), 1)),
+    "linear_gaussian": lambda: build(linear_gaussian_config((2, 3, 4), seed=1)),
+    "gaussian_laplace_gaussian": lambda: build(laplace_chain_config(1)),
+}
+
+
+@pytest.mark.parametrize("beta", ["conditional", "analytic", "sample"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_sketched_targets_weighted_by_the_regressions_give_the_wake_gradient(name, beta):
+    """Sum_l a_l . (v . F^l) plus the data term's m . (J v) must equal v . (wake gradient of eq. 36) for every
+    direction v: the sketched targets are exactly what the wake phase regresses (float64)."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    x = MODELS[name]().sample(7, generator=torch.Generator().manual_seed(3))[-1]
+    algo = wakesleep.build_algorithm(
+        "ddc_hm", model, sleep_samples=200, features=12, recognition_hidden=20, beta=beta, extra_stats="sufficient"
+    )
+    algo.sleep()
+    grad = algo.wake_gradient(x)
+    directions = random_directions(model, 3, torch.Generator().manual_seed(4))
+    tangents: list[torch.Tensor] = []
+    targets = sketched_targets(model, algo._samples, beta, directions, data_tangents=tangents)
+    rs = algo.recognise(x)
+    n_latent = len(rs)
+    a = [algo._weights(i, rs[i].mean(0)) for i in range(n_latent)]
+    w = algo._weights(n_latent - 1, rs[-1])  # [n, B]
+    obs = list(model.layers.values())[-1]
+    sx = obs.family.sufficient_statistics(x).reshape(x.shape[0], -1)
+    m = w @ sx / x.shape[0]  # [n, D_x S]
+    for j, (v, _) in enumerate(directions):
+        exact = sum((v[k] * g).sum() for k, g in grad.items())
+        sketch = sum(a[i] @ targets[i][:, j] for i in range(n_latent))
+        sketch = sketch + (m * tangents[j].reshape(m.shape)).sum()
+        assert torch.isclose(sketch, exact, rtol=1e-8, atol=1e-10), (j, float(sketch), float(exact))
+
+
+def test_learning_lowers_the_heldout_error_on_fresh_samples():
+    """After training W and b on the sleep phases of a fixed model, the gradient regressions' error on new sleep
+    samples and new directions (never trained on) is lower than with the random encoding functions."""
+    torch.manual_seed(0)
+    model = build(laplace_chain_config(2))
+    options = {"sleep_samples": 1000, "features": 10, "recognition_hidden": 20}
+    fixed = wakesleep.build_algorithm("ddc_hm", model, **options)
+    learnt = wakesleep.build_algorithm(
+        "ddc_hm", model, **options, learn_features=True, feature_steps=40, feature_lr=1e-2, feature_directions=8
+    )
+    for _ in range(5):
+        learnt.sleep()
+    fixed.sleep()
+    fresh = model.sample(4000, generator=torch.Generator().manual_seed(11))
+    directions = random_directions(model, 16, torch.Generator().manual_seed(12))
+    embed = [layer.embed(z) for layer, z in zip(list(model.layers.values())[:-1], fresh[:-1], strict=False)]
+    before = learnt.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
+    # the fixed machine's encoders are the learnt one's at the start (same seed): score them with its learner
+    fixed_learner = type(learnt.feature_learner)(fixed.encoders, fixed._exact_stats, 1, 1e-3, 1, 10, 1e-3, True)
+    start = fixed_learner.heldout_errors(model, fresh, "conditional", embed, directions)
+    assert set(before) == set(start) == {0, 1}
+    assert torch.equal(fixed.encoders[0].weight, wakesleep.build_algorithm("ddc_hm", model, **options).encoders[0].weight)
+    total_learnt, total_random = sum(float(e) for e in before.values()), sum(float(e) for e in start.values())
+    assert total_learnt < 0.8 * total_random, (before, start)
+
+
+def test_linear_encodings_have_nothing_to_learn():
+    algo = wakesleep.build_algorithm("ddc_hm", build(sbn_config((2, 3, 5), 1)), encoding="linear", learn_features=True)
+    info = algo.sleep()
+    assert not any(k.startswith("feature_error") for k in info)
+
+
+LEARN = {"sleep_samples": 60, "features": 8, "learn_features": True, "feature_steps": 2, "feature_samples": 50}
+
+
+def trainer(options: dict, **kw) -> Trainer:
+    torch.manual_seed(123)
+    algo = wakesleep.build_algorithm("ddc_hm", build(sbn_config([3, 3, 6], seed=0)), **options)
+    return Trainer(algo, batch_size=20, lr=1e-2, seed=1, monitor_samples=20, log_every=2, **kw)
+
+
+def test_learned_encodings_resume_bit_for_bit(tmp_path):
+    """2k iterations against k, a checkpoint and k more: W, b and their Adam state are state."""
+    data = build(sbn_config([3, 3, 6], seed=7)).sample(60, generator=torch.Generator().manual_seed(5))[-1]
+    full = trainer(LEARN, epochs=4, sleep_every=2).fit(data)
+    trainer(LEARN, epochs=4, max_iters=6, out_dir=tmp_path, sleep_every=2).fit(data)
+    torch.manual_seed(999)
+    resumed = trainer(LEARN, epochs=4, out_dir=tmp_path, sleep_every=2)
+    resumed.fit(data, resume_from=tmp_path / "checkpoint")
+    assert resumed.start_iter_ == 6 and resumed.n_iter_ == 12
+    sa, sb = full.algorithm.state_dict(), resumed.algorithm.state_dict()
+    assert sa.keys() == sb.keys()
+    assert any(k.startswith("feature_learner.adam.") for k in sa)
+    start = wakesleep.build_algorithm("ddc_hm", build(sbn_config([3, 3, 6], seed=0)), **LEARN).state_dict()
+    assert not torch.equal(sa["encoders.0.weight"], start["encoders.0.weight"])  # W did move
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for (na, pa), (nb, pb) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
