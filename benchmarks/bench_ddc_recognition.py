@@ -80,6 +80,19 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"sleep_every": 20},
     ),
     "ddc_cond_n10000_lr2e3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20, "lr": 2e-3}),
+    # session 12: learned encoding functions (issue 16 item 4)
+    "ddc_cond_n10000_learn": (
+        {"beta": "conditional", "sleep_samples": 10000, "learn_features": True},
+        {"sleep_every": 20},
+    ),
+    "ddc_cond_n10000_learn10": (
+        {"beta": "conditional", "sleep_samples": 10000, "learn_features": True, "feature_phases": 10},
+        {"sleep_every": 20},
+    ),
+    "ddc_stats_cond_n10000_learn": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000, "learn_features": True},
+        {"sleep_every": 20},
+    ),
 }
 
 # label -> changes to configs/sbn.yaml's layers (layer name -> keys), for entries that change the model's start

@@ -61,6 +61,13 @@ SETTINGS: dict[str, dict] = {
         "beta": "conditional",
         "extra_stats": "sufficient",
     },
+    "20000, beta conditional, sufficient stats, learned encodings": {
+        "sleep_samples": 20000,
+        "beta": "conditional",
+        "extra_stats": "sufficient",
+        "learn_features": True,
+        "feature_samples": 4000,
+    },
 }
 
 

@@ -85,7 +85,9 @@ def test_learning_lowers_the_heldout_error_on_fresh_samples():
     fixed_learner = type(learnt.feature_learner)(fixed.encoders, fixed._exact_stats, 1, 1e-3, 1, 10, 1e-3, True)
     start = fixed_learner.heldout_errors(model, fresh, "conditional", embed, directions)
     assert set(before) == set(start) == {0, 1}
-    assert torch.equal(fixed.encoders[0].weight, wakesleep.build_algorithm("ddc_hm", model, **options).encoders[0].weight)
+    assert torch.equal(
+        fixed.encoders[0].weight, wakesleep.build_algorithm("ddc_hm", model, **options).encoders[0].weight
+    )
     total_learnt, total_random = sum(float(e) for e in before.values()), sum(float(e) for e in start.values())
     assert total_learnt < 0.8 * total_random, (before, start)
 
@@ -123,3 +125,24 @@ def test_learned_encodings_resume_bit_for_bit(tmp_path):
         assert torch.equal(sa[k], sb[k]), k
     for (na, pa), (nb, pb) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb), na
+
+
+def test_feature_phases_stops_learning_after_that_many_phases():
+    algo = wakesleep.build_algorithm(
+        "ddc_hm",
+        build(sbn_config((2, 3, 5), 1)),
+        sleep_samples=100,
+        features=6,
+        learn_features=True,
+        feature_steps=3,
+        feature_samples=50,
+        feature_phases=2,
+    )
+    moved = []
+    for _ in range(4):
+        before = algo.encoders[0].weight.clone()
+        info = algo.sleep()
+        moved.append(not torch.equal(before, algo.encoders[0].weight))
+        assert any(k.startswith("feature_error") for k in info) == moved[-1]
+    assert moved == [True, True, False, False]
+    assert algo.feature_learner.phases_done() == 2

@@ -157,6 +157,10 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
     feature_steps, feature_lr, feature_directions, feature_samples : int, float, int, int
         ``learn_features``: Adam steps per sleep phase, learning rate, random directions of the sketch and sleep
         samples used (the first 80 % fit the regressions, the rest measure their error).
+    feature_phases : int
+        ``learn_features``: learn only in the first this many sleep phases and keep T fixed afterwards, so the
+        recognition's running statistics (``recognition_memory``) stop mixing targets of different T (0: learn in
+        every phase).
     seed : int
         Seed of the random encoding functions and ReLU layer.
 
@@ -269,6 +273,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 n_samples=o.feature_samples,
                 ridge=o.grad_ridge,
                 free_stats=o.free_stats,
+                phases=o.feature_phases,
             )
             if o.learn_features
             else None

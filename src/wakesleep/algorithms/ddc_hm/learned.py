@@ -172,6 +172,8 @@ class EncodingLearner:
         ``(i, z) -> S_l(z)`` or None: the exact statistics appended to layer i's encodings.
     steps, lr, n_directions, n_samples : int, float, int, int
         Adam steps per sleep phase, its learning rate, sketch directions and sleep samples used.
+    phases : int
+        Learn in the first this many sleep phases only (0: in every phase).
     ridge : float
         Relative ridge (``grad_ridge``); ``free_stats`` leaves the exact statistics unpenalised.
     """
@@ -186,12 +188,20 @@ class EncodingLearner:
         n_samples: int,
         ridge: float,
         free_stats: bool,
+        phases: int = 0,
     ) -> None:
         self.encoders, self.encode_stats = encoders, encode_stats
         self.steps, self.lr, self.n_directions, self.n_samples = steps, lr, n_directions, n_samples
-        self.ridge, self.free_stats = ridge, free_stats
+        self.ridge, self.free_stats, self.phases = ridge, free_stats, phases
         self.optimizer: torch.optim.Adam | None = None
         self.reduce: Callable[[Tensor], Tensor] | None = None
+
+    def phases_done(self) -> int:
+        """Sleep phases learnt so far (from Adam's step count, so that it resumes with the checkpoint)."""
+        if self.optimizer is None or not self.optimizer.state:
+            return 0
+        step = next(iter(self.optimizer.state.values()))["step"]
+        return int(step) // self.steps
 
     def parameters(self) -> list[Tensor]:
         """The learnt tensors: W and b of every layer with random encoding functions (buffers of the encoders)."""
@@ -244,7 +254,7 @@ class EncodingLearner:
         ``feature_error_<l>``, l = 1 at the bottom), on this phase's samples and directions.
         """
         params = self.parameters()
-        if not params:
+        if not params or (self.phases and self.phases_done() >= self.phases):
             return {}
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(params, lr=self.lr)

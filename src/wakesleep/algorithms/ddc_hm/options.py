@@ -91,6 +91,9 @@ class DDCOptions:
     feature_lr: float = option(1e-3, minimum=0.0, exclusive_minimum=True, doc="learn_features: Adam's learning rate")
     feature_directions: int = option(8, minimum=1, doc="learn_features: random directions sketching the targets")
     feature_samples: int = option(2000, minimum=10, doc="learn_features: sleep samples used (80 % fit, 20 % held out)")
+    feature_phases: int = option(
+        0, minimum=0, doc="learn_features: learn in the first this many sleep phases, then keep T fixed (0: always)"
+    )
     seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of the random encoding functions and ReLU layer")
 
     def validate(self, prefix: str) -> None:
