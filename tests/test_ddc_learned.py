@@ -7,9 +7,10 @@ import torch
 
 import wakesleep
 from wakesleep.algorithms.ddc_hm.learned import random_directions, sketched_targets
+from wakesleep.errors import WakesleepError
 from wakesleep.training import Trainer
 
-from oracles import build, linear_gaussian_config, sbn_config
+from oracles import build, linear_gaussian_config, sbn_config, tiny_patch_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,6 +32,7 @@ MODELS = {
     "sbn": lambda: build(sbn_config((2, 3, 5), 1)),
     "linear_gaussian": lambda: build(linear_gaussian_config((2, 3, 4), seed=1)),
     "gaussian_laplace_gaussian": lambda: build(laplace_chain_config(1)),
+    "mixture_top": lambda: build(tiny_patch_model_config(2)),
 }
 
 
@@ -146,3 +148,49 @@ def test_feature_phases_stops_learning_after_that_many_phases():
         assert any(k.startswith("feature_error") for k in info) == moved[-1]
     assert moved == [True, True, False, False]
     assert algo.feature_learner.phases_done() == 2
+
+
+def test_amortised_objective_lowers_the_error_of_the_gradient_read_from_x():
+    """feature_objective: amortised trains T on the error of alpha . r(x) (r read out from x): on fresh samples
+    that error is lower than with the random encoding functions it started from."""
+    torch.manual_seed(0)
+    model = build(laplace_chain_config(2))
+    options = {"sleep_samples": 1000, "features": 10, "recognition_hidden": 20}
+    learnt = wakesleep.build_algorithm(
+        "ddc_hm",
+        model,
+        **options,
+        learn_features=True,
+        feature_objective="amortised",
+        feature_steps=40,
+        feature_lr=1e-2,
+    )
+    start = wakesleep.build_algorithm(
+        "ddc_hm",
+        model,
+        **options,
+        learn_features=True,
+        feature_objective="amortised",
+        feature_steps=1,
+        feature_lr=1e-12,
+    )
+    for _ in range(5):
+        learnt.sleep()
+    start.sleep()
+    fresh = model.sample(4000, generator=torch.Generator().manual_seed(11))
+    directions = random_directions(model, 16, torch.Generator().manual_seed(12))
+    embed = [layer.embed(z) for layer, z in zip(list(model.layers.values())[:-1], fresh[:-1], strict=False)]
+    after = learnt.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
+    before = start.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
+    assert sum(float(e) for e in after.values()) < sum(float(e) for e in before.values()) - 0.05, (after, before)
+
+
+def test_amortised_objective_needs_the_closed_form_recognition():
+    with pytest.raises(WakesleepError, match="algorithm.feature_objective"):
+        wakesleep.build_algorithm(
+            "ddc_hm",
+            build(sbn_config((2, 3, 5), 1)),
+            recognition="mlp",
+            learn_features=True,
+            feature_objective="amortised",
+        )

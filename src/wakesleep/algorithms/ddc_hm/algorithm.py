@@ -28,6 +28,7 @@ from wakesleep.algorithms.ddc_hm.recognition import (
     adam_from_state_tensors,
     adam_state_tensors,
 )
+from wakesleep.algorithms.ddc_hm.ridge import with_intercept
 from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
 from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
 from wakesleep.errors import WakesleepError
@@ -157,6 +158,11 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
     feature_steps, feature_lr, feature_directions, feature_samples : int, float, int, int
         ``learn_features``: Adam steps per sleep phase, learning rate, random directions of the sketch and sleep
         samples used (the first 80 % fit the regressions, the rest measure their error).
+    feature_objective : {"regression", "amortised"}
+        ``learn_features``: what T is trained to reduce. ``regression``: the held-out error of the gradient
+        regressions on T(z) (issue 16 item 4 as written); ``amortised``: the held-out error of the gradient the
+        wake phase actually forms, alpha . r(x), with r the closed-form read-out of T from the recognition's
+        inputs h(x), so T also has to be something x can tell (closed-form recognition only).
     feature_phases : int
         ``learn_features``: learn only in the first this many sleep phases and keep T fixed afterwards, so the
         recognition's running statistics (``recognition_memory``) stop mixing targets of different T (0: learn in
@@ -263,6 +269,10 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             )
         self.to(device=model.device, dtype=model.dtype)
         self.learn_features = o.learn_features
+        if o.learn_features and o.feature_objective == "amortised" and o.recognition not in ("ddc", "direct"):
+            raise WakesleepError(
+                f"algorithm.feature_objective: amortised needs recognition ddc or direct, got {o.recognition!r}"
+            )
         self.feature_learner = (
             EncodingLearner(
                 self.encoders,
@@ -274,6 +284,8 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 ridge=o.grad_ridge,
                 free_stats=o.free_stats,
                 phases=o.feature_phases,
+                objective=o.feature_objective,
+                recognition_inputs=self._recognition_inputs if o.recognition in ("ddc", "direct") else None,
             )
             if o.learn_features
             else None
@@ -287,6 +299,13 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         # observation layer eta = W e(z_1) + b: its data term is read from posterior moments (see _wake_terms)
         self._obs_linear = observation_is_linear_in_theta(model)
         self._obs_moments: Tensor | None = None
+
+    def _recognition_inputs(self, x: Tensor) -> tuple[Tensor, int]:
+        """h(x) of the closed-form recognition with its constant, and how many of its last columns are exact
+        inputs left unpenalised (``free_stats``) with the constant."""
+        feats = self.recognizer.features
+        feats.fit_standardization(x, self._reduce)
+        return with_intercept(feats(x)), 1 + (feats.n_exact if self.free_stats else 0)
 
     def _exact_stats(self, i: int, z: Tensor) -> Tensor | None:
         """S_l(z) of latent layer i (top first) if its encodings include them (``extra_stats: sufficient``)."""

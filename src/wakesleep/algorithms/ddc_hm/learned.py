@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from wakesleep.algorithms.ddc_hm.ridge import with_intercept
 
+SMOOTHER_RIDGE = 1e-2  # relative ridge of the recognition read-out inside the amortised objective
+
 __all__ = ["EncodingLearner", "gradient_target_terms", "random_directions", "sketched_targets"]
 
 
@@ -40,7 +42,7 @@ def gradient_target_terms(model: nn.Module, samples: list[Tensor], beta: str) ->
     layers = list(model.layers.values())
     n_latent = len(layers) - 1
     top = layers[0]
-    if hasattr(top, "family"):  # eta . S(z) - A(eta): the log density up to log h(z), which theta does not move
+    if hasattr(top, "natural_params"):  # eta . S(z) - A(eta): the log density up to log h(z), which theta does not move
         eta = top.natural_params(None)
         log_top = (eta * top.family.sufficient_statistics(samples[0])).sum((-2, -1)) - top.family.log_normalizer(
             eta
@@ -138,19 +140,36 @@ def sketched_targets(
     return out
 
 
-def _heldout_error(feats: Tensor, y: Tensor, n_fit: int, ridge: float, n_free: int) -> Tensor:
-    """Fraction of the held-out variance of ``y`` left by a ridge regression on ``feats`` fitted to the first
-    ``n_fit`` rows (the penalty relative to the mean penalised feature variance; the last ``n_free`` columns,
-    the exact statistics and the constant, unpenalised), differentiable in ``feats``."""
-    f_fit, f_out = feats[:n_fit], feats[n_fit:]
-    y_fit, y_out = y[:n_fit], y[n_fit:]
-    gram = f_fit.T @ f_fit / n_fit
+def _ridge_penalty(gram: Tensor, ridge: float, n_free: int) -> Tensor:
+    """``gram`` plus the relative ridge on its first columns (the last ``n_free`` unpenalised) and a tiny jitter."""
     k = gram.shape[0]
     pen = torch.zeros(k, dtype=gram.dtype)
     pen[: k - n_free] = 1.0
     scale = gram.diagonal()[: k - n_free].mean() if k > n_free else gram.new_tensor(1.0)
-    a = gram + torch.diag(pen * ridge * scale + 1e-10 * gram.diagonal().mean())
-    coef = torch.linalg.solve(a, f_fit.T @ y_fit / n_fit)
+    return gram + torch.diag(pen * ridge * scale + 1e-10 * gram.diagonal().mean())
+
+
+def recognition_smoother(inputs: Tensor, n_fit: int, ridge: float, n_free: int) -> Tensor:
+    """S with ``S @ T_fit`` the closed-form read-out (eq. 7, ridge) of any targets T from the recognition inputs
+    ``inputs`` ``[n, M']`` (with intercept), fitted on the first ``n_fit`` rows and evaluated at the others:
+    ``[n - n_fit, n_fit]``."""
+    h_fit, h_out = inputs[:n_fit], inputs[n_fit:]
+    gram = _ridge_penalty(h_fit.T @ h_fit / n_fit, ridge, n_free)
+    return h_out @ torch.linalg.solve(gram, h_fit.T / n_fit)
+
+
+def _heldout_error(
+    feats: Tensor, y: Tensor, n_fit: int, ridge: float, n_free: int, smoother: Tensor | None = None
+) -> Tensor:
+    """Fraction of the held-out variance of ``y`` left by a ridge regression on ``feats`` fitted to the first
+    ``n_fit`` rows (the penalty relative to the mean penalised feature variance; the last ``n_free`` columns,
+    the exact statistics and the constant, unpenalised), differentiable in ``feats``. With ``smoother``
+    (:func:`recognition_smoother`) the held-out rows' features are not T(z) but the recognition's read-out of
+    them from x, ``smoother @ feats[:n_fit]``: the error of the amortised gradient alpha . r(x) of eq. 36."""
+    f_fit = feats[:n_fit]
+    f_out = feats[n_fit:] if smoother is None else smoother @ f_fit
+    y_fit, y_out = y[:n_fit], y[n_fit:]
+    coef = torch.linalg.solve(_ridge_penalty(f_fit.T @ f_fit / n_fit, ridge, n_free), f_fit.T @ y_fit / n_fit)
     resid = y_out - f_out @ coef
     total = (y_out - y_out.mean(0)).pow(2).sum().clamp_min(torch.finfo(y.dtype).tiny)
     return resid.pow(2).sum() / total
@@ -174,6 +193,13 @@ class EncodingLearner:
         Adam steps per sleep phase, its learning rate, sketch directions and sleep samples used.
     phases : int
         Learn in the first this many sleep phases only (0: in every phase).
+    objective : {"regression", "amortised"}
+        ``regression``: the held-out error of the gradient regressions on T(z) (eqs. 31-35); ``amortised``: of
+        the gradient the wake phase uses, alpha . r(x), with r(x) the closed-form read-out of T from the
+        recognition's inputs (fitted on the same 80 %, relative ridge :data:`SMOOTHER_RIDGE`), so that T is also
+        pushed towards functions of z whose posterior expectations x can tell.
+    recognition_inputs : callable, optional
+        ``x -> (h(x) with intercept, number of unpenalised columns)`` (``amortised``).
     ridge : float
         Relative ridge (``grad_ridge``); ``free_stats`` leaves the exact statistics unpenalised.
     """
@@ -189,7 +215,14 @@ class EncodingLearner:
         ridge: float,
         free_stats: bool,
         phases: int = 0,
+        objective: str = "regression",
+        recognition_inputs: Callable[[Tensor], tuple[Tensor, int]] | None = None,
     ) -> None:
+        if objective not in ("regression", "amortised"):
+            raise ValueError(f"feature_objective must be regression or amortised, got {objective!r}")
+        if objective == "amortised" and recognition_inputs is None:
+            raise ValueError("feature_objective 'amortised' needs the closed-form recognition (ddc or direct)")
+        self.objective, self.recognition_inputs = objective, recognition_inputs
         self.encoders, self.encode_stats = encoders, encode_stats
         self.steps, self.lr, self.n_directions, self.n_samples = steps, lr, n_directions, n_samples
         self.ridge, self.free_stats, self.phases = ridge, free_stats, phases
@@ -233,10 +266,23 @@ class EncodingLearner:
         with torch.no_grad():
             targets = sketched_targets(model, samples, beta, directions)
         stats = [self.encode_stats(i, samples[i]) for i in range(len(self.encoders))]
-        return self._errors(targets, embed, stats, max(1, int(0.8 * int(samples[0].shape[0]))))
+        n_fit = max(1, int(0.8 * int(samples[0].shape[0])))
+        return self._errors(targets, embed, stats, n_fit, self._smoother(samples[-1], n_fit))
+
+    def _smoother(self, x: Tensor, n_fit: int) -> Tensor | None:
+        if self.objective != "amortised":
+            return None
+        with torch.no_grad():
+            h, n_free = self.recognition_inputs(x)
+            return recognition_smoother(h.to(torch.float64), n_fit, SMOOTHER_RIDGE, n_free)
 
     def _errors(
-        self, targets: list[Tensor], embed: list[Tensor], stats: list[Tensor | None], n_fit: int
+        self,
+        targets: list[Tensor],
+        embed: list[Tensor],
+        stats: list[Tensor | None],
+        n_fit: int,
+        smoother: Tensor | None = None,
     ) -> dict[int, Tensor]:
         out = {}
         for i, enc in enumerate(self.encoders):
@@ -244,7 +290,7 @@ class EncodingLearner:
                 continue
             free = 1 + (enc.n_stats if self.free_stats else 0)
             feats = self._features(i, embed[i], stats[i])
-            out[i] = _heldout_error(feats, targets[i], n_fit, self.ridge, free)
+            out[i] = _heldout_error(feats, targets[i], n_fit, self.ridge, free, smoother)
         return out
 
     def step(self, model: nn.Module, samples: list[Tensor], beta: str, embed: list[Tensor]) -> dict[str, float]:
@@ -265,6 +311,7 @@ class EncodingLearner:
             targets = sketched_targets(model, sub, beta, directions)
         stats = [self.encode_stats(i, sub[i]) for i in range(len(self.encoders))]
         n_fit = max(1, int(0.8 * n))
+        smoother = self._smoother(sub[-1], n_fit)
         ones = torch.ones((), dtype=torch.float64)
         ranks = self.reduce(ones.clone()) if self.reduce is not None else ones
         info: dict[str, float] = {}
@@ -274,7 +321,7 @@ class EncodingLearner:
                 t.requires_grad_(True)
             try:
                 for step in range(self.steps + 1):
-                    errs = self._errors(targets, zs, stats, n_fit)
+                    errs = self._errors(targets, zs, stats, n_fit, smoother)
                     if step == 0 or step == self.steps:
                         suffix = "_start" if step == 0 else ""
                         for i, e in errs.items():

@@ -91,6 +91,9 @@ class DDCOptions:
     feature_lr: float = option(1e-3, minimum=0.0, exclusive_minimum=True, doc="learn_features: Adam's learning rate")
     feature_directions: int = option(8, minimum=1, doc="learn_features: random directions sketching the targets")
     feature_samples: int = option(2000, minimum=10, doc="learn_features: sleep samples used (80 % fit, 20 % held out)")
+    feature_objective: Literal["regression", "amortised"] = option(
+        "regression", doc="learn_features: error of the regressions on T(z), or of alpha . r(x) read out from x"
+    )
     feature_phases: int = option(
         0, minimum=0, doc="learn_features: learn in the first this many sleep phases, then keep T fixed (0: always)"
     )
