@@ -68,6 +68,14 @@ SETTINGS: dict[str, dict] = {
         "learn_features": True,
         "feature_samples": 4000,
     },
+    "20000, beta conditional, sufficient stats, learned encodings (amortised)": {
+        "sleep_samples": 20000,
+        "beta": "conditional",
+        "extra_stats": "sufficient",
+        "learn_features": True,
+        "feature_samples": 4000,
+        "feature_objective": "amortised",
+    },
     "20000, beta conditional, sufficient stats, learned encodings, 500 units, x x^T": {
         "sleep_samples": 20000,
         "beta": "conditional",

@@ -6,7 +6,7 @@ of the sketched per-sample gradients (``--directions`` random directions,
 :func:`wakesleep.algorithms.ddc_hm.learned.sketched_targets`) on T(z_l), the rest measure the fraction of their
 variance left unexplained. "start" uses the encoding functions of a freshly built algorithm (same seed, so the
 run's initial projections), with the run's standardisation; for a run without ``learn_features`` the two are
-the same.
+the same. Also the held-out R^2 of a fresh closed-form read-out of each T from x (``recognition_r2_*``).
 
 Usage::
 
@@ -23,6 +23,7 @@ import torch
 
 from wakesleep import runs
 from wakesleep.algorithms.ddc_hm.learned import EncodingLearner, random_directions
+from wakesleep.algorithms.ddc_hm.ridge import with_intercept
 from wakesleep.eval.diagnose import _load
 
 
@@ -35,6 +36,23 @@ def layer_errors(algo, model, samples, directions) -> dict[str, float]:
     errs = learner.heldout_errors(model, samples, algo.beta, embed, directions)
     names = model.latent_names
     return {names[i]: float(e) for i, e in errs.items()}
+
+
+def recognition_r2(algo, model, samples, n_fit: int, ridge: float = 1e-3) -> dict[str, float]:
+    """Held-out R^2 of a fresh closed-form read-out (eq. 7, relative ridge ``ridge``) of each layer's random
+    encoding functions from the run's recognition inputs h(x), fitted on the first ``n_fit`` samples: how well x
+    can tell T(z_l), free of the running statistics' lag."""
+    h = with_intercept(algo.recognizer.features(samples[-1])).double()
+    gram = h[:n_fit].T @ h[:n_fit] / n_fit
+    gram = gram + torch.diag(torch.full((gram.shape[0],), ridge * float(gram.diagonal()[:-1].mean()), dtype=gram.dtype))
+    out = {}
+    for i, name in enumerate(model.latent_names):
+        k = algo.encoders[i].n_random
+        t = algo._encode(i, samples[i])[:, :k].double()
+        coef = torch.linalg.solve(gram, h[:n_fit].T @ t[:n_fit] / n_fit)
+        resid = t[n_fit:] - h[n_fit:] @ coef
+        out[name] = 1.0 - float(resid.pow(2).sum() / (t[n_fit:] - t[n_fit:].mean(0)).pow(2).sum())
+    return out
 
 
 def main() -> None:
@@ -62,6 +80,8 @@ def main() -> None:
         results[str(run_dir)] = {
             "trained": layer_errors(algo, model, samples, directions),
             "start": layer_errors(start, model, samples, directions),
+            "recognition_r2_trained": recognition_r2(algo, model, samples, int(0.8 * args.samples)),
+            "recognition_r2_start": recognition_r2(start, model, samples, int(0.8 * args.samples)),
             "learn_features": bool(getattr(algo, "learn_features", False)),
             "samples": args.samples,
             "directions": args.directions,
