@@ -38,11 +38,10 @@ def layer_errors(algo, model, samples, directions) -> dict[str, float]:
     return {names[i]: float(e) for i, e in errs.items()}
 
 
-def recognition_r2(algo, model, samples, n_fit: int, ridge: float = 1e-3) -> dict[str, float]:
+def recognition_r2(algo, model, samples, h, n_fit: int, ridge: float = 1e-3) -> dict[str, float]:
     """Held-out R^2 of a fresh closed-form read-out (eq. 7, relative ridge ``ridge``) of each layer's random
-    encoding functions from the run's recognition inputs h(x), fitted on the first ``n_fit`` samples: how well x
-    can tell T(z_l), free of the running statistics' lag."""
-    h = with_intercept(algo.recognizer.features(samples[-1])).double()
+    encoding functions from the recognition inputs ``h`` (h(x) of the trained run, with intercept), fitted on
+    the first ``n_fit`` samples: how well x can tell T(z_l), free of the running statistics' lag."""
     gram = h[:n_fit].T @ h[:n_fit] / n_fit
     gram = gram + torch.diag(torch.full((gram.shape[0],), ridge * float(gram.diagonal()[:-1].mean()), dtype=gram.dtype))
     out = {}
@@ -77,11 +76,13 @@ def main() -> None:
         with torch.no_grad():
             samples = model.sample(args.samples, generator=gen)
         directions = random_directions(model, args.directions, gen)
+        with torch.no_grad():
+            h = with_intercept(algo.recognizer.features(samples[-1])).double()
         results[str(run_dir)] = {
             "trained": layer_errors(algo, model, samples, directions),
             "start": layer_errors(start, model, samples, directions),
-            "recognition_r2_trained": recognition_r2(algo, model, samples, int(0.8 * args.samples)),
-            "recognition_r2_start": recognition_r2(start, model, samples, int(0.8 * args.samples)),
+            "recognition_r2_trained": recognition_r2(algo, model, samples, h, int(0.8 * args.samples)),
+            "recognition_r2_start": recognition_r2(start, model, samples, h, int(0.8 * args.samples)),
             "learn_features": bool(getattr(algo, "learn_features", False)),
             "samples": args.samples,
             "directions": args.directions,

@@ -66,32 +66,33 @@ def test_sketched_targets_weighted_by_the_regressions_give_the_wake_gradient(nam
         assert torch.isclose(sketch, exact, rtol=1e-8, atol=1e-10), (j, float(sketch), float(exact))
 
 
-def test_learning_lowers_the_heldout_error_on_fresh_samples():
-    """After training W and b on the sleep phases of a fixed model, the gradient regressions' error on new sleep
-    samples and new directions (never trained on) is lower than with the random encoding functions."""
-    torch.manual_seed(0)
-    model = build(laplace_chain_config(2))
-    options = {"sleep_samples": 1000, "features": 10, "recognition_hidden": 20}
-    fixed = wakesleep.build_algorithm("ddc_hm", model, **options)
-    learnt = wakesleep.build_algorithm(
-        "ddc_hm", model, **options, learn_features=True, feature_steps=40, feature_lr=1e-2, feature_directions=8
-    )
-    for _ in range(5):
-        learnt.sleep()
-    fixed.sleep()
+def fresh_errors(algo, model) -> float:
+    """The summed held-out error of ``algo``'s gradient regressions (its own objective) on 4000 new samples and 16
+    new directions, never trained on."""
     fresh = model.sample(4000, generator=torch.Generator().manual_seed(11))
     directions = random_directions(model, 16, torch.Generator().manual_seed(12))
     embed = [layer.embed(z) for layer, z in zip(list(model.layers.values())[:-1], fresh[:-1], strict=False)]
-    before = learnt.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
-    # the fixed machine's encoders are the learnt one's at the start (same seed): score them with its learner
-    fixed_learner = type(learnt.feature_learner)(fixed.encoders, fixed._exact_stats, 1, 1e-3, 1, 10, 1e-3, True)
-    start = fixed_learner.heldout_errors(model, fresh, "conditional", embed, directions)
-    assert set(before) == set(start) == {0, 1}
-    assert torch.equal(
-        fixed.encoders[0].weight, wakesleep.build_algorithm("ddc_hm", model, **options).encoders[0].weight
-    )
-    total_learnt, total_random = sum(float(e) for e in before.values()), sum(float(e) for e in start.values())
-    assert total_learnt < 0.8 * total_random, (before, start)
+    errors = algo.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
+    assert set(errors) == {0, 1}
+    return sum(float(e) for e in errors.values())
+
+
+@pytest.mark.parametrize(("objective", "factor"), [("regression", 0.8), ("amortised", 0.95)])
+def test_learning_lowers_the_heldout_error_on_fresh_samples(objective, factor):
+    """After training W and b on five sleep phases of a fixed model, the error of the gradient regressions
+    (``amortised``: of alpha . r(x), r read out from x) on new samples and directions is lower than with the
+    random encoding functions they started from (the same algorithm with a learning rate of 1e-12)."""
+    model = build(laplace_chain_config(2))
+    options = {"sleep_samples": 1000, "features": 10, "recognition_hidden": 20, "learn_features": True}
+    options["feature_objective"] = objective
+    torch.manual_seed(0)
+    learnt = wakesleep.build_algorithm("ddc_hm", model, **options, feature_steps=40, feature_lr=1e-2)
+    start = wakesleep.build_algorithm("ddc_hm", model, **options, feature_steps=1, feature_lr=1e-12)
+    for _ in range(5):
+        learnt.sleep()
+    start.sleep()
+    after, before = fresh_errors(learnt, model), fresh_errors(start, model)
+    assert after < factor * before, (after, before)
 
 
 def test_linear_encodings_have_nothing_to_learn():
@@ -148,41 +149,6 @@ def test_feature_phases_stops_learning_after_that_many_phases():
         assert any(k.startswith("feature_error") for k in info) == moved[-1]
     assert moved == [True, True, False, False]
     assert algo.feature_learner.phases_done() == 2
-
-
-def test_amortised_objective_lowers_the_error_of_the_gradient_read_from_x():
-    """feature_objective: amortised trains T on the error of alpha . r(x) (r read out from x): on fresh samples
-    that error is lower than with the random encoding functions it started from."""
-    torch.manual_seed(0)
-    model = build(laplace_chain_config(2))
-    options = {"sleep_samples": 1000, "features": 10, "recognition_hidden": 20}
-    learnt = wakesleep.build_algorithm(
-        "ddc_hm",
-        model,
-        **options,
-        learn_features=True,
-        feature_objective="amortised",
-        feature_steps=40,
-        feature_lr=1e-2,
-    )
-    start = wakesleep.build_algorithm(
-        "ddc_hm",
-        model,
-        **options,
-        learn_features=True,
-        feature_objective="amortised",
-        feature_steps=1,
-        feature_lr=1e-12,
-    )
-    for _ in range(5):
-        learnt.sleep()
-    start.sleep()
-    fresh = model.sample(4000, generator=torch.Generator().manual_seed(11))
-    directions = random_directions(model, 16, torch.Generator().manual_seed(12))
-    embed = [layer.embed(z) for layer, z in zip(list(model.layers.values())[:-1], fresh[:-1], strict=False)]
-    after = learnt.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
-    before = start.feature_learner.heldout_errors(model, fresh, "conditional", embed, directions)
-    assert sum(float(e) for e in after.values()) < sum(float(e) for e in before.values()) - 0.05, (after, before)
 
 
 def test_amortised_objective_needs_the_closed_form_recognition():
