@@ -5,7 +5,7 @@ Every gradient regression of DDC-HM regresses per-sample gradients F_s = grad_th
 functions T(z_l^s) of the sleep samples; how well a layer's T can express them is the held-out error of that
 ridge regression. The targets are as large as theta (160 000 numbers per sample on the 784-200 layer of the SBN),
 so they are *sketched*: for random directions v ~ N(0, I) in theta, y_s = v . F_s is the directional derivative
-of f_s, one forward-mode pass for all samples (:func:`sketched_targets`). E_v |v . e|^2 = |e|^2, so the sketched
+of f_s, one forward-mode pass for all samples (:func:`sketched_targets`). E_v (v . e)^2 = e . e, so the sketched
 held-out error is an unbiased estimate of the full one. The ridge fit is differentiable in T's projection W and
 offset b, which Adam moves (:class:`EncodingLearner`).
 """
