@@ -89,6 +89,15 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"beta": "conditional", "sleep_samples": 10000, "learn_features": True, "feature_phases": 10},
         {"sleep_every": 20},
     ),
+    "ddc_cond_n10000_learn_adaptive": (
+        {
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "learn_features": True,
+            "recognition_memory": "adaptive",
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_stats_cond_n10000_learn": (
         {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000, "learn_features": True},
         {"sleep_every": 20},
