@@ -83,6 +83,28 @@ CONFIGS = {
         "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000},
         "batch": 100,
     },
+    # session 12: learned encoding functions, on the configs/sbn.yaml row (a sleep phase every iteration here)
+    "SBN, x in the read-out, beta conditional, N=10000, learn_features": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000, "learn_features": True},
+        "batch": 100,
+    },
+    "SBN, x in the read-out, beta conditional, N=10000, learn_features, recognition_memory adaptive": {
+        "model": "SBN",
+        "algo": {
+            **SBN_X,
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "learn_features": True,
+            "recognition_memory": "adaptive",
+        },
+        "batch": 100,
+    },
+    "SBN, x in the read-out, beta conditional, N=10000, recognition_memory adaptive": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000, "recognition_memory": "adaptive"},
+        "batch": 100,
+    },
     "SBN, x in the read-out, extra_stats sufficient": {
         "model": "SBN",
         "algo": {**SBN_X, "beta": "analytic", "extra_stats": "sufficient"},
