@@ -86,7 +86,13 @@ CONFIGS = {
     # session 12: learned encoding functions, on the configs/sbn.yaml row (a sleep phase every iteration here)
     "SBN, x in the read-out, beta conditional, N=10000, learn_features": {
         "model": "SBN",
-        "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000, "learn_features": True},
+        "algo": {
+            **SBN_X,
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "learn_features": True,
+            "recognition_memory": "samples",
+        },
         "batch": 100,
     },
     "SBN, x in the read-out, beta conditional, N=10000, learn_features, recognition_memory adaptive": {

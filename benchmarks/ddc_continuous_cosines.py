@@ -66,6 +66,7 @@ SETTINGS: dict[str, dict] = {
         "beta": "conditional",
         "extra_stats": "sufficient",
         "learn_features": True,
+        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
         "feature_samples": 4000,
     },
     "20000, beta conditional, sufficient stats, learned encodings (amortised)": {
@@ -73,6 +74,7 @@ SETTINGS: dict[str, dict] = {
         "beta": "conditional",
         "extra_stats": "sufficient",
         "learn_features": True,
+        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
         "feature_samples": 4000,
         "feature_objective": "amortised",
     },
@@ -81,6 +83,7 @@ SETTINGS: dict[str, dict] = {
         "beta": "conditional",
         "extra_stats": "sufficient",
         "learn_features": True,
+        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
         "feature_samples": 4000,
         "recognition_hidden": 500,
         "recognition_input": "quadratic",
