@@ -52,39 +52,23 @@ MODELS: dict[str, list[dict]] = {
 }
 
 # the first two are session 9's defaults (beta analytic; beta: conditional is the default since session 10)
+# session 10's best: 20000 sleep samples, beta conditional, the layers' sufficient statistics among the encodings
+BEST = {"sleep_samples": 20000, "beta": "conditional", "extra_stats": "sufficient"}
+# session 12: and learned encoding functions, with the memory rule they ran with (auto is adaptive with them since)
+LEARNED = {**BEST, "learn_features": True, "recognition_memory": "samples", "feature_samples": 4000}
+
 SETTINGS: dict[str, dict] = {
     "session 9 default (1000 sleep samples, beta analytic)": {"beta": "analytic"},
     "20000 sleep samples, beta analytic": {"sleep_samples": 20000, "beta": "analytic"},
     "20000, beta conditional": {"sleep_samples": 20000, "beta": "conditional"},
-    "20000, beta conditional, sufficient stats": {
-        "sleep_samples": 20000,
-        "beta": "conditional",
-        "extra_stats": "sufficient",
-    },
-    "20000, beta conditional, sufficient stats, learned encodings": {
-        "sleep_samples": 20000,
-        "beta": "conditional",
-        "extra_stats": "sufficient",
-        "learn_features": True,
-        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
-        "feature_samples": 4000,
-    },
+    "20000, beta conditional, sufficient stats": BEST,
+    "20000, beta conditional, sufficient stats, learned encodings": LEARNED,
     "20000, beta conditional, sufficient stats, learned encodings (amortised)": {
-        "sleep_samples": 20000,
-        "beta": "conditional",
-        "extra_stats": "sufficient",
-        "learn_features": True,
-        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
-        "feature_samples": 4000,
+        **LEARNED,
         "feature_objective": "amortised",
     },
     "20000, beta conditional, sufficient stats, learned encodings, 500 units, x x^T": {
-        "sleep_samples": 20000,
-        "beta": "conditional",
-        "extra_stats": "sufficient",
-        "learn_features": True,
-        "recognition_memory": "samples",  # as run in session 12 (auto is adaptive with learn_features since)
-        "feature_samples": 4000,
+        **LEARNED,
         "recognition_hidden": 500,
         "recognition_input": "quadratic",
     },
