@@ -72,6 +72,11 @@ SETTINGS: dict[str, dict] = {
         "recognition_hidden": 500,
         "recognition_input": "quadratic",
     },
+    "20000, beta conditional, sufficient stats, learned encodings, adaptive memory (auto)": {
+        **BEST,
+        "learn_features": True,
+        "feature_samples": 4000,
+    },
 }
 
 
