@@ -80,8 +80,7 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"sleep_every": 20},
     ),
     "ddc_cond_n10000_lr2e3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20, "lr": 2e-3}),
-    # session 12: learned encoding functions (issue 16 item 4); "samples" pins the memory rule these entries ran
-    # with (auto means adaptive with learn_features since)
+    # session 12: learned encoding functions (issue 16 item 4); "samples" is what auto means
     "ddc_cond_n10000_learn": (
         {"beta": "conditional", "sleep_samples": 10000, "learn_features": True, "recognition_memory": "samples"},
         {"sleep_every": 20},

@@ -54,7 +54,7 @@ MODELS: dict[str, list[dict]] = {
 # the first two are session 9's defaults (beta analytic; beta: conditional is the default since session 10)
 # session 10's best: 20000 sleep samples, beta conditional, the layers' sufficient statistics among the encodings
 BEST = {"sleep_samples": 20000, "beta": "conditional", "extra_stats": "sufficient"}
-# session 12: and learned encoding functions, with the memory rule they ran with (auto is adaptive with them since)
+# session 12: and learned encoding functions (the samples rule is what auto means)
 LEARNED = {**BEST, "learn_features": True, "recognition_memory": "samples", "feature_samples": 4000}
 
 SETTINGS: dict[str, dict] = {
@@ -72,10 +72,9 @@ SETTINGS: dict[str, dict] = {
         "recognition_hidden": 500,
         "recognition_input": "quadratic",
     },
-    "20000, beta conditional, sufficient stats, learned encodings, adaptive memory (auto)": {
-        **BEST,
-        "learn_features": True,
-        "feature_samples": 4000,
+    "20000, beta conditional, sufficient stats, learned encodings, adaptive memory": {
+        **LEARNED,
+        "recognition_memory": "adaptive",
     },
 }
 

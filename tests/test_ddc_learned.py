@@ -160,13 +160,3 @@ def test_amortised_objective_needs_the_closed_form_recognition():
             learn_features=True,
             feature_objective="amortised",
         )
-
-
-def test_auto_memory_is_adaptive_with_learned_encodings():
-    """With learn_features, recognition_memory auto chooses the memory adaptively (the targets T move); a named
-    rule is kept."""
-    model = build(sbn_config((2, 3, 5), 1))
-    assert wakesleep.build_algorithm("ddc_hm", model, learn_features=True).recognizer.adaptive
-    samples = wakesleep.build_algorithm("ddc_hm", model, learn_features=True, recognition_memory="samples")
-    assert not samples.recognizer.adaptive
-    assert not wakesleep.build_algorithm("ddc_hm", model).recognizer.adaptive

@@ -92,11 +92,11 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         Decay of the recognition regression statistics across sleep phases (0 = latest phase only).
         ``auto`` (= ``samples``): ``1 - N / max(N, 200 M')`` with M' the read-out's input size, so the
         statistics always summarise about 200 sleep samples per read-out weight (20 was not enough in our
-        measurements); with ``learn_features``, ``auto`` is ``adaptive`` (the encoding functions move, and a
-        fixed long memory mixes targets of different T). With few sleep samples per phase (the paper's 200
-        against about 100 read-out inputs) a fit from one phase alone overfits, and training then diverges at
-        larger learning rates (docs/RESULTS.md). ``adaptive``: one set of statistics per candidate decay (0, 0.5,
-        0.9, 0.97, 0.99, 0.997 and the ``samples`` rule); at the third sleep phase and then every
+        measurements). With ``learn_features`` on the SBN set ``adaptive``: the encoding functions move, and the
+        long memory of ``auto`` mixes targets of different T (docs/ddc_hm.md). With few sleep samples per phase
+        (the paper's 200 against about 100 read-out inputs) a fit from one phase alone overfits, and training then
+        diverges at larger learning rates (docs/RESULTS.md). ``adaptive``: one set of statistics per candidate
+        decay (0, 0.5, 0.9, 0.97, 0.99, 0.997 and the ``samples`` rule); at the third sleep phase and then every
         ``recognition_ridge_every`` phases each candidate's fit predicts the new phase's sleep targets before
         they are added, and the decay with the smallest (smoothed) error is used; the choice is logged as
         ``recognition_memory``. Better than ``auto`` on the synthetic model, no better on image patches, hence
@@ -252,10 +252,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             )
         else:
             n_inputs = readout_inputs(recognition_input, o.recognition_hidden, model.obs_dim, message_dim)
-            # with learned encoding functions the targets T(z) move, and the samples rule's long memory lags them
-            # (docs/RESULTS.md, session 12): auto then chooses the memory adaptively
-            setting = "adaptive" if o.learn_features and o.recognition_memory == "auto" else o.recognition_memory
-            rule, memory = recognition_memory(setting, o.sleep_samples, n_inputs)
+            rule, memory = recognition_memory(o.recognition_memory, o.sleep_samples, n_inputs)
             self.recognizer = LinearDDCRecognition(
                 model.obs_dim,
                 out_dims,
