@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from wakesleep.algorithms.ddc_hm.ridge import with_intercept
+from wakesleep.algorithms.ddc_hm.ridge import fit_ridge, ridge_solve, with_intercept
 
 SMOOTHER_RIDGE = 1e-2  # relative ridge of the recognition read-out inside the amortised objective
 
@@ -140,22 +140,12 @@ def sketched_targets(
     return out
 
 
-def _ridge_penalty(gram: Tensor, ridge: float, n_free: int) -> Tensor:
-    """``gram`` plus the relative ridge on its first columns (the last ``n_free`` unpenalised) and a tiny jitter."""
-    k = gram.shape[0]
-    pen = torch.zeros(k, dtype=gram.dtype)
-    pen[: k - n_free] = 1.0
-    scale = gram.diagonal()[: k - n_free].mean() if k > n_free else gram.new_tensor(1.0)
-    return gram + torch.diag(pen * ridge * scale + 1e-10 * gram.diagonal().mean())
-
-
 def recognition_smoother(inputs: Tensor, n_fit: int, ridge: float, n_free: int) -> Tensor:
     """S with ``S @ T_fit`` the closed-form read-out (eq. 7, ridge) of any targets T from the recognition inputs
     ``inputs`` ``[n, M']`` (with intercept), fitted on the first ``n_fit`` rows and evaluated at the others:
     ``[n - n_fit, n_fit]``."""
     h_fit, h_out = inputs[:n_fit], inputs[n_fit:]
-    gram = _ridge_penalty(h_fit.T @ h_fit / n_fit, ridge, n_free)
-    return h_out @ torch.linalg.solve(gram, h_fit.T / n_fit)
+    return h_out @ ridge_solve(h_fit.T @ h_fit / n_fit, h_fit.T / n_fit, ridge, n_free)
 
 
 def _heldout_error(
@@ -169,7 +159,7 @@ def _heldout_error(
     f_fit = feats[:n_fit]
     f_out = feats[n_fit:] if smoother is None else smoother @ f_fit
     y_fit, y_out = y[:n_fit], y[n_fit:]
-    coef = torch.linalg.solve(_ridge_penalty(f_fit.T @ f_fit / n_fit, ridge, n_free), f_fit.T @ y_fit / n_fit)
+    coef = fit_ridge(f_fit, y_fit, ridge, n_free)  # the penalty of the sleep phase's regressions (ridge.py)
     resid = y_out - f_out @ coef
     total = (y_out - y_out.mean(0)).pow(2).sum().clamp_min(torch.finfo(y.dtype).tiny)
     return resid.pow(2).sum() / total
@@ -241,17 +231,8 @@ class EncodingLearner:
         return [t for e in self.encoders if e.n_random > 0 for t in (e.weight, e.bias)]
 
     def _features(self, i: int, z: Tensor, stats: Tensor | None) -> Tensor:
-        enc = self.encoders[i]
-        zh = enc.standardize(z).to(torch.float64)
-        pre = zh @ enc.weight.to(torch.float64).T + enc.bias.to(torch.float64)
-        parts = [torch.sigmoid(pre) if enc.kind == "sigmoid" else torch.tanh(pre)]
-        if enc.extra_stats in ("linear", "quadratic"):
-            parts.append(zh)
-        if enc.extra_stats == "quadratic":
-            parts.append(zh[..., enc._iu[0]] * zh[..., enc._iu[1]])
-        if stats is not None:
-            parts.append(enc.stats_standardize(stats).to(torch.float64))
-        return with_intercept(torch.cat(parts, dim=-1))
+        """T(z) of layer i with its constant, in float64 for the solves (differentiable in W and b)."""
+        return with_intercept(self.encoders[i](z, stats).to(torch.float64))
 
     def heldout_errors(
         self,
@@ -263,35 +244,38 @@ class EncodingLearner:
     ) -> dict[int, Tensor]:
         """Held-out error of each learnable latent layer's gradient regressions (index top first) on ``samples``
         (the first 80 % fit, the rest measure), for the sketch ``directions``; differentiable in W and b."""
+        return self._objective(model, samples, beta, embed, directions)()
+
+    def _objective(
+        self,
+        model: nn.Module,
+        samples: list[Tensor],
+        beta: str,
+        embed: list[Tensor],
+        directions: list[tuple[dict[str, Tensor], Tensor]],
+    ) -> Callable[[], dict[int, Tensor]]:
+        """The held-out errors as a function of the current W and b: the sketched targets, exact statistics and
+        (amortised) read-out, which do not depend on them, are computed once."""
         with torch.no_grad():
             targets = sketched_targets(model, samples, beta, directions)
-        stats = [self.encode_stats(i, samples[i]) for i in range(len(self.encoders))]
-        n_fit = max(1, int(0.8 * int(samples[0].shape[0])))
-        return self._errors(targets, embed, stats, n_fit, self._smoother(samples[-1], n_fit))
+            stats = [self.encode_stats(i, samples[i]) for i in range(len(self.encoders))]
+            n_fit = max(1, int(0.8 * int(samples[0].shape[0])))
+            smoother = None
+            if self.objective == "amortised":
+                h, n_free = self.recognition_inputs(samples[-1])
+                smoother = recognition_smoother(h.to(torch.float64), n_fit, SMOOTHER_RIDGE, n_free)
 
-    def _smoother(self, x: Tensor, n_fit: int) -> Tensor | None:
-        if self.objective != "amortised":
-            return None
-        with torch.no_grad():
-            h, n_free = self.recognition_inputs(x)
-            return recognition_smoother(h.to(torch.float64), n_fit, SMOOTHER_RIDGE, n_free)
+        def errors() -> dict[int, Tensor]:
+            out = {}
+            for i, enc in enumerate(self.encoders):
+                if enc.n_random == 0:
+                    continue
+                free = 1 + (enc.n_stats if self.free_stats else 0)
+                feats = self._features(i, embed[i], stats[i])
+                out[i] = _heldout_error(feats, targets[i], n_fit, self.ridge, free, smoother)
+            return out
 
-    def _errors(
-        self,
-        targets: list[Tensor],
-        embed: list[Tensor],
-        stats: list[Tensor | None],
-        n_fit: int,
-        smoother: Tensor | None = None,
-    ) -> dict[int, Tensor]:
-        out = {}
-        for i, enc in enumerate(self.encoders):
-            if enc.n_random == 0:
-                continue
-            free = 1 + (enc.n_stats if self.free_stats else 0)
-            feats = self._features(i, embed[i], stats[i])
-            out[i] = _heldout_error(feats, targets[i], n_fit, self.ridge, free, smoother)
-        return out
+        return errors
 
     def step(self, model: nn.Module, samples: list[Tensor], beta: str, embed: list[Tensor]) -> dict[str, float]:
         """One phase of learning on ``samples`` (``[z_L, ..., x]``; ``embed``: the latents' embedded values).
@@ -305,13 +289,8 @@ class EncodingLearner:
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(params, lr=self.lr)
         n = min(self.n_samples, int(samples[0].shape[0]))
-        sub, zs = [s[:n] for s in samples], [e[:n] for e in embed]
         directions = random_directions(model, self.n_directions)
-        with torch.no_grad():
-            targets = sketched_targets(model, sub, beta, directions)
-        stats = [self.encode_stats(i, sub[i]) for i in range(len(self.encoders))]
-        n_fit = max(1, int(0.8 * n))
-        smoother = self._smoother(sub[-1], n_fit)
+        errors = self._objective(model, [s[:n] for s in samples], beta, [e[:n] for e in embed], directions)
         ones = torch.ones((), dtype=torch.float64)
         ranks = self.reduce(ones.clone()) if self.reduce is not None else ones
         info: dict[str, float] = {}
@@ -321,7 +300,7 @@ class EncodingLearner:
                 t.requires_grad_(True)
             try:
                 for step in range(self.steps + 1):
-                    errs = self._errors(targets, zs, stats, n_fit, smoother)
+                    errs = errors()
                     if step == 0 or step == self.steps:
                         suffix = "_start" if step == 0 else ""
                         for i, e in errs.items():
