@@ -80,9 +80,9 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"sleep_every": 20},
     ),
     "ddc_cond_n10000_lr2e3": ({"beta": "conditional", "sleep_samples": 10000}, {"sleep_every": 20, "lr": 2e-3}),
-    # session 12: learned encoding functions (issue 16 item 4); "samples" is what auto means
+    # session 12: learned encoding functions (issue 16 item 4)
     "ddc_cond_n10000_learn": (
-        {"beta": "conditional", "sleep_samples": 10000, "learn_features": True, "recognition_memory": "samples"},
+        {"beta": "conditional", "sleep_samples": 10000, "learn_features": True},
         {"sleep_every": 20},
     ),
     "ddc_cond_n10000_learn10": (
@@ -91,7 +91,6 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
             "sleep_samples": 10000,
             "learn_features": True,
             "feature_phases": 10,
-            "recognition_memory": "samples",
         },
         {"sleep_every": 20},
     ),
@@ -110,7 +109,6 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
             "beta": "conditional",
             "sleep_samples": 10000,
             "learn_features": True,
-            "recognition_memory": "samples",
         },
         {"sleep_every": 20},
     ),

@@ -91,7 +91,6 @@ CONFIGS = {
             "beta": "conditional",
             "sleep_samples": 10000,
             "learn_features": True,
-            "recognition_memory": "samples",
         },
         "batch": 100,
     },

@@ -55,7 +55,7 @@ MODELS: dict[str, list[dict]] = {
 # session 10's best: 20000 sleep samples, beta conditional, the layers' sufficient statistics among the encodings
 BEST = {"sleep_samples": 20000, "beta": "conditional", "extra_stats": "sufficient"}
 # session 12: and learned encoding functions (the samples rule is what auto means)
-LEARNED = {**BEST, "learn_features": True, "recognition_memory": "samples", "feature_samples": 4000}
+LEARNED = {**BEST, "learn_features": True, "feature_samples": 4000}
 
 SETTINGS: dict[str, dict] = {
     "session 9 default (1000 sleep samples, beta analytic)": {"beta": "analytic"},
