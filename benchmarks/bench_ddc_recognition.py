@@ -103,6 +103,15 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    # session 13: a smaller ridge on the gradient regressions (relative 1e-5 instead of 1e-3)
+    "ddc_cond_n10000_gr1e5": (
+        {"beta": "conditional", "sleep_samples": 10000, "grad_ridge": 1e-5},
+        {"sleep_every": 20},
+    ),
+    "ddc_cond_n10000_adaptive_gr1e5": (
+        {"beta": "conditional", "sleep_samples": 10000, "recognition_memory": "adaptive", "grad_ridge": 1e-5},
+        {"sleep_every": 20},
+    ),
     "ddc_stats_cond_n10000_learn": (
         {
             "extra_stats": "sufficient",

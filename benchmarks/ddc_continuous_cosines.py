@@ -76,6 +76,14 @@ SETTINGS: dict[str, dict] = {
         **LEARNED,
         "recognition_memory": "adaptive",
     },
+    # session 13: the gradient regressions' ridge chosen per layer on held-out samples, with the default and with a
+    # longer recognition memory (random T)
+    "20000, beta conditional, sufficient stats, grad_ridge auto": {**BEST, "grad_ridge": "auto"},
+    "20000, beta conditional, sufficient stats, grad_ridge auto, memory 0.9": {
+        **BEST,
+        "grad_ridge": "auto",
+        "recognition_memory": 0.9,
+    },
 }
 
 

@@ -16,6 +16,7 @@ from wakesleep.algorithms.base import Algorithm, Capabilities
 from wakesleep.algorithms.ddc_hm.features import EncodingFunctions, layer_statistics, layer_support
 from wakesleep.algorithms.ddc_hm.learned import EncodingLearner
 from wakesleep.algorithms.ddc_hm.options import (
+    DEFAULT_GRAD_RIDGE,
     DDCOptions,
     auto_recognition_input,
     readout_inputs,
@@ -38,6 +39,7 @@ __all__ = ["DDCHelmholtzMachine", "message_supported"]
 
 _FIT_PREFIX = "recognizer_fit."  # state_dict keys of the recognition's running fit state
 _FEATURE_PREFIX = "feature_learner."  # state_dict keys of the learned encodings' Adam state
+_GRAD_RIDGE_PREFIX = "grad_ridge."  # state_dict keys of grad_ridge auto's choice (phase count, chosen ridges)
 
 
 def message_supported(model: torch.nn.Module) -> bool:
@@ -117,8 +119,16 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
     recognition_ridge_every : int
         With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
         selection costs a factorisation per grid point).
-    grad_ridge : float
-        Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35).
+    grad_ridge : float or "auto"
+        Relative ridge of the gradient regressions alpha_l, beta_l (eqs. 31-35). ``auto`` chooses it per latent
+        layer every ``recognition_ridge_every`` sleep phases, from 1e-8 ... 10, by the held-out error of that
+        layer's regressions on random projections of their per-sample gradient targets (the sketch of
+        :func:`~wakesleep.algorithms.ddc_hm.learned.sketched_targets`), fitted on 80 % of the phase's first
+        ``grad_ridge_samples`` sleep samples; the chosen value is scaled by the ratio of that fit's size to N
+        (a relative ridge's best value falls as 1 / n). The small continuous hierarchies needed 1e-5 where the
+        default 1e-3 biased the gradient (docs/RESULTS.md, session 13).
+    grad_ridge_samples : int
+        Sleep samples of ``grad_ridge="auto"``'s choice.
     free_stats : bool
         Leave exact statistics unpenalised: those of ``extra_stats`` (and linear encodings) in the gradient
         regressions, and x (x x^T) of ``recognition_input`` in the recognition read-out, so each regression
@@ -202,6 +212,9 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         self.recognition_input = recognition_input
         self.recognition_ridge_every, self.free_stats = o.recognition_ridge_every, o.free_stats
         self.grad_ridge, self.beta, self.wake_theta = o.grad_ridge, o.beta, o.wake_theta
+        self.grad_ridge_samples = o.grad_ridge_samples
+        self._grad_ridge_phase = 0  # sleep phases seen by grad_ridge auto, and its current per-layer choice
+        self._grad_ridges: list[float] = []
         self.readout_weights, self.recognition_memory = o.readout_weights, o.recognition_memory
         self.mlp_layers, self.mlp_steps, self.mlp_lr, self.seed = o.mlp_layers, o.mlp_steps, o.mlp_lr, o.seed
 
@@ -282,7 +295,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 lr=o.feature_lr,
                 n_directions=o.feature_directions,
                 n_samples=o.feature_samples,
-                ridge=o.grad_ridge,
+                ridge=DEFAULT_GRAD_RIDGE if o.grad_ridge == "auto" else o.grad_ridge,
                 free_stats=o.free_stats,
                 phases=o.feature_phases,
                 objective=o.feature_objective,
@@ -361,11 +374,19 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         if self.feature_learner is not None:
             for k, v in adam_state_tensors(self.feature_learner.optimizer).items():
                 destination[prefix + _FEATURE_PREFIX + k] = v
+        if self.grad_ridge == "auto" and self._grad_ridges:  # nothing before the first choice, as the recognizer
+            destination[prefix + _GRAD_RIDGE_PREFIX + "phase"] = torch.tensor(self._grad_ridge_phase)
+            destination[prefix + _GRAD_RIDGE_PREFIX + "chosen"] = torch.tensor(self._grad_ridges, dtype=torch.float64)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
         fit = prefix + _FIT_PREFIX
         feat = prefix + _FEATURE_PREFIX
         adam = {k[len(feat) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(feat)}
+        ridge_keys = [k for k in list(state_dict) if k.startswith(prefix + _GRAD_RIDGE_PREFIX)]
+        ridge_state = {k[len(prefix + _GRAD_RIDGE_PREFIX) :]: state_dict.pop(k) for k in ridge_keys}
+        if self.grad_ridge == "auto" and ridge_state:
+            self._grad_ridge_phase = int(ridge_state["phase"])
+            self._grad_ridges = [float(v) for v in ridge_state["chosen"].tolist()]
         if adam and self.feature_learner is None:
             unexpected.extend(feat + k for k in adam)
         elif self.feature_learner is not None:  # over the encoders' W and b, which are loaded in place below

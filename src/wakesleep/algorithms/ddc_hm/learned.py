@@ -190,8 +190,9 @@ class EncodingLearner:
         pushed towards functions of z whose posterior expectations x can tell.
     recognition_inputs : callable, optional
         ``x -> (h(x) with intercept, number of unpenalised columns)`` (``amortised``).
-    ridge : float
-        Relative ridge (``grad_ridge``); ``free_stats`` leaves the exact statistics unpenalised.
+    ridge : float or list of float
+        Relative ridge (``grad_ridge``), or one per latent layer (top first; ``grad_ridge: auto`` sets its
+        choice here); ``free_stats`` leaves the exact statistics unpenalised.
     """
 
     def __init__(
@@ -202,7 +203,7 @@ class EncodingLearner:
         lr: float,
         n_directions: int,
         n_samples: int,
-        ridge: float,
+        ridge: float | list[float],
         free_stats: bool,
         phases: int = 0,
         objective: str = "regression",
@@ -272,7 +273,8 @@ class EncodingLearner:
                     continue
                 free = 1 + (enc.n_stats if self.free_stats else 0)
                 feats = self._features(i, embed[i], stats[i])
-                out[i] = _heldout_error(feats, targets[i], n_fit, self.ridge, free, smoother)
+                ridge = self.ridge[i] if isinstance(self.ridge, list) else self.ridge
+                out[i] = _heldout_error(feats, targets[i], n_fit, ridge, free, smoother)
             return out
 
         return errors

@@ -15,10 +15,18 @@ from wakesleep.algorithms.ddc_hm.ridge import MEMORY_GRID
 from wakesleep.errors import WakesleepError
 from wakesleep.schema import SEED_MAX, option
 
-__all__ = ["DDCOptions", "RECOGNITION_INPUTS", "auto_recognition_input", "recognition_memory", "readout_inputs"]
+__all__ = [
+    "DEFAULT_GRAD_RIDGE",
+    "DDCOptions",
+    "RECOGNITION_INPUTS",
+    "auto_recognition_input",
+    "recognition_memory",
+    "readout_inputs",
+]
 
 RECOGNITION_INPUTS = ("none", "linear", "quadratic", "message", "message_only")
 MEMORY_RULES = ("auto", "samples", "adaptive")  # the named settings of recognition_memory (else a decay)
+DEFAULT_GRAD_RIDGE = 1e-3  # grad_ridge's default; also learn_features' ridge before grad_ridge auto's first choice
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,15 @@ class DDCOptions:
     recognition_input: Literal["auto", "none", "linear", "quadratic", "message", "message_only"] = option(
         "auto", doc="inputs appended to the ReLU layer (auto: linear when D_x <= 1024, else none)"
     )
-    grad_ridge: float = option(1e-3, minimum=0.0, doc="relative ridge of the gradient regressions (eqs. 31-35)")
+    grad_ridge: float | Literal["auto"] = option(
+        DEFAULT_GRAD_RIDGE,
+        minimum=0.0,
+        doc="relative ridge of the gradient regressions (eqs. 31-35); auto: chosen per layer on held-out sleep "
+        "samples every recognition_ridge_every phases",
+    )
+    grad_ridge_samples: int = option(
+        4000, minimum=10, doc="grad_ridge auto: sleep samples of the held-out choice (80 % fit, 20 % held out)"
+    )
     free_stats: bool = option(True, doc="leave exact statistics (extra_stats, x of recognition_input) unpenalised")
     beta: Literal["analytic", "sample", "conditional"] = option(
         "conditional",

@@ -14,7 +14,8 @@ import time
 import torch
 from torch import Tensor
 
-from wakesleep.algorithms.ddc_hm.ridge import cholesky_factor, with_intercept
+from wakesleep.algorithms.ddc_hm.learned import random_directions, sketched_targets
+from wakesleep.algorithms.ddc_hm.ridge import cholesky_factor, select_ridge, with_intercept
 from wakesleep.errors import WakesleepError
 from wakesleep.ops import full_precision, matmul
 
@@ -162,10 +163,13 @@ class SleepPhase:
             self._feats = feats
             # the weights of every regression on T(z_l) are w = T_l C_l r with C_l = (T_l^T T_l / n + Lambda)^{-1} / n
             # (eq. 5 with ridge); C_l is K x K, and w is formed only for the (batch-averaged) r of the wake phase
+            ridges = self._gradient_ridges(samples, feats)
+            if self.grad_ridge == "auto":
+                info.update({f"grad_ridge_{len(ridges) - i}": lam for i, lam in enumerate(ridges)})
             self._inv = []
-            for f, e in zip(feats, self.encoders, strict=True):
+            for f, e, lam in zip(feats, self.encoders, ridges, strict=True):
                 free = 1 + (e.n_stats if self.free_stats else 0)
-                chol = cholesky_factor(self._sum(matmul(f.T, f)).double() / n, self.grad_ridge, free)  # K x K
+                chol = cholesky_factor(self._sum(matmul(f.T, f)).double() / n, lam, free)  # K x K
                 self._inv.append((torch.cholesky_inverse(chol) / n).to(f.dtype))
             # E_q[(e(z_1), 1) | x] = r(x) P with P = C_1 T_1^T [E_1, 1] (eq. 5): the observation layer's data term
             self._obs_moments = None
@@ -174,3 +178,37 @@ class SleepPhase:
                 self._obs_moments = self._inv[-1] @ matmul(feats[-1].T, e1.to(feats[-1].dtype))  # [K_1 + 1, D_1 + 1]
         seconds["seconds_gradient_systems"] = clock.lap()
         return {**info, **seconds}
+
+    def _gradient_ridges(self, samples: list[Tensor], feats: list[Tensor]) -> list[float]:
+        """The relative ridge of each latent layer's gradient regressions (top first): ``grad_ridge``, or with
+        ``auto`` the per-layer choice, renewed every ``recognition_ridge_every`` phases.
+
+        The choice: the targets of each layer's regressions (per-sample gradients, as large as theta) are
+        projected on 8 random directions (:func:`~wakesleep.algorithms.ddc_hm.learned.sketched_targets`, the
+        directions drawn from a generator seeded by the phase, so every data-parallel rank and a resumed run
+        draw the same), and :func:`~wakesleep.algorithms.ddc_hm.ridge.select_ridge` picks the grid ridge with
+        the smallest held-out squared error on the phase's first ``grad_ridge_samples`` samples (80 % fit).
+        A relative ridge's best value falls as 1 / n, so the choice is scaled by (fit size) / N.
+        """
+        if self.grad_ridge != "auto":
+            return [float(self.grad_ridge)] * len(feats)
+        phase, self._grad_ridge_phase = self._grad_ridge_phase, self._grad_ridge_phase + 1
+        if self._grad_ridges and phase % self.recognition_ridge_every != 0:
+            return self._grad_ridges
+        n_all = int(samples[0].shape[0])
+        n = min(self.grad_ridge_samples, n_all)
+        n_fit = n - max(int(0.2 * n), 1)
+        gen = torch.Generator().manual_seed(1_000_003 * self.seed + phase)
+        with torch.enable_grad():  # forward-mode passes through the model's links
+            targets = sketched_targets(
+                self.model, [s[:n] for s in samples], self.beta, random_directions(self.model, 8, gen)
+            )
+        chosen = []
+        for f, y, e in zip(feats, targets, self.encoders, strict=True):
+            free = 1 + (e.n_stats if self.free_stats else 0)
+            lam = select_ridge(f[:n].double(), y, n_free=free, reduce=self._reduce)
+            chosen.append(lam * n_fit / n_all)
+        self._grad_ridges = chosen
+        if self.feature_learner is not None:
+            self.feature_learner.ridge = chosen
+        return chosen
