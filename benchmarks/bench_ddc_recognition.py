@@ -112,6 +112,20 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"beta": "conditional", "sleep_samples": 10000, "recognition_memory": "adaptive", "grad_ridge": 1e-5},
         {"sleep_every": 20},
     ),
+    "ddc_cond_n10000_auto_ridge": (
+        {"beta": "conditional", "sleep_samples": 10000, "grad_ridge": "auto"},
+        {"sleep_every": 20},
+    ),
+    "ddc_cond_n10000_learn_adaptive_auto_ridge": (
+        {
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "learn_features": True,
+            "recognition_memory": "adaptive",
+            "grad_ridge": "auto",
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_stats_cond_n10000_learn": (
         {
             "extra_stats": "sufficient",

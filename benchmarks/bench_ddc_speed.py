@@ -110,6 +110,13 @@ CONFIGS = {
         "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000, "recognition_memory": "adaptive"},
         "batch": 100,
     },
+    # session 13: the gradient regressions' ridge chosen on held-out samples (every 10 phases: the mean sleep
+    # time of 10 iterations includes one choice, the median none)
+    "SBN, x in the read-out, beta conditional, N=10000, grad_ridge auto": {
+        "model": "SBN",
+        "algo": {**SBN_X, "beta": "conditional", "sleep_samples": 10000, "grad_ridge": "auto"},
+        "batch": 100,
+    },
     "SBN, x in the read-out, extra_stats sufficient": {
         "model": "SBN",
         "algo": {**SBN_X, "beta": "analytic", "extra_stats": "sufficient"},
@@ -170,6 +177,7 @@ def run_one(name: str, iters: int, dtype: str, threads: int = 2) -> dict:
     mm_flops = fc.total
     flops = mm_flops + solver_flops(algo)
     rate = matmul_rate(torch.float64 if dtype == "float64" else torch.float32)  # best of MKL and oneDNN
+    sleep_mean = sum(sleeps) / len(sleeps)  # with the phases that re-choose a ridge (grad_ridge auto)
     sleeps.sort()
     wakes.sort()
     sec = sleeps[len(sleeps) // 2] + wakes[len(wakes) // 2]
@@ -178,6 +186,7 @@ def run_one(name: str, iters: int, dtype: str, threads: int = 2) -> dict:
         "dtype": dtype,
         "seconds_per_iteration": sec,
         "sleep_seconds": sleeps[len(sleeps) // 2],
+        "sleep_seconds_mean": sleep_mean,
         "wake_seconds": wakes[len(wakes) // 2],
         "gflop_per_iteration": flops / 1e9,
         "matmul_gflops": rate / 1e9,

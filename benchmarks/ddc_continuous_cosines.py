@@ -84,6 +84,7 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "recognition_memory": 0.9,
     },
+    "20000, beta conditional, sufficient stats, learned encodings, grad_ridge auto": {**LEARNED, "grad_ridge": "auto"},
 }
 
 

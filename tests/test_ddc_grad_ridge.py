@@ -48,6 +48,7 @@ def test_auto_ridge_gives_the_exact_gradient_where_the_default_ridge_is_biased(s
         info = algo.sleep()
         est = algo.wake_gradient(x)
         cos[ridge] = {k: cosine(est[k], exact[k]) for k in exact}
+    print(seed, {r: {k: round(c, 3) for k, c in v.items()} for r, v in cos.items()})  # pytest -s: RESULTS' numbers
     assert set(info) >= {"grad_ridge_1", "grad_ridge_2"}
     assert min(cos["auto"].values()) >= 0.93, cos["auto"]
     assert cos["auto"]["layers.x.log_var"] > cos[1e-3]["layers.x.log_var"] + 0.2, cos
