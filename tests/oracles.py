@@ -90,11 +90,11 @@ def sbn_config(dims, seed):
     return {"layers": layers, "seed": seed, "dtype": "float64"}
 
 
-def linear_gaussian_problem():
-    """A batch of 100 points from the linear-Gaussian model and a model perturbed away from the optimum."""
+def linear_gaussian_problem(n_points: int = 100):
+    """``n_points`` points from the linear-Gaussian model and the model with every parameter moved by N(0, 0.5^2)."""
     truth = build(linear_gaussian_config())
     torch.manual_seed(10)
-    x = truth.sample(100)[-1]
+    x = truth.sample(n_points)[-1]
     model = build(linear_gaussian_config())
     perturb(model, 0.5, seed=3)
     return model, x
@@ -135,3 +135,13 @@ def tiny_patch_loglik(model, x, z2_grid, z1_grid):
             for row in x
         ]
     return torch.stack(per_row) + log_cell
+
+
+def assert_same_training_state(a, b) -> None:
+    """Two trainers' algorithm states and model parameters are bit for bit equal (resume tests)."""
+    sa, sb = a.algorithm.state_dict(), b.algorithm.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for (na, pa), (nb, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
