@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import wakesleep
+from wakesleep.algorithms.ddc_hm.learned import random_directions, sketched_targets
+from wakesleep.algorithms.ddc_hm.ridge import RIDGE_GRID, fit_ridge, penalty
 from wakesleep.errors import WakesleepError
 from wakesleep.training import Trainer
 
@@ -14,7 +16,6 @@ from oracles import (
     build,
     cosine,
     exact_gradient,
-    linear_gaussian_config,
     linear_gaussian_loglik,
     linear_gaussian_problem,
     sbn_config,
@@ -53,26 +54,30 @@ def test_auto_ridge_gives_the_exact_gradient_where_the_default_ridge_is_biased(s
     assert cos["auto"]["layers.x.log_var"] > cos[1e-3]["layers.x.log_var"] + 0.2, cos
 
 
-def test_auto_ridge_is_large_where_the_exact_statistics_express_the_targets():
-    """The top layer's targets (the gradient of log N(z2; mu, diag(v)) in mu and log v) are affine in its
-    sufficient statistics (z2, z2^2), which are unpenalised: the random features can only add noise, and the
-    choice is the grid's largest ridge; the layer below needs its random features (a small ridge)."""
-    model = build(linear_gaussian_config(top_learn=True))
+def test_auto_ridge_is_the_documented_held_out_choice():
+    """Recomputed from its description: the sketch on 8 directions from a generator seeded by the phase, each
+    layer's ridge regression fitted on 80 % of the first grad_ridge_samples samples for each grid ridge, the
+    smallest held-out squared error, scaled by (fit size) / N; and the wake phase's systems use it."""
+    model = build(sbn_config((2, 3, 5), 1))
     torch.manual_seed(0)
+    n_all, n = 600, 400
     algo = wakesleep.build_algorithm(
-        "ddc_hm",
-        model,
-        sleep_samples=5000,
-        features=50,
-        recognition_hidden=50,
-        extra_stats="sufficient",
-        grad_ridge="auto",
-        grad_ridge_samples=5000,
+        "ddc_hm", model, sleep_samples=n_all, features=12, grad_ridge="auto", grad_ridge_samples=n, seed=3
     )
     info = algo.sleep()
-    scale = 4000 / 5000  # the choice is made on the 80 % fitted and scaled to all N samples
-    assert info["grad_ridge_2"] == pytest.approx(10.0 * scale)
-    assert info["grad_ridge_1"] < 1e-2 * scale
+    gen = torch.Generator().manual_seed(1_000_003 * 3 + 0)
+    targets = sketched_targets(model, [s[:n] for s in algo._samples], "conditional", random_directions(model, 8, gen))
+    n_fit = n - int(0.2 * n)
+    for i, (f, y) in enumerate(zip(algo._feats, targets, strict=True)):
+        f = f[:n].double()
+        errors = [
+            float(((f[n_fit:] @ fit_ridge(f[:n_fit], y[:n_fit], lam, 1) - y[n_fit:]) ** 2).mean()) for lam in RIDGE_GRID
+        ]
+        expected = RIDGE_GRID[errors.index(min(errors))] * n_fit / n_all
+        assert info[f"grad_ridge_{len(targets) - i}"] == pytest.approx(expected, rel=1e-12)
+        gram = algo._feats[i].T @ algo._feats[i] / n_all
+        inv = torch.cholesky_inverse(torch.linalg.cholesky(gram + torch.diag(penalty(gram, expected, 1).diagonal())))
+        torch.testing.assert_close(algo._inv[i], inv / n_all, rtol=1e-8, atol=1e-10)
 
 
 def trainer(options: dict, **kw) -> Trainer:
