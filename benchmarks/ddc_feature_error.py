@@ -24,7 +24,6 @@ import torch
 from wakesleep import runs
 from wakesleep.algorithms.ddc_hm.learned import EncodingLearner, random_directions
 from wakesleep.algorithms.ddc_hm.ridge import with_intercept
-from wakesleep.eval.diagnose import _load
 
 
 def layer_errors(algo, model, samples, directions) -> dict[str, float]:
@@ -65,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for run_dir in args.runs:
-        model, algo, _ = _load(run_dir, "cpu")
+        _, model, algo = runs.load_trained(run_dir, "cpu")
         spec, _ = runs.load_run(run_dir, device="cpu")
         start = runs.build_algorithm(spec, model)
         for trained_enc, start_enc in zip(algo.encoders, start.encoders, strict=True):

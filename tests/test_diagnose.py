@@ -155,6 +155,31 @@ def test_command_on_a_run_directory(tmp_path):
     assert set(record["posterior"]) == {"z2", "z1"}
 
 
+def test_load_trained_restores_the_checkpointed_algorithm_state(tmp_path):
+    """runs.load_trained: the trained model and the algorithm with its last checkpoint's state (here DDC-HM's
+    running recognition statistics); a state that does not fit the config's algorithm is a one-line error."""
+    cfg = {
+        "model": sbn_config([2, 3, 6], seed=1),
+        "algorithm": {"name": "ddc_hm", "sleep_samples": 100, "features": 6},
+        "train": {"epochs": 2, "batch_size": 10, "seed": 0, "samples": 10, "checkpoint_every": 4},
+        "data": {"source": "model", "n": 40, "seed": 1},
+    }
+    run = runs.prepare(runs.as_spec(cfg))
+    run.fit(tmp_path / "run", progress=False)
+    _, model, algo = runs.load_trained(tmp_path / "run")
+    saved = algo.state_dict()
+    assert any(k.startswith("recognizer_fit.") for k in saved)
+    own = run.algorithm.state_dict()
+    for k in saved:
+        assert torch.equal(saved[k], own[k]), k
+    for (na, pa), (nb, pb) in zip(model.state_dict().items(), run.model.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("features: 6", "features: 7"))
+    with pytest.raises(WakesleepError, match="checkpoint"):
+        runs.load_trained(tmp_path / "run")
+
+
 def test_errors_are_one_line(tmp_path):
     model, x = tiny_sbn()
     algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=100, features=5)

@@ -45,6 +45,7 @@ __all__ = [
     "memory_estimate",
     "write_run",
     "load_run",
+    "load_trained",
     "train_from_config",
 ]
 
@@ -379,3 +380,32 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Run
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise WakesleepError(f"{run_dir / 'model.safetensors'}: tensor {name!r} holds NaN or inf values")
     return spec, model
+
+
+def load_trained(run_dir: str | os.PathLike, device: str | None = None) -> tuple[RunSpec, torch.nn.Module, Any]:
+    """Load ``(spec, model, algorithm)`` from a directory written by ``wakesleep train``: :func:`load_run`, and the
+    algorithm its config builds with the state of the run's last checkpoint (``checkpoint/``: e.g. DDC-HM's
+    recognition statistics and chosen ridges), when there is one. The global torch seed is set to the run's
+    ``train.seed`` before the algorithm is built. A state that does not fit the algorithm is an error naming
+    the checkpoint.
+    """
+    spec, model = load_run(run_dir, device=device)
+    torch.manual_seed(spec.train.seed)
+    algo = build_algorithm(spec, model)
+    ckpt_dir = Path(run_dir) / "checkpoint"
+    if ckpt_dir.is_dir():
+        from wakesleep.training import read_checkpoint
+
+        state = read_checkpoint(ckpt_dir).algorithm
+        if state:
+            try:
+                algo.load_state_dict(
+                    {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                )
+            except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+                detail = str(exc).strip().splitlines()
+                raise WakesleepError(
+                    f"{ckpt_dir}: the algorithm state does not fit the algorithm the run's config builds "
+                    f"({detail[-1].strip() if detail else type(exc).__name__})"
+                ) from None
+    return spec, model, algo

@@ -33,7 +33,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,25 +143,8 @@ def _load(run_dir: str | os.PathLike, device: str | None) -> tuple[nn.Module, An
     """Model, algorithm (with its checkpointed state) and training data of a run directory."""
     from wakesleep import runs
 
-    spec, model = runs.load_run(run_dir, device=device)
-    torch.manual_seed(spec.train.seed)
-    algo = runs.build_algorithm(spec, model)
-    ckpt_dir = Path(run_dir) / "checkpoint"
-    if ckpt_dir.is_dir():
-        from wakesleep.training import read_checkpoint
-
-        state = read_checkpoint(ckpt_dir).algorithm
-        if state:
-            try:
-                algo.load_state_dict({k: v.to(model.device) if isinstance(v, Tensor) else v for k, v in state.items()})
-            except (RuntimeError, KeyError, ValueError, IndexError) as exc:
-                detail = str(exc).strip().splitlines()
-                raise WakesleepError(
-                    f"{ckpt_dir}: the algorithm state does not fit the algorithm the run's config builds "
-                    f"({detail[-1].strip() if detail else type(exc).__name__})"
-                ) from None
-    data = runs.load_data(spec, model)
-    return model, algo, data
+    spec, model, algo = runs.load_trained(run_dir, device=device)
+    return model, algo, runs.load_data(spec, model)
 
 
 def _invalid(name: str, mean: Tensor, second: Tensor | None) -> Tensor:
