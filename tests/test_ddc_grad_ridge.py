@@ -89,14 +89,15 @@ def trainer(options: dict, **kw) -> Trainer:
 AUTO = {"sleep_samples": 80, "features": 8, "grad_ridge": "auto", "recognition_ridge_every": 2}
 
 
-def test_auto_ridge_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("options", [AUTO, {**AUTO, "learn_features": True, "feature_steps": 2, "feature_samples": 50}])
+def test_auto_ridge_resumes_bit_for_bit(tmp_path, options):
     """The phase count and the chosen ridges are state; the sketch directions come from a generator seeded by
     the phase, so a resumed run draws the same (the global RNG is reseeded differently before resuming)."""
     data = build(sbn_config([3, 3, 6], seed=7)).sample(60, generator=torch.Generator().manual_seed(5))[-1]
-    full = trainer(AUTO, epochs=4, sleep_every=1).fit(data)
-    trainer(AUTO, epochs=4, max_iters=5, out_dir=tmp_path, sleep_every=1).fit(data)
+    full = trainer(options, epochs=4, sleep_every=1).fit(data)
+    trainer(options, epochs=4, max_iters=5, out_dir=tmp_path, sleep_every=1).fit(data)
     torch.manual_seed(999)
-    resumed = trainer(AUTO, epochs=4, out_dir=tmp_path, sleep_every=1)
+    resumed = trainer(options, epochs=4, out_dir=tmp_path, sleep_every=1)
     resumed.fit(data, resume_from=tmp_path / "checkpoint")
     assert resumed.start_iter_ == 5 and resumed.n_iter_ == 12
     sa = full.algorithm.state_dict()
@@ -124,6 +125,16 @@ def test_auto_ridge_rechooses_every_recognition_ridge_every_phases(monkeypatch):
         algo.sleep()
         per_phase.append(len(calls) - before)
     assert per_phase == [2, 0, 0, 2, 0, 0, 2]  # two latent layers, phases 0, 3 and 6
+
+
+def test_a_chosen_ridge_does_not_load_into_a_fixed_ridge():
+    """A checkpoint of grad_ridge auto does not silently load into an algorithm with a fixed ridge."""
+    model = build(sbn_config((2, 3, 5), 1))
+    auto = wakesleep.build_algorithm("ddc_hm", model, **AUTO)
+    auto.sleep()
+    fixed = wakesleep.build_algorithm("ddc_hm", model, **{**AUTO, "grad_ridge": 1e-3})
+    with pytest.raises(RuntimeError, match="grad_ridge.phase"):
+        fixed.load_state_dict(auto.state_dict())
 
 
 def test_fixed_ridge_keeps_no_choice_state():

@@ -125,8 +125,9 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         layer's regressions on random projections of their per-sample gradient targets (the sketch of
         :func:`~wakesleep.algorithms.ddc_hm.learned.sketched_targets`), fitted on 80 % of the phase's first
         ``grad_ridge_samples`` sleep samples; the chosen value is scaled by the ratio of that fit's size to N
-        (a relative ridge's best value falls as 1 / n). The small continuous hierarchies needed 1e-5 where the
-        default 1e-3 biased the gradient (docs/RESULTS.md, session 13).
+        (a relative ridge's best value falls as 1 / n). Far from the optimum of a linear-Gaussian chain the fixed
+        1e-3 biases the gradient and ``auto`` does not; on the eq. 13 toy model (N = 200) ``auto`` learns worse
+        models, so it is not the default (docs/RESULTS.md, session 13).
     grad_ridge_samples : int
         Sleep samples of ``grad_ridge="auto"``'s choice.
     free_stats : bool
@@ -384,9 +385,13 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         adam = {k[len(feat) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(feat)}
         ridge_keys = [k for k in list(state_dict) if k.startswith(prefix + _GRAD_RIDGE_PREFIX)]
         ridge_state = {k[len(prefix + _GRAD_RIDGE_PREFIX) :]: state_dict.pop(k) for k in ridge_keys}
-        if self.grad_ridge == "auto" and ridge_state:
+        if ridge_state and self.grad_ridge != "auto":
+            unexpected.extend(prefix + _GRAD_RIDGE_PREFIX + k for k in ridge_state)
+        elif ridge_state:
             self._grad_ridge_phase = int(ridge_state["phase"])
             self._grad_ridges = [float(v) for v in ridge_state["chosen"].tolist()]
+            if self.feature_learner is not None:  # the learning's ridge is the chosen one (sleep.py)
+                self.feature_learner.ridge = list(self._grad_ridges)
         if adam and self.feature_learner is None:
             unexpected.extend(feat + k for k in adam)
         elif self.feature_learner is not None:  # over the encoders' W and b, which are loaded in place below
