@@ -95,6 +95,7 @@ def run_one(layers: list[dict], options: dict, seed: int, args: argparse.Namespa
             "algorithm": {"name": "ddc_hm", "features": 100, "recognition_hidden": 100, **options},
             "train": {
                 "max_iters": args.iters,
+                "epochs": 10**6,  # --iters steps (sessions 10-13 ran the default 10 epochs = 200 steps, said 300)
                 "batch_size": 100,
                 "lr": 1e-3,
                 "seed": seed,
@@ -125,7 +126,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--settings", default=",".join(str(i) for i in range(len(SETTINGS))))
-    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--points", type=int, default=50)
     ap.add_argument("--importance", type=int, default=50000)
