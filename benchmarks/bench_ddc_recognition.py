@@ -60,6 +60,19 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"recognition": "deep", "extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 20},
     ),
+    # session 14: the deep recognition trained 20x longer per sleep phase (1000 Adam steps instead of 50). With a
+    # sleep phase every 20 wake steps, 10 epochs of 10000 images are 50 phases: 2500 Adam steps in all at 50,
+    # against the 150000 with which it nearly matched a perfect recognition on the small SBN of ddc_small_sbn.py
+    "ddc_deep_stats_cond_n10000_steps1000": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 1000,
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_cond_n10000_m1000": (
         {"beta": "conditional", "sleep_samples": 10000, "recognition_hidden": 1000},
         {"sleep_every": 20},
