@@ -73,6 +73,16 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    "ddc_deep_stats_cond_n10000_steps3000": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 3000,
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_cond_n10000_m1000": (
         {"beta": "conditional", "sleep_samples": 10000, "recognition_hidden": 1000},
         {"sleep_every": 20},

@@ -47,6 +47,7 @@ ENTRIES: dict[str, dict] = {
     "ddc_k200_sufficient": {**DDC, "features": 200, "extra_stats": "sufficient"},
     # the recognition: 10x the random ReLU units of the read-out, or trained networks (recognition: mlp / deep)
     "ddc_k10_sufficient_m1000": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition_hidden": 1000},
+    "ddc_k10_sufficient_xx": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition_input": "quadratic"},
     "ddc_k10_sufficient_mlp": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition": "mlp"},
     "ddc_k10_sufficient_deep": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition": "deep"},
     "ddc_k200_sufficient_deep": {**DDC, "features": 200, "extra_stats": "sufficient", "recognition": "deep"},
