@@ -4,13 +4,15 @@ Issue 16: on 60000 Fashion-MNIST images DDC-HM's SBN hardly uses z2 (x explains 
 and ends 6 nats behind VIMCO. This benchmark asks the same question where everything is exact: a teacher SBN
 z2 (4) -> z1 (10) -> x (32) with strong links draws the data; students of the same shape are trained by exact
 maximum likelihood (the gradient of log p(x) by enumerating all 2^14 latent configurations), VIMCO, RWS and
-DDC-HM settings; each is scored by its exact test log-likelihood and by how much of each latent layer's
-variance x explains under the student's own model, 1 - E_x[Var(z_l | x)] / Var(z_l), from exact posteriors of
-``--usage-points`` of its samples.
+DDC-HM settings, and DDC-HM with a perfect recognition (the exact E[T(z_l) | x] in every wake gradient, which
+leaves only the gradient regressions between it and the exact gradient); each is scored by its exact test
+log-likelihood and by how much of each latent layer's variance x explains under the student's own model,
+1 - E_x[Var(z_l | x)] / Var(z_l), from exact posteriors of ``--usage-points`` of its samples.
+Results: docs/RESULTS.md, "Session 14".
 
 Usage::
 
-    nice python benchmarks/ddc_small_sbn.py --out docs/bench/small_sbn [--entries a,b] [--seeds 2]
+    nice python benchmarks/ddc_small_sbn.py --out docs/bench/small_sbn_s14 [--entries a,b] [--seeds 2]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ ENTRIES: dict[str, dict] = {
     # K = D_1 random encodings, as configs/sbn.yaml's 200 for 200 units
     "ddc_k10": {**DDC, "features": 10},
     "ddc_k10_sufficient": {**DDC, "features": 10, "extra_stats": "sufficient"},
-    # the layers' pairwise products z_i z_j beside z (what the p(z1 | z2) gradient needs, see the module notes)
+    # the layers' pairwise products z_i z_j beside z (p(z1 | z2)'s gradient needs E[z1 z1^T | x] once z2 uses z1)
     "ddc_k10_quadratic": {**DDC, "features": 10, "extra_stats": "quadratic"},
     "ddc_k200": {**DDC, "features": 200},
     "ddc_k200_sufficient": {**DDC, "features": 200, "extra_stats": "sufficient"},
