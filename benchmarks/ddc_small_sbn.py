@@ -63,15 +63,9 @@ ENTRIES: dict[str, dict] = {
 
 def teacher(seed: int) -> torch.nn.Module:
     """The data's SBN: strong links, biases centring each unit's input."""
-    spec = RunSpec.from_mapping(
-        {
-            "model": {"layers": LAYERS, "dtype": "float64"},
-            "algorithm": {"name": "rws"},
-            "train": {"max_iters": 1, "seed": seed},
-            "data": {"source": "model", "n": 10},
-        }
-    )
-    model = runs.prepare(spec).model
+    from wakesleep.models import build_model
+
+    model = build_model({"layers": LAYERS, "dtype": "float64"})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in ("z1", "x"):
@@ -85,8 +79,9 @@ def teacher(seed: int) -> torch.nn.Module:
 
 def exact_fit(model: torch.nn.Module, x: torch.Tensor, iters: int, lr: float, batch: int, seed: int) -> None:
     """Adam on the exact mean log-likelihood, log p(x) = log sum_z1 p(z1) p(x | z1), p(z1) = sum_z2 p(z2) p(z1 | z2)."""
-    z2, z1 = (torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * d) for d in (4, 10))
     top, mid, obs = model.layers["z2"], model.layers["z1"], model.layers["x"]
+    bits = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    z2, z1 = (torch.cartesian_prod(*[bits] * int(layer.dim)) for layer in (top, mid))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(iters):
@@ -180,16 +175,21 @@ def main() -> None:
     ap.add_argument("--usage-points", type=int, default=20000)
     ap.add_argument("--table-only", action="store_true", help="print the table of --out's results.json")
     args = ap.parse_args()
+    unknown = sorted(set(args.entries.split(",")) - set(ENTRIES))
+    if unknown:
+        ap.error(f"--entries: unknown {', '.join(unknown)}; known: {', '.join(ENTRIES)}")
     torch.set_num_threads(1)
+    path = args.out / "results.json"
+    if args.table_only and not path.is_file():
+        ap.error(f"--table-only: {path} does not exist")
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data.npz"
     t = teacher(0)
-    if not data.exists():
+    if not data.exists() and not args.table_only:
         torch.manual_seed(12345)
         with torch.no_grad():
             x = t.sample(args.n + args.n_test)[-1].numpy()
         np.savez(data, x=x[: args.n], x_test=x[args.n :])
-    path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if "teacher" not in results:
         x_test = torch.as_tensor(np.load(data)["x_test"])
