@@ -83,6 +83,41 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    # session 15: every Adam step of the deep recognition on its own new samples from the model
+    # (recognition_fresh), so that more steps cannot overfit one phase's 10000 samples
+    "ddc_deep_stats_cond_n10000_fresh1000": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 1000,
+            "recognition_fresh": True,
+        },
+        {"sleep_every": 20},
+    ),
+    "ddc_deep_stats_cond_n10000_fresh3000": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 3000,
+            "recognition_fresh": True,
+        },
+        {"sleep_every": 20},
+    ),
+    "ddc_deep_stats_cond_n10000_fresh300": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 300,
+            "recognition_fresh": True,
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_cond_n10000_m1000": (
         {"beta": "conditional", "sleep_samples": 10000, "recognition_hidden": 1000},
         {"sleep_every": 20},

@@ -85,6 +85,10 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         does not apply) and sleep samples per step.
     recognition_replay : int
         ``deep``: also train on the sleep samples of this many earlier phases (0: the newest phase only).
+    recognition_fresh : bool
+        ``deep``: every Adam step of eq. 7 trains on ``recognition_batch`` new ancestral samples drawn from the
+        current model (and encoded with this phase's T), instead of minibatches of the phase's N sleep samples;
+        the network never sees a sample twice, so more steps per phase cannot overfit them (docs/ddc_hm.md).
     recognition_chain : bool
         ``deep``: the networks follow the model's hierarchy, x -> r_1 -> r_2 -> ... (eq. 8's structure), each
         trained on its own targets with its input held fixed; false: every r_l reads x.
@@ -214,6 +218,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         self.recognition_ridge_every, self.free_stats = o.recognition_ridge_every, o.free_stats
         self.grad_ridge, self.beta, self.wake_theta = o.grad_ridge, o.beta, o.wake_theta
         self.grad_ridge_samples = o.grad_ridge_samples
+        self.recognition_fresh = o.recognition_fresh
         self._grad_ridge_phase = 0  # sleep phases seen by grad_ridge auto, and its current per-layer choice
         self._grad_ridges: list[float] = []
         self.readout_weights, self.recognition_memory = o.readout_weights, o.recognition_memory
@@ -256,6 +261,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 lr=o.recognition_lr,
                 batch_size=o.recognition_batch,
                 replay=o.recognition_replay,
+                fresh=o.recognition_fresh,
                 chain=o.recognition_chain,
                 bounds=self._encoding_bounds,
                 generator=gen,

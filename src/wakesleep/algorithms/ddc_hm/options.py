@@ -97,6 +97,9 @@ class DDCOptions:
     )
     recognition_batch: int = option(100, minimum=1, doc="deep: sleep samples per Adam step")
     recognition_replay: int = option(0, minimum=0, doc="deep: earlier sleep phases whose samples are also trained on")
+    recognition_fresh: bool = option(
+        False, doc="deep: draw new samples from the model for every Adam step instead of reusing the phase's N"
+    )
     recognition_chain: bool = option(
         True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"
     )
@@ -116,6 +119,12 @@ class DDCOptions:
     seed: int = option(0, minimum=0, maximum=SEED_MAX, doc="seed of the random encoding functions and ReLU layer")
 
     def validate(self, prefix: str) -> None:
+        if self.recognition_fresh and self.recognition != "deep":
+            raise WakesleepError(f"{prefix}.recognition_fresh needs recognition: deep, got {self.recognition!r}")
+        if self.recognition_fresh and self.recognition_replay:
+            raise WakesleepError(
+                f"{prefix}.recognition_replay has no use with recognition_fresh (every Adam step draws new samples)"
+            )
         memory = self.recognition_memory
         if isinstance(memory, str) and memory not in MEMORY_RULES:
             try:  # a number written as a string (e.g. "0.5") is a decay

@@ -427,7 +427,8 @@ class DeepDDCRecognition(nn.Module):
 
     Each sleep phase runs ``steps`` Adam steps on minibatches of ``batch_size`` rows of that phase's sleep
     samples (and, with ``replay`` > 0, of the ``replay`` phases before it), minimising
-    ``sum_l |r_l(x_s) - T(z_l^s)|^2`` (eq. 7). Weights, Adam's moments and the replayed samples are carried
+    ``sum_l |r_l(x_s) - T(z_l^s)|^2`` (eq. 7); with ``fresh``, every step draws its own ``batch_size`` new
+    samples instead (``draw`` of :meth:`fit`). Weights, Adam's moments and the replayed samples are carried
     across phases and are the algorithm's state (checkpoints resume bit for bit).
 
     Parameters
@@ -448,6 +449,8 @@ class DeepDDCRecognition(nn.Module):
         Sleep samples per Adam step.
     replay : int
         Earlier sleep phases whose samples are kept and trained on with the newest.
+    fresh : bool
+        Train every step on a new batch from ``draw`` (given to :meth:`fit`) rather than on the phase's samples.
     chain : bool
         x -> r_1 -> r_2 (True) or x -> r_l for every l (False).
     bounds : callable, optional
@@ -467,6 +470,7 @@ class DeepDDCRecognition(nn.Module):
         lr: float = 1e-3,
         batch_size: int = 100,
         replay: int = 0,
+        fresh: bool = False,
         chain: bool = True,
         bounds: Callable[[], list[tuple[Tensor, Tensor]]] | None = None,
         generator: torch.Generator | None = None,
@@ -474,7 +478,7 @@ class DeepDDCRecognition(nn.Module):
         super().__init__()
         self.standardize = Standardizer(in_dim)
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), int(steps), float(lr), int(batch_size)
-        self.replay, self.chain, self._bounds_fn = int(replay), bool(chain), bounds
+        self.replay, self.fresh, self.chain, self._bounds_fn = int(replay), bool(fresh), bool(chain), bounds
         nets = []
         for i, k in enumerate(self.out_dims):
             d = in_dim if (i == 0 or not self.chain) else self.out_dims[i - 1]
@@ -515,20 +519,36 @@ class DeepDDCRecognition(nn.Module):
             out.append(self._head(i, net(inp)))
         return out
 
-    def fit(self, x: Tensor, targets: list[Tensor]) -> dict[str, float]:
-        """``steps`` Adam steps of eq. 7 on the sleep samples ``x`` with targets T(z_l) (bottom-up)."""
+    def fit(
+        self, x: Tensor, targets: list[Tensor], draw: Callable[[int], tuple[Tensor, list[Tensor]]] | None = None
+    ) -> dict[str, float]:
+        """``steps`` Adam steps of eq. 7 on the sleep samples ``x`` with targets T(z_l) (bottom-up).
+
+        ``draw(n) -> (x, [T(z_1), T(z_2), ...])``: new samples from the model, used for every step when
+        ``fresh`` (required then). Besides the loss, the info holds the R^2 of each r_l on the phase's samples
+        after the steps (``recognition_r2_l``) and, from the second phase on, before them
+        (``recognition_heldout_r2_l``: the networks have not seen these samples).
+        """
+        if self.fresh and draw is None:
+            raise ValueError("DeepDDCRecognition.fit: fresh=True needs draw")
         if not self.standardize.fitted:
             self.standardize.fit(x, self.reduce)
         if len(self.bounds) == 0 and self._bounds_fn is not None:
             for lo, hi in self._bounds_fn():
                 self.bounds.append(lo.to(device=x.device, dtype=x.dtype))
                 self.bounds.append(hi.to(device=x.device, dtype=x.dtype))
+        info: dict[str, float] = {}
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
-        fresh = torch.cat([self.standardize(x)] + [t.to(x.dtype) for t in targets], dim=-1).detach()
-        pool = torch.cat([fresh, *self.memory], dim=0) if len(self.memory) else fresh
+        else:
+            with torch.no_grad():
+                preds = self._outputs(self.standardize(x[:_R2_ROWS]))
+                for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+                    info[f"recognition_heldout_r2_{i + 1}"] = _r2(p, t[:_R2_ROWS].to(p.dtype))
+        phase_rows = torch.cat([self.standardize(x)] + [t.to(x.dtype) for t in targets], dim=-1).detach()
+        pool = torch.cat([phase_rows, *self.memory], dim=0) if len(self.memory) else phase_rows
         if self.replay > 0:  # keep this phase for the next `replay` phases
-            kept = [fresh, *self.memory][: self.replay]
+            kept = [phase_rows, *self.memory][: self.replay]
             self.memory.clear()
             for t in kept:
                 self.memory.append(t)
@@ -539,8 +559,13 @@ class DeepDDCRecognition(nn.Module):
         ranks = self.reduce(ones.clone()) if self.reduce is not None else ones
         with torch.enable_grad():
             for _ in range(self.steps):
-                idx = torch.randint(0, pool.shape[0], (min(self.batch_size, pool.shape[0]),), device=x.device)
-                rows = torch.split(pool[idx], splits, dim=-1)
+                if self.fresh:
+                    with torch.no_grad():
+                        xb, tb = draw(self.batch_size)
+                        rows = [self.standardize(xb), *(t.to(x.dtype) for t in tb)]
+                else:
+                    idx = torch.randint(0, pool.shape[0], (min(self.batch_size, pool.shape[0]),), device=x.device)
+                    rows = torch.split(pool[idx], splits, dim=-1)
                 preds = self._outputs(rows[0])
                 loss = sum(((p - t) ** 2).sum(-1).mean() for p, t in zip(preds, rows[1:], strict=True))
                 self.optimizer.zero_grad()
@@ -550,9 +575,9 @@ class DeepDDCRecognition(nn.Module):
                         if p.grad is not None:
                             p.grad = self.reduce(p.grad) / ranks
                 self.optimizer.step()
-        info = {"recognition_loss": float(loss.detach())}
+        info["recognition_loss"] = float(loss.detach())
         with torch.no_grad():
-            preds = self._outputs(fresh[:_R2_ROWS, :d_in])
+            preds = self._outputs(phase_rows[:_R2_ROWS, :d_in])
             for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
                 info[f"recognition_r2_{i + 1}"] = _r2(p, t[:_R2_ROWS].to(p.dtype))
         return info

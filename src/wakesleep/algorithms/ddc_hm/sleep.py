@@ -72,6 +72,13 @@ class SleepPhase:
             etas.append(eta if eta.requires_grad else None)
         return samples, etas
 
+    def _fresh_recognition_batch(self, n: int) -> tuple[Tensor, list[Tensor]]:
+        """``n`` new ancestral samples of the current model: x and the targets T(z_l), bottom-up
+        (``recognition_fresh``; encoded with this phase's standardisation of T)."""
+        with torch.no_grad():
+            samples = self.model.sample(n)
+            return samples[-1], [self._encode(i, samples[i]) for i in range(len(samples) - 1)][::-1]
+
     def _links_model(self) -> torch.nn.Module:
         """The model whose parameters the wake phase's sleep-sample terms are evaluated at."""
         return self.sleep_model if self.wake_theta == "sleep" and self.sleep_model is not None else self.model
@@ -153,7 +160,10 @@ class SleepPhase:
             feats = [with_intercept(self._encode(i, samples[i])) for i in range(n_latent)]
             targets = [f[:, :-1] for f in feats][::-1]
         seconds["seconds_encode"] = clock.lap()
-        info = {**info, **self.recognizer.fit(samples[-1], targets)}
+        if self.recognition_fresh:
+            info = {**info, **self.recognizer.fit(samples[-1], targets, draw=self._fresh_recognition_batch)}
+        else:
+            info = {**info, **self.recognizer.fit(samples[-1], targets)}
         seconds["seconds_recognition"] = clock.lap()
         with torch.no_grad():
             n = float(self._sum(feats[0].new_tensor([samples[0].shape[0]])))
