@@ -85,6 +85,14 @@ SETTINGS: dict[str, dict] = {
         "recognition_memory": 0.9,
     },
     "20000, beta conditional, sufficient stats, learned encodings, grad_ridge auto": {**LEARNED, "grad_ridge": "auto"},
+    # session 15: the deep recognition, each of its Adam steps on new samples of the model (100 steps a phase)
+    "20000, beta conditional, sufficient stats, grad_ridge auto, deep recognition on fresh samples": {
+        **BEST,
+        "grad_ridge": "auto",
+        "recognition": "deep",
+        "recognition_fresh": True,
+        "recognition_steps": 100,
+    },
 }
 
 

@@ -89,6 +89,12 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         ``deep``: every Adam step of eq. 7 trains on ``recognition_batch`` new ancestral samples drawn from the
         current model (and encoded with this phase's T), instead of minibatches of the phase's N sleep samples;
         the network never sees a sample twice, so more steps per phase cannot overfit them (docs/ddc_hm.md).
+    recognition_calibrate : bool
+        ``deep``: after each phase's Adam steps, read every r_l out of ``[the network's last hidden layer, its
+        output, 1]`` by ridge regression on the phase's sleep samples (clipped to the encoding functions' range).
+        The regression's intercept makes the mean of r_l over the sleep samples that of T(z_l), as the closed-form
+        read-out's does; a network trained by Adam has a mean error there, which biases the wake gradient even
+        where the model is the data's (docs/ddc_hm.md).
     recognition_chain : bool
         ``deep``: the networks follow the model's hierarchy, x -> r_1 -> r_2 -> ... (eq. 8's structure), each
         trained on its own targets with its input held fixed; false: every r_l reads x.
@@ -262,6 +268,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 batch_size=o.recognition_batch,
                 replay=o.recognition_replay,
                 fresh=o.recognition_fresh,
+                calibrate=o.recognition_calibrate,
                 chain=o.recognition_chain,
                 bounds=self._encoding_bounds,
                 generator=gen,

@@ -100,6 +100,9 @@ class DDCOptions:
     recognition_fresh: bool = option(
         False, doc="deep: draw new samples from the model for every Adam step instead of reusing the phase's N"
     )
+    recognition_calibrate: bool = option(
+        False, doc="deep: read r_l out of the networks' features by a closed-form regression on each phase's samples"
+    )
     recognition_chain: bool = option(
         True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"
     )
@@ -121,6 +124,8 @@ class DDCOptions:
     def validate(self, prefix: str) -> None:
         if self.recognition_fresh and self.recognition != "deep":
             raise WakesleepError(f"{prefix}.recognition_fresh needs recognition: deep, got {self.recognition!r}")
+        if self.recognition_calibrate and self.recognition != "deep":
+            raise WakesleepError(f"{prefix}.recognition_calibrate needs recognition: deep, got {self.recognition!r}")
         if self.recognition_fresh and self.recognition_replay:
             raise WakesleepError(
                 f"{prefix}.recognition_replay has no use with recognition_fresh (every Adam step draws new samples)"

@@ -431,6 +431,14 @@ class DeepDDCRecognition(nn.Module):
     samples instead (``draw`` of :meth:`fit`). Weights, Adam's moments and the replayed samples are carried
     across phases and are the algorithm's state (checkpoints resume bit for bit).
 
+    With ``calibrate``, after the Adam steps each r_l is replaced by a ridge regression (eq. 7 in closed form,
+    intercept unpenalised, ridge chosen on the last 20 % of the phase's samples) of T(z_l) on
+    ``[network l's last hidden layer, its head's output, 1]`` over the phase's sleep samples, clipped to the
+    encoding functions' range. Like the closed-form read-out, the regression makes the mean of r_l over the sleep
+    samples equal that of T(z_l), and its error orthogonal to its inputs; without that a network's mean error
+    over the model's own samples biases every wake gradient, also at the maximum-likelihood model
+    (docs/ddc_hm.md).
+
     Parameters
     ----------
     in_dim : int
@@ -451,6 +459,8 @@ class DeepDDCRecognition(nn.Module):
         Earlier sleep phases whose samples are kept and trained on with the newest.
     fresh : bool
         Train every step on a new batch from ``draw`` (given to :meth:`fit`) rather than on the phase's samples.
+    calibrate : bool
+        Read each r_l out of the network's features by a closed-form regression on the phase's samples.
     chain : bool
         x -> r_1 -> r_2 (True) or x -> r_l for every l (False).
     bounds : callable, optional
@@ -471,6 +481,7 @@ class DeepDDCRecognition(nn.Module):
         batch_size: int = 100,
         replay: int = 0,
         fresh: bool = False,
+        calibrate: bool = False,
         chain: bool = True,
         bounds: Callable[[], list[tuple[Tensor, Tensor]]] | None = None,
         generator: torch.Generator | None = None,
@@ -479,6 +490,7 @@ class DeepDDCRecognition(nn.Module):
         self.standardize = Standardizer(in_dim)
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), int(steps), float(lr), int(batch_size)
         self.replay, self.fresh, self.chain, self._bounds_fn = int(replay), bool(fresh), bool(chain), bounds
+        self.calibrate = bool(calibrate)
         nets = []
         for i, k in enumerate(self.out_dims):
             d = in_dim if (i == 0 or not self.chain) else self.out_dims[i - 1]
@@ -497,6 +509,7 @@ class DeepDDCRecognition(nn.Module):
                     m.bias.copy_(torch.rand(m.bias.shape, generator=generator) * 2 * bound - bound)
         self.bounds = TensorList()  # lo_1, hi_1, lo_2, hi_2, ... (state: set at the first fit)
         self.memory = TensorList()  # replayed [x, T(z_1), T(z_2), ...] rows of earlier phases (state)
+        self.calibration = TensorList()  # calibrate: each layer's read-out map (state: set at every fit)
         self.optimizer: torch.optim.Optimizer | None = None
         self.reduce = None
 
@@ -512,12 +525,46 @@ class DeepDDCRecognition(nn.Module):
         lo0, span = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(both, hi - lo, 1.0)
         return torch.where(both, lo0 + span * torch.sigmoid(u), torch.where(lower, lo0 + nn.functional.softplus(u), u))
 
-    def _outputs(self, xh: Tensor) -> list[Tensor]:
+    def _outputs(self, xh: Tensor, hidden: list[Tensor] | None = None) -> list[Tensor]:
+        """The networks' (uncalibrated) r_l; each one's last hidden layer appended to ``hidden`` if given."""
         out: list[Tensor] = []
         for i, net in enumerate(self.nets):
             inp = xh if (i == 0 or not self.chain) else out[-1].detach()  # layer by layer: inputs held fixed
-            out.append(self._head(i, net(inp)))
+            h = net[:-1](inp)
+            if hidden is not None:
+                hidden.append(h)
+            out.append(self._head(i, net[-1](h)))
         return out
+
+    def _calibration_inputs(self, xh: Tensor) -> list[Tensor]:
+        """``[last hidden layer, head output, 1]`` of each network: the inputs of the calibrating regressions."""
+        hidden: list[Tensor] = []
+        out = self._outputs(xh, hidden)
+        return [with_intercept(torch.cat([h, r], dim=-1)) for h, r in zip(hidden, out, strict=True)]
+
+    def _calibrated(self, xh: Tensor) -> list[Tensor]:
+        out = []
+        for i, u in enumerate(self._calibration_inputs(xh)):
+            r = matmul(u, self.calibration[i].to(u.dtype))
+            if len(self.bounds):
+                r = torch.clamp(r, self.bounds[2 * i], self.bounds[2 * i + 1])
+            out.append(r)
+        return out
+
+    def _fit_calibration(self, xh: Tensor, targets: list[Tensor]) -> dict[str, float]:
+        """Ridge-regress T(z_l) on each network's features over the phase's samples (``calibrate``)."""
+        info = {}
+        self.calibration.clear()
+        for i, (u, t) in enumerate(zip(self._calibration_inputs(xh), targets, strict=True)):
+            t = t.to(u.dtype)
+            lam = select_ridge(u, t, n_free=1, reduce=self.reduce, solve_dtype=torch.float64)
+            n = u.new_tensor([u.shape[0]], dtype=torch.float64)
+            gram, cross = matmul(u.T, u).double(), matmul(u.T, t).double()
+            if self.reduce is not None:
+                gram, cross, n = self.reduce(gram), self.reduce(cross), self.reduce(n)
+            self.calibration.append(ridge_solve(gram / n, cross / n, lam, 1).to(u.dtype))
+            info[f"recognition_calibration_ridge_{i + 1}"] = lam
+        return info
 
     def fit(
         self, x: Tensor, targets: list[Tensor], draw: Callable[[int], tuple[Tensor, list[Tensor]]] | None = None
@@ -542,7 +589,7 @@ class DeepDDCRecognition(nn.Module):
             self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
         else:
             with torch.no_grad():
-                preds = self._outputs(self.standardize(x[:_R2_ROWS]))
+                preds = self.forward(x[:_R2_ROWS])
                 for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
                     info[f"recognition_heldout_r2_{i + 1}"] = _r2(p, t[:_R2_ROWS].to(p.dtype))
         phase_rows = torch.cat([self.standardize(x)] + [t.to(x.dtype) for t in targets], dim=-1).detach()
@@ -577,7 +624,13 @@ class DeepDDCRecognition(nn.Module):
                 self.optimizer.step()
         info["recognition_loss"] = float(loss.detach())
         with torch.no_grad():
-            preds = self._outputs(phase_rows[:_R2_ROWS, :d_in])
+            if self.calibrate:
+                info.update(self._fit_calibration(phase_rows[:, :d_in], targets))
+            preds = (
+                self._calibrated(phase_rows[:_R2_ROWS, :d_in])
+                if self.calibrate
+                else self._outputs(phase_rows[:_R2_ROWS, :d_in])
+            )
             for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
                 info[f"recognition_r2_{i + 1}"] = _r2(p, t[:_R2_ROWS].to(p.dtype))
         return info
@@ -593,4 +646,5 @@ class DeepDDCRecognition(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """r_l(x) bottom-up, each ``[B, K_l]``."""
-        return self._outputs(self.standardize(x))
+        xh = self.standardize(x)
+        return self._calibrated(xh) if self.calibrate and len(self.calibration) else self._outputs(xh)
