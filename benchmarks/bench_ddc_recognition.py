@@ -118,6 +118,28 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    # and the networks' features read out by a closed-form regression on each phase's samples (recognition_calibrate)
+    "ddc_deep_stats_cond_n10000_steps1000_cal": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 1000,
+            "recognition_calibrate": True,
+        },
+        {"sleep_every": 20},
+    ),
+    "ddc_deep_stats_cond_n10000_cal": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_calibrate": True,
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_cond_n10000_m1000": (
         {"beta": "conditional", "sleep_samples": 10000, "recognition_hidden": 1000},
         {"sleep_every": 20},

@@ -91,7 +91,8 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         the network never sees a sample twice, so more steps per phase cannot overfit them (docs/ddc_hm.md).
     recognition_calibrate : bool
         ``deep``: after each phase's Adam steps, read every r_l out of ``[the network's last hidden layer, its
-        output, 1]`` by ridge regression on the phase's sleep samples (clipped to the encoding functions' range).
+        output, 1]`` (and x for r_1) by ridge regression on the phase's sleep samples (clipped to the encoding
+        functions' range).
         The regression's intercept makes the mean of r_l over the sleep samples that of T(z_l), as the closed-form
         read-out's does; a network trained by Adam has a mean error there, which biases the wake gradient even
         where the model is the data's (docs/ddc_hm.md).

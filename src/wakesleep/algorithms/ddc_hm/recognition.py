@@ -433,11 +433,11 @@ class DeepDDCRecognition(nn.Module):
 
     With ``calibrate``, after the Adam steps each r_l is replaced by a ridge regression (eq. 7 in closed form,
     intercept unpenalised, ridge chosen on the last 20 % of the phase's samples) of T(z_l) on
-    ``[network l's last hidden layer, its head's output, 1]`` over the phase's sleep samples, clipped to the
-    encoding functions' range. Like the closed-form read-out, the regression makes the mean of r_l over the sleep
-    samples equal that of T(z_l), and its error orthogonal to its inputs; without that a network's mean error
-    over the model's own samples biases every wake gradient, also at the maximum-likelihood model
-    (docs/ddc_hm.md).
+    ``[network l's last hidden layer, its head's output, 1]`` (and the standardised x for r_1) over the phase's
+    sleep samples, clipped to the encoding functions' range. Like the closed-form read-out with
+    ``recognition_input: linear``, the regression makes the mean of r_l over the sleep samples equal that of
+    T(z_l), and its error orthogonal to its inputs (x among them); without that a network's mean error over the
+    model's own samples biases every wake gradient, also at the maximum-likelihood model (docs/ddc_hm.md).
 
     Parameters
     ----------
@@ -537,10 +537,14 @@ class DeepDDCRecognition(nn.Module):
         return out
 
     def _calibration_inputs(self, xh: Tensor) -> list[Tensor]:
-        """``[last hidden layer, head output, 1]`` of each network: the inputs of the calibrating regressions."""
+        """The inputs of the calibrating regressions: ``[last hidden layer, head output, 1]`` of each network, and
+        for r_1 the standardised x too (the observation layer's gradient is a product of x and E_q[e(z_1) | x], so
+        its error must be orthogonal to x)."""
         hidden: list[Tensor] = []
         out = self._outputs(xh, hidden)
-        return [with_intercept(torch.cat([h, r], dim=-1)) for h, r in zip(hidden, out, strict=True)]
+        inputs = [torch.cat([h, r], dim=-1) for h, r in zip(hidden, out, strict=True)]
+        inputs[0] = torch.cat([inputs[0], xh], dim=-1)
+        return [with_intercept(u) for u in inputs]
 
     def _calibrated(self, xh: Tensor) -> list[Tensor]:
         out = []
