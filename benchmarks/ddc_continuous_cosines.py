@@ -93,6 +93,14 @@ SETTINGS: dict[str, dict] = {
         "recognition_fresh": True,
         "recognition_steps": 100,
     },
+    # and its networks' features read out by a closed-form regression on each phase's samples (recognition_calibrate)
+    "20000, beta conditional, sufficient stats, grad_ridge auto, deep recognition, calibrated": {
+        **BEST,
+        "grad_ridge": "auto",
+        "recognition": "deep",
+        "recognition_steps": 100,
+        "recognition_calibrate": True,
+    },
 }
 
 
