@@ -99,7 +99,7 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "recognition": "deep",
         "recognition_steps": 100,
-        "recognition_calibrate": True,
+        "recognition_calibrate": "features",
     },
 }
 

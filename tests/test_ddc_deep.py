@@ -48,7 +48,8 @@ def trainer(options: dict, **kw) -> Trainer:
         (DEEP, 6, 2),
         ({**DEEP, "recognition_chain": False, "extra_stats": "sufficient", "recognition_replay": 0}, 4, 2),
         ({**DEEP, "recognition_replay": 0, "recognition_fresh": True}, 6, 2),
-        ({**DEEP, "recognition_calibrate": True}, 6, 2),
+        ({**DEEP, "recognition_calibrate": "features"}, 6, 2),
+        ({**DEEP, "recognition_calibrate": "residual", "recognition_fresh": True, "recognition_replay": 0}, 6, 2),
     ],
 )
 def test_deep_recognition_resumes_bit_for_bit(tmp_path, options, stop, sleep_every):
@@ -208,7 +209,7 @@ def test_calibrated_read_out_matches_the_sleep_samples_mean_and_stays_in_range()
     torch.manual_seed(0)
     model = build(sbn_config([2, 4, 10], seed=3))
     gaps, infos = {}, []
-    for calibrate in (False, True):
+    for calibrate in ("none", "features", "residual"):
         torch.manual_seed(1)
         opts = {"sleep_samples": 4000, "features": 20, "recognition": "deep", "recognition_steps": 30}
         algo = wakesleep.build_algorithm(
@@ -222,15 +223,19 @@ def test_calibrated_read_out_matches_the_sleep_samples_mean_and_stays_in_range()
             lo, hi = enc.output_bounds()
             assert bool((a[:, :-1] >= lo - 1e-12).all() and (a[:, :-1] <= hi + 1e-12).all())
             clipped.append(float(((a[:, :-1] <= lo) | (a[:, :-1] >= hi)).float().mean()))
-    assert "recognition_calibration_ridge_1" in infos[-1]
-    # measured (z2 / z1): 0.13 / 0.066 without, 3e-14 / 0.0096 with (none of z2's values clipped, 1.8 % of z1's)
-    assert clipped[0] == 0.0 and gaps[True][0] < 1e-10 < gaps[False][0]
-    assert max(gaps[True]) < 0.2 * max(gaps[False])
+        if calibrate != "none":
+            assert "recognition_calibration_ridge_1" in infos[-1]
+            assert clipped[0] == 0.0 and gaps[calibrate][0] < 1e-10 < gaps["none"][0]
+            assert max(gaps[calibrate]) < 0.2 * max(gaps["none"])
+    # measured (z2 / z1): 0.13 / 0.066 uncalibrated, 3e-14 / 0.0099 features, 3e-16 / 0.0057 residual (none of
+    # z2's values clipped, some of z1's)
 
 
 def test_option_errors():
     with pytest.raises(WakesleepError, match="recognition_calibrate needs recognition: deep"):
-        wakesleep.build_algorithm("ddc_hm", sbn(), recognition_calibrate=True)
+        wakesleep.build_algorithm("ddc_hm", sbn(), recognition_calibrate="features")
+    with pytest.raises(WakesleepError, match="recognition_calibrate"):
+        wakesleep.build_algorithm("ddc_hm", sbn(), recognition="deep", recognition_calibrate="yes")
     with pytest.raises(WakesleepError, match="recognition_fresh needs recognition: deep"):
         wakesleep.build_algorithm("ddc_hm", sbn(), recognition_fresh=True)
     with pytest.raises(WakesleepError, match="recognition_replay"):

@@ -100,8 +100,10 @@ class DDCOptions:
     recognition_fresh: bool = option(
         False, doc="deep: draw new samples from the model for every Adam step instead of reusing the phase's N"
     )
-    recognition_calibrate: bool = option(
-        False, doc="deep: read r_l out of the networks' features by a closed-form regression on each phase's samples"
+    recognition_calibrate: Literal["none", "features", "residual"] = option(
+        "none",
+        doc="deep: read r_l out of the networks' features by a closed-form regression on each phase's samples "
+        "(features), or add such a regression of the networks' error (residual)",
     )
     recognition_chain: bool = option(
         True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"
@@ -124,7 +126,7 @@ class DDCOptions:
     def validate(self, prefix: str) -> None:
         if self.recognition_fresh and self.recognition != "deep":
             raise WakesleepError(f"{prefix}.recognition_fresh needs recognition: deep, got {self.recognition!r}")
-        if self.recognition_calibrate and self.recognition != "deep":
+        if self.recognition_calibrate != "none" and self.recognition != "deep":
             raise WakesleepError(f"{prefix}.recognition_calibrate needs recognition: deep, got {self.recognition!r}")
         if self.recognition_fresh and self.recognition_replay:
             raise WakesleepError(

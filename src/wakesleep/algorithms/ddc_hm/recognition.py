@@ -431,13 +431,15 @@ class DeepDDCRecognition(nn.Module):
     samples instead (``draw`` of :meth:`fit`). Weights, Adam's moments and the replayed samples are carried
     across phases and are the algorithm's state (checkpoints resume bit for bit).
 
-    With ``calibrate``, after the Adam steps each r_l is replaced by a ridge regression (eq. 7 in closed form,
-    intercept unpenalised, ridge chosen on the last 20 % of the phase's samples) of T(z_l) on
+    With ``calibrate="features"``, after the Adam steps each r_l is replaced by a ridge regression (eq. 7 in
+    closed form, intercept unpenalised, ridge chosen on the last 20 % of the phase's samples) of T(z_l) on
     ``[network l's last hidden layer, its head's output, 1]`` (and the standardised x for r_1) over the phase's
-    sleep samples, clipped to the encoding functions' range. Like the closed-form read-out with
-    ``recognition_input: linear``, the regression makes the mean of r_l over the sleep samples equal that of
-    T(z_l), and its error orthogonal to its inputs (x among them); without that a network's mean error over the
-    model's own samples biases every wake gradient, also at the maximum-likelihood model (docs/ddc_hm.md).
+    sleep samples, clipped to the encoding functions' range; with ``"residual"`` the same regression fits the
+    network's error T(z_l) - r_l and is added to r_l (the ridge then shrinks towards the network, not towards a
+    constant). Like the closed-form read-out with ``recognition_input: linear``, the regression makes the mean of
+    r_l over the sleep samples equal that of T(z_l), and its error orthogonal to its inputs (x among them);
+    without that a network's mean error over the model's own samples biases every wake gradient, also at the
+    maximum-likelihood model (docs/ddc_hm.md).
 
     Parameters
     ----------
@@ -459,8 +461,9 @@ class DeepDDCRecognition(nn.Module):
         Earlier sleep phases whose samples are kept and trained on with the newest.
     fresh : bool
         Train every step on a new batch from ``draw`` (given to :meth:`fit`) rather than on the phase's samples.
-    calibrate : bool
-        Read each r_l out of the network's features by a closed-form regression on the phase's samples.
+    calibrate : {"none", "features", "residual"}
+        Read each r_l out of the network's features by a closed-form regression on the phase's samples
+        (``features``), or add to the network's r_l such a regression of its error (``residual``).
     chain : bool
         x -> r_1 -> r_2 (True) or x -> r_l for every l (False).
     bounds : callable, optional
@@ -481,7 +484,7 @@ class DeepDDCRecognition(nn.Module):
         batch_size: int = 100,
         replay: int = 0,
         fresh: bool = False,
-        calibrate: bool = False,
+        calibrate: str = "none",
         chain: bool = True,
         bounds: Callable[[], list[tuple[Tensor, Tensor]]] | None = None,
         generator: torch.Generator | None = None,
@@ -490,7 +493,9 @@ class DeepDDCRecognition(nn.Module):
         self.standardize = Standardizer(in_dim)
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), int(steps), float(lr), int(batch_size)
         self.replay, self.fresh, self.chain, self._bounds_fn = int(replay), bool(fresh), bool(chain), bounds
-        self.calibrate = bool(calibrate)
+        if calibrate not in ("none", "features", "residual"):
+            raise ValueError(f"DeepDDCRecognition: calibrate must be none, features or residual, got {calibrate!r}")
+        self.calibrate = calibrate
         nets = []
         for i, k in enumerate(self.out_dims):
             d = in_dim if (i == 0 or not self.chain) else self.out_dims[i - 1]
@@ -536,31 +541,35 @@ class DeepDDCRecognition(nn.Module):
             out.append(self._head(i, net[-1](h)))
         return out
 
-    def _calibration_inputs(self, xh: Tensor) -> list[Tensor]:
-        """The inputs of the calibrating regressions: ``[last hidden layer, head output, 1]`` of each network, and
-        for r_1 the standardised x too (the observation layer's gradient is a product of x and E_q[e(z_1) | x], so
-        its error must be orthogonal to x)."""
+    def _calibration_inputs(self, xh: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The inputs of the calibrating regressions, ``[last hidden layer, head output, 1]`` of each network (and
+        for r_1 the standardised x: the observation layer's gradient is a product of x and E_q[e(z_1) | x], so
+        its error must be orthogonal to x), and the networks' outputs."""
         hidden: list[Tensor] = []
         out = self._outputs(xh, hidden)
         inputs = [torch.cat([h, r], dim=-1) for h, r in zip(hidden, out, strict=True)]
         inputs[0] = torch.cat([inputs[0], xh], dim=-1)
-        return [with_intercept(u) for u in inputs]
+        return [with_intercept(u) for u in inputs], out
 
     def _calibrated(self, xh: Tensor) -> list[Tensor]:
-        out = []
-        for i, u in enumerate(self._calibration_inputs(xh)):
-            r = matmul(u, self.calibration[i].to(u.dtype))
+        calibrated = []
+        inputs, out = self._calibration_inputs(xh)
+        for i, (u, r) in enumerate(zip(inputs, out, strict=True)):
+            fit = matmul(u, self.calibration[i].to(u.dtype))
+            r = r + fit if self.calibrate == "residual" else fit
             if len(self.bounds):
                 r = torch.clamp(r, self.bounds[2 * i], self.bounds[2 * i + 1])
-            out.append(r)
-        return out
+            calibrated.append(r)
+        return calibrated
 
     def _fit_calibration(self, xh: Tensor, targets: list[Tensor]) -> dict[str, float]:
-        """Ridge-regress T(z_l) on each network's features over the phase's samples (``calibrate``)."""
+        """Ridge-regress T(z_l) (``residual``: T(z_l) - r_l) on each network's features over the phase's
+        samples."""
         info = {}
         self.calibration.clear()
-        for i, (u, t) in enumerate(zip(self._calibration_inputs(xh), targets, strict=True)):
-            t = t.to(u.dtype)
+        inputs, out = self._calibration_inputs(xh)
+        for i, (u, r, t) in enumerate(zip(inputs, out, targets, strict=True)):
+            t = t.to(u.dtype) - (r if self.calibrate == "residual" else 0.0)
             lam = select_ridge(u, t, n_free=1, reduce=self.reduce, solve_dtype=torch.float64)
             n = u.new_tensor([u.shape[0]], dtype=torch.float64)
             gram, cross = matmul(u.T, u).double(), matmul(u.T, t).double()
@@ -628,11 +637,11 @@ class DeepDDCRecognition(nn.Module):
                 self.optimizer.step()
         info["recognition_loss"] = float(loss.detach())
         with torch.no_grad():
-            if self.calibrate:
+            if self.calibrate != "none":
                 info.update(self._fit_calibration(phase_rows[:, :d_in], targets))
             preds = (
                 self._calibrated(phase_rows[:_R2_ROWS, :d_in])
-                if self.calibrate
+                if self.calibrate != "none"
                 else self._outputs(phase_rows[:_R2_ROWS, :d_in])
             )
             for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
@@ -651,4 +660,4 @@ class DeepDDCRecognition(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """r_l(x) bottom-up, each ``[B, K_l]``."""
         xh = self.standardize(x)
-        return self._calibrated(xh) if self.calibrate and len(self.calibration) else self._outputs(xh)
+        return self._calibrated(xh) if self.calibrate != "none" and len(self.calibration) else self._outputs(xh)
