@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 SBN_X = {"sleep_samples": 1000, "features": 200, "recognition_hidden": 300, "recognition_input": "linear"}
+DEEP_S15 = {**SBN_X, "sleep_samples": 10000, "extra_stats": "sufficient", "beta": "conditional", "recognition": "deep"}
 
 CONFIGS = {
     "synthetic eq. 13 (N=200, K=100, M=100, B=100)": {
@@ -130,6 +131,28 @@ CONFIGS = {
     "SBN, x in the read-out, recognition deep": {
         "model": "SBN",
         "algo": {**SBN_X, "beta": "analytic", "recognition": "deep"},
+        "batch": 100,
+    },
+    # session 15: the deep recognition as in the SBN runs (N=10000, sufficient statistics, beta conditional, 50 Adam
+    # steps a phase), on fresh samples per step and with its calibrating regressions
+    "SBN, recognition deep, N=10000, extra_stats sufficient, beta conditional": {
+        "model": "SBN",
+        "algo": DEEP_S15,
+        "batch": 100,
+    },
+    "SBN, recognition deep, N=10000, extra_stats sufficient, beta conditional, recognition_fresh": {
+        "model": "SBN",
+        "algo": {**DEEP_S15, "recognition_fresh": True},
+        "batch": 100,
+    },
+    "SBN, recognition deep, N=10000, extra_stats sufficient, beta conditional, recognition_calibrate features": {
+        "model": "SBN",
+        "algo": {**DEEP_S15, "recognition_calibrate": "features"},
+        "batch": 100,
+    },
+    "SBN, recognition deep, N=10000, extra_stats sufficient, beta conditional, recognition_calibrate residual": {
+        "model": "SBN",
+        "algo": {**DEEP_S15, "recognition_calibrate": "residual"},
         "batch": 100,
     },
 }
