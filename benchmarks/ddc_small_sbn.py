@@ -53,6 +53,14 @@ ENTRIES: dict[str, dict] = {
     "ddc_k10_sufficient_mlp": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition": "mlp"},
     "ddc_k10_sufficient_deep": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition": "deep"},
     "ddc_k200_sufficient_deep": {**DDC, "features": 200, "extra_stats": "sufficient", "recognition": "deep"},
+    # session 15: the deep recognition's r read out of its networks' features by a regression on each phase's samples
+    "ddc_k10_sufficient_deep_cal": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition": "deep",
+        "recognition_calibrate": "features",
+    },
     # a perfect recognition: the wake gradient with the exact E[T(z_l) | x] in place of r_l(x), so only the gradient
     # regressions (eqs. 31-35) stand between DDC-HM and the exact gradient
     "ddc_k10_sufficient_oracle": {**DDC, "features": 10, "extra_stats": "sufficient", "oracle": True},
