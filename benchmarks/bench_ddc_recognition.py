@@ -141,6 +141,17 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    "ddc_deep_stats_cond_n10000_steps1000_calmean": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_steps": 1000,
+            "recognition_calibrate": "mean",
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_deep_stats_cond_n10000_cal": (
         {
             "recognition": "deep",

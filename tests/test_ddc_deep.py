@@ -209,7 +209,7 @@ def test_calibrated_read_out_matches_the_sleep_samples_mean_and_stays_in_range()
     torch.manual_seed(0)
     model = build(sbn_config([2, 4, 10], seed=3))
     gaps, infos = {}, []
-    for calibrate in ("none", "features", "residual"):
+    for calibrate in ("none", "features", "residual", "mean"):
         torch.manual_seed(1)
         opts = {"sleep_samples": 4000, "features": 20, "recognition": "deep", "recognition_steps": 30}
         algo = wakesleep.build_algorithm(
@@ -227,8 +227,8 @@ def test_calibrated_read_out_matches_the_sleep_samples_mean_and_stays_in_range()
             assert "recognition_calibration_ridge_1" in infos[-1]
             assert clipped[0] == 0.0 and gaps[calibrate][0] < 1e-10 < gaps["none"][0]
             assert max(gaps[calibrate]) < 0.2 * max(gaps["none"])
-    # measured (z2 / z1): 0.13 / 0.066 uncalibrated, 3e-14 / 0.0099 features, 3e-16 / 0.0057 residual (none of
-    # z2's values clipped, some of z1's)
+    # measured (z2 / z1): 0.13 / 0.066 uncalibrated, 3e-14 / 0.0099 features, 3e-16 / 0.0057 residual, 3e-16 /
+    # 0.0071 mean (none of z2's values clipped, some of z1's)
 
 
 def test_option_errors():

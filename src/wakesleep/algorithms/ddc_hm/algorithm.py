@@ -89,10 +89,11 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         ``deep``: every Adam step of eq. 7 trains on ``recognition_batch`` new ancestral samples drawn from the
         current model (and encoded with this phase's T), instead of minibatches of the phase's N sleep samples;
         the network never sees a sample twice, so more steps per phase cannot overfit them (docs/ddc_hm.md).
-    recognition_calibrate : {"none", "features", "residual"}
+    recognition_calibrate : {"none", "features", "residual", "mean"}
         ``deep``: after each phase's Adam steps, read every r_l out of ``[the network's last hidden layer, its
         output, 1]`` (and x for r_1) by ridge regression on the phase's sleep samples (``features``), or add to
-        the network's r_l such a regression of its error (``residual``); clipped to the encoding functions'
+        the network's r_l such a regression of its error (``residual``), or a regression of its error on
+        ``[x, 1]`` for r_1 and on the constant for the others (``mean``); clipped to the encoding functions'
         range. The regression's intercept makes the mean of r_l over the sleep samples that of T(z_l), as the
         closed-form read-out's does; a network trained by Adam has a mean error there, which biases the wake
         gradient even where the model is the data's (docs/ddc_hm.md).

@@ -100,10 +100,10 @@ class DDCOptions:
     recognition_fresh: bool = option(
         False, doc="deep: draw new samples from the model for every Adam step instead of reusing the phase's N"
     )
-    recognition_calibrate: Literal["none", "features", "residual"] = option(
+    recognition_calibrate: Literal["none", "features", "residual", "mean"] = option(
         "none",
         doc="deep: read r_l out of the networks' features by a closed-form regression on each phase's samples "
-        "(features), or add such a regression of the networks' error (residual)",
+        "(features), or add such a regression of the networks' error (residual; mean: on [x, 1] for r_1, else 1)",
     )
     recognition_chain: bool = option(
         True, doc="deep: networks follow the hierarchy x -> r_1 -> r_2 ... (false: every r_l reads x)"

@@ -436,8 +436,10 @@ class DeepDDCRecognition(nn.Module):
     ``[network l's last hidden layer, its head's output, 1]`` (and the standardised x for r_1) over the phase's
     sleep samples, clipped to the encoding functions' range; with ``"residual"`` the same regression fits the
     network's error T(z_l) - r_l and is added to r_l (the ridge then shrinks towards the network, not towards a
-    constant). Like the closed-form read-out with ``recognition_input: linear``, the regression makes the mean of
-    r_l over the sleep samples equal that of T(z_l), and its error orthogonal to its inputs (x among them);
+    constant); ``"mean"`` regresses that error on [x, 1] for r_1 and on the constant alone for the others, the
+    fewest inputs that give the two properties below. Like the closed-form read-out with
+    ``recognition_input: linear``, the regression makes the mean of r_l over the sleep samples equal that of
+    T(z_l), and its error orthogonal to its inputs (x among them);
     without that a network's mean error over the model's own samples biases every wake gradient, also at the
     maximum-likelihood model (docs/ddc_hm.md).
 
@@ -461,9 +463,10 @@ class DeepDDCRecognition(nn.Module):
         Earlier sleep phases whose samples are kept and trained on with the newest.
     fresh : bool
         Train every step on a new batch from ``draw`` (given to :meth:`fit`) rather than on the phase's samples.
-    calibrate : {"none", "features", "residual"}
+    calibrate : {"none", "features", "residual", "mean"}
         Read each r_l out of the network's features by a closed-form regression on the phase's samples
-        (``features``), or add to the network's r_l such a regression of its error (``residual``).
+        (``features``), or add to the network's r_l such a regression of its error (``residual``), or one of its
+        error on [x, 1] for r_1 and on the constant for the others (``mean``).
     chain : bool
         x -> r_1 -> r_2 (True) or x -> r_l for every l (False).
     bounds : callable, optional
@@ -493,8 +496,10 @@ class DeepDDCRecognition(nn.Module):
         self.standardize = Standardizer(in_dim)
         self.out_dims, self.steps, self.lr, self.batch_size = list(out_dims), int(steps), float(lr), int(batch_size)
         self.replay, self.fresh, self.chain, self._bounds_fn = int(replay), bool(fresh), bool(chain), bounds
-        if calibrate not in ("none", "features", "residual"):
-            raise ValueError(f"DeepDDCRecognition: calibrate must be none, features or residual, got {calibrate!r}")
+        if calibrate not in ("none", "features", "residual", "mean"):
+            raise ValueError(
+                f"DeepDDCRecognition: calibrate must be none, features, residual or mean, got {calibrate!r}"
+            )
         self.calibrate = calibrate
         nets = []
         for i, k in enumerate(self.out_dims):
@@ -547,8 +552,11 @@ class DeepDDCRecognition(nn.Module):
         its error must be orthogonal to x), and the networks' outputs."""
         hidden: list[Tensor] = []
         out = self._outputs(xh, hidden)
-        inputs = [torch.cat([h, r], dim=-1) for h, r in zip(hidden, out, strict=True)]
-        inputs[0] = torch.cat([inputs[0], xh], dim=-1)
+        if self.calibrate == "mean":  # r_1's error on [x, 1], every other r_l's on the constant
+            inputs = [xh] + [h[:, :0] for h in hidden[1:]]
+        else:
+            inputs = [torch.cat([h, r], dim=-1) for h, r in zip(hidden, out, strict=True)]
+            inputs[0] = torch.cat([inputs[0], xh], dim=-1)
         return [with_intercept(u) for u in inputs], out
 
     def _calibrated(self, xh: Tensor) -> list[Tensor]:
@@ -556,7 +564,7 @@ class DeepDDCRecognition(nn.Module):
         inputs, out = self._calibration_inputs(xh)
         for i, (u, r) in enumerate(zip(inputs, out, strict=True)):
             fit = matmul(u, self.calibration[i].to(u.dtype))
-            r = r + fit if self.calibrate == "residual" else fit
+            r = fit if self.calibrate == "features" else r + fit
             if len(self.bounds):
                 r = torch.clamp(r, self.bounds[2 * i], self.bounds[2 * i + 1])
             calibrated.append(r)
@@ -569,7 +577,7 @@ class DeepDDCRecognition(nn.Module):
         self.calibration.clear()
         inputs, out = self._calibration_inputs(xh)
         for i, (u, r, t) in enumerate(zip(inputs, out, targets, strict=True)):
-            t = t.to(u.dtype) - (r if self.calibrate == "residual" else 0.0)
+            t = t.to(u.dtype) - (0.0 if self.calibrate == "features" else r)
             lam = select_ridge(u, t, n_free=1, reduce=self.reduce, solve_dtype=torch.float64)
             n = u.new_tensor([u.shape[0]], dtype=torch.float64)
             gram, cross = matmul(u.T, u).double(), matmul(u.T, t).double()

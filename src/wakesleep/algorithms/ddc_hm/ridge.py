@@ -15,7 +15,7 @@ RIDGE_GRID = tuple(10.0**k for k in range(-8, 2))
 
 def with_intercept(h: Tensor) -> Tensor:
     """Append a constant-one column: ``[..., M] -> [..., M + 1]``."""
-    return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
+    return torch.cat([h, h.new_ones((*h.shape[:-1], 1))], dim=-1)
 
 
 def penalty_scale(gram: Tensor, n_free: int = 1) -> Tensor:
