@@ -439,9 +439,8 @@ class DeepDDCRecognition(nn.Module):
     constant); ``"mean"`` regresses that error on [x, 1] for r_1 and on the constant alone for the others, the
     fewest inputs that give the two properties below. Like the closed-form read-out with
     ``recognition_input: linear``, the regression makes the mean of r_l over the sleep samples equal that of
-    T(z_l), and its error orthogonal to its inputs (x among them);
-    without that a network's mean error over the model's own samples biases every wake gradient, also at the
-    maximum-likelihood model (docs/ddc_hm.md).
+    T(z_l), and its error orthogonal to its inputs (x among them); without that a network's mean error over the
+    model's own samples biases every wake gradient, also at the maximum-likelihood model (docs/ddc_hm.md).
 
     Parameters
     ----------
