@@ -18,8 +18,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from wakesleep.eval.compare import paired_nll_difference
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2 (bad input)."""
+    print(f"paired_nll: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def load(spec: str) -> tuple[str, dict]:
@@ -28,17 +35,17 @@ def load(spec: str) -> tuple[str, dict]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        sys.exit(f"paired_nll: cannot read {path}: {exc}")
+        fail(f"cannot read {path}: {exc}")
     entries = data.get("models", data)
     if not label:
         if len(entries) != 1:
-            sys.exit(f"paired_nll: {path} holds {', '.join(entries)}: name one as {path}:LABEL")
+            fail(f"{path} holds {', '.join(entries)}: name one as {path}:LABEL")
         label = next(iter(entries))
     if label not in entries:
-        sys.exit(f"paired_nll: {path} has no entry {label!r} (it has {', '.join(entries)})")
+        fail(f"{path} has no entry {label!r} (it has {', '.join(entries)})")
     record = entries[label].get("ais_test") or entries[label].get("nll_test")
     if not record or "log_px" not in record:
-        sys.exit(f"paired_nll: {path}:{label} has no per-image AIS log-likelihoods")
+        fail(f"{path}:{label} has no per-image AIS log-likelihoods")
     return label, record
 
 
@@ -55,7 +62,7 @@ def main() -> None:
         cells = [label, f"{rec['nll']:.2f} +- {rec['sem']:.2f}"]
         for c, ref in cols:
             if len(ref["log_px"]) != len(rec["log_px"]):
-                sys.exit(f"paired_nll: {label} and {c} scored different numbers of images")
+                fail(f"{label} and {c} scored different numbers of images")
             d = paired_nll_difference(rec, ref)
             cells.append(f"{d['mean']:+.2f} +- {d['sem']:.2f}")
         print("| " + " | ".join(cells) + " |")
