@@ -101,6 +101,26 @@ SETTINGS: dict[str, dict] = {
         "recognition_steps": 100,
         "recognition_calibrate": "features",
     },
+    # session 16: ten times the sleep samples (the regressions of heavy-tailed targets are noise-bound at 20000,
+    # session 12), with a wider closed-form read-out, and with every layer read directly from [h(x), x]
+    "100000, beta conditional, sufficient stats, grad_ridge auto": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+    },
+    "100000, beta conditional, sufficient stats, grad_ridge auto, 400 units": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_hidden": 400,
+    },
+    "100000, beta conditional, sufficient stats, grad_ridge auto, 400 units, direct": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_hidden": 400,
+        "recognition": "direct",
+    },
 }
 
 

@@ -28,8 +28,8 @@ Package layout
 ``algorithm.py`` (:class:`DDCHelmholtzMachine`: construction, data parallelism, checkpoints), ``options.py``
 (its :class:`~wakesleep.algorithms.ddc_hm.options.DDCOptions`), ``sleep.py`` (sampling, the recognition fit,
 the gradient systems), ``wake.py`` (posterior expectations and the wake gradient), and the pieces they use:
-``features.py`` (encoding functions, random ReLU layer), ``recognition.py`` (closed-form and MLP recognition),
-``ridge.py`` (ridge regressions, running statistics).
+``features.py`` (encoding functions, random ReLU layer), ``recognition.py`` (closed-form recognition),
+``trained_recognition.py`` (MLP and deep recognition), ``ridge.py`` (ridge regressions, running statistics).
 """
 
 from wakesleep.algorithms.ddc_hm.algorithm import DDCHelmholtzMachine

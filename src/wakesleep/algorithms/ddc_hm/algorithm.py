@@ -22,15 +22,15 @@ from wakesleep.algorithms.ddc_hm.options import (
     readout_inputs,
     recognition_memory,
 )
-from wakesleep.algorithms.ddc_hm.recognition import (
+from wakesleep.algorithms.ddc_hm.recognition import LinearDDCRecognition
+from wakesleep.algorithms.ddc_hm.ridge import with_intercept
+from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
+from wakesleep.algorithms.ddc_hm.trained_recognition import (
     DeepDDCRecognition,
-    LinearDDCRecognition,
     MLPDDCRecognition,
     adam_from_state_tensors,
     adam_state_tensors,
 )
-from wakesleep.algorithms.ddc_hm.ridge import with_intercept
-from wakesleep.algorithms.ddc_hm.sleep import SleepPhase
 from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
 from wakesleep.errors import WakesleepError
 from wakesleep.ops import matmul
@@ -75,7 +75,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
     recognition : {"ddc", "direct", "mlp", "deep"}
         ``ddc``: eq. 8, random ReLU layer then linear maps layer by layer; ``direct``: each r_l read out from
         the ReLU layer; ``mlp``: a trained multilayer perceptron; ``deep``: one network per latent layer
-        (:class:`~wakesleep.algorithms.ddc_hm.recognition.DeepDDCRecognition`, the §8 remedy), trained by Adam
+        (:class:`~wakesleep.algorithms.ddc_hm.trained_recognition.DeepDDCRecognition`, the §8 remedy), trained by Adam
         on each phase's sleep samples (eq. 7), its output heads constrained to the range of the encoding
         functions, its weights and Adam state carried across phases (and in checkpoints).
     recognition_layers, recognition_width : int
