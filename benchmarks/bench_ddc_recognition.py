@@ -60,6 +60,22 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"recognition": "deep", "extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 20},
     ),
+    # session 16: the read-out's random ReLU layer reads the bottom-up message c(x) W to z1 instead of x; the exact
+    # posterior depends on x only through it (recognition_input: message_only)
+    "ddc_stats_cond_n10000_msg": (
+        {
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_input": "message_only",
+        },
+        {"sleep_every": 20},
+    ),
+    # and the closed-form read-out with a sleep phase every wake step (Algorithm 1 as printed; 20x the sleep cost)
+    "ddc_stats_cond_n10000_every1": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
+        {"sleep_every": 1},
+    ),
     # session 14: the deep recognition trained 20x longer per sleep phase (1000 Adam steps instead of 50). With a
     # sleep phase every 20 wake steps, 10 epochs of 10000 images are 50 phases: 2500 Adam steps in all at 50,
     # against the 150000 with which it nearly matched a perfect recognition on the small SBN of ddc_small_sbn.py

@@ -61,6 +61,9 @@ ENTRIES: dict[str, dict] = {
         "recognition": "deep",
         "recognition_calibrate": "features",
     },
+    # session 16: the exact posterior depends on x only through the bottom-up message c(x) W (10 numbers here), so
+    # the read-out's random ReLU layer reads the message instead of x (recognition_input: message_only)
+    "ddc_k10_sufficient_msg": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition_input": "message_only"},
     # a perfect recognition: the wake gradient with the exact E[T(z_l) | x] in place of r_l(x), so only the gradient
     # regressions (eqs. 31-35) stand between DDC-HM and the exact gradient
     "ddc_k10_sufficient_oracle": {**DDC, "features": 10, "extra_stats": "sufficient", "oracle": True},

@@ -98,6 +98,26 @@ def test_message_recognition_survives_a_state_round_trip(mode):
     assert all(torch.equal(a, b) for a, b in zip(algo.recognizer(x), other.recognizer(x), strict=True))
 
 
+@pytest.mark.parametrize("mode", ["message", "message_only"])
+def test_message_standardisation_follows_the_model(mode):
+    """The message moves with theta; each sleep phase re-standardises it on that phase's samples, so after the
+    observation weights grow tenfold the phase's standardised messages again have mean 0 and variance 1 per
+    coordinate (a standardisation fixed at the first phase would leave them ten times too spread)."""
+    torch.manual_seed(0)
+    model = build(sbn_config((2, 3, 6), 0))
+    algo = wakesleep.build_algorithm(
+        "ddc_hm", model, sleep_samples=4000, features=10, recognition_hidden=10, recognition_input=mode
+    )
+    algo.sleep()
+    with torch.no_grad():
+        list(model.layers.values())[-1].link.weight.mul_(10.0)
+        samples = model.sample(4000)
+    algo.sleep(samples=samples)
+    x = samples[-1]
+    mh = algo.recognizer.features.message_standardize(algo.bottom_up_message(x))
+    assert mh.mean(0).abs().max() < 1e-6 and (mh.std(0) - 1).abs().max() < 1e-3
+
+
 def test_cholesky_factor_equals_the_factor_of_the_penalised_gram():
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(300, 40, generator=gen, dtype=torch.float64)

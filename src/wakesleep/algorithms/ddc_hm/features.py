@@ -282,10 +282,17 @@ class RandomReLUFeatures(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def fit_standardization(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Set the standardisation of x (and of the message) from samples, once."""
+        """Set the standardisation of x from samples once, and that of the message at every call.
+
+        The message moves with theta (on the 784-pixel SBN its spread grew 12-19-fold over 10 epochs from the first
+        phase's, docs/RESULTS.md session 16), so a standardisation fixed at the first phase leaves the random ReLU
+        layer's offsets far inside the message's range, where its units are nearly linear. It is refitted to each
+        phase's sleep samples instead (the running read-out statistics mix recent phases' standardisations as
+        they mix recent phases' messages).
+        """
         if not self.standardize.fitted and self.mode != "message_only":
             self.standardize.fit(x, reduce)
-        if self.message_standardize is not None and not self.message_standardize.fitted:
+        if self.message_standardize is not None:
             self.message_standardize.fit(self.message(x), reduce)
 
     def forward(self, x: Tensor) -> Tensor:
