@@ -168,6 +168,18 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         },
         {"sleep_every": 20},
     ),
+    # session 16: as the small SBN trained it (ddc_small_sbn.py, where the deep recognition reached exact ML): a sleep
+    # phase every wake step, 50 Adam steps each, calibrated (mean: the cheapest calibration, as good on 10000 images)
+    "ddc_deep_stats_cond_n10000_every1_calmean": (
+        {
+            "recognition": "deep",
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_calibrate": "mean",
+        },
+        {"sleep_every": 1},
+    ),
     "ddc_deep_stats_cond_n10000_cal": (
         {
             "recognition": "deep",

@@ -282,17 +282,22 @@ class RandomReLUFeatures(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def fit_standardization(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Set the standardisation of x from samples once, and that of the message at every call.
+        """Set the standardisation of x from samples once; that of the message once for ``"message"`` and at every
+        call for ``"message_only"``.
 
         The message moves with theta (on the 784-pixel SBN its spread grew 12-19-fold over 10 epochs from the first
-        phase's, docs/RESULTS.md session 16), so a standardisation fixed at the first phase leaves the random ReLU
-        layer's offsets far inside the message's range, where its units are nearly linear. It is refitted to each
-        phase's sleep samples instead (the running read-out statistics mix recent phases' standardisations as
-        they mix recent phases' messages).
+        phase's, docs/RESULTS.md session 16). Where it feeds the random ReLU layer (``"message_only"``), a
+        standardisation fixed at the first phase leaves the layer's offsets far inside the message's range, where
+        its units are nearly linear, so it is refitted to each phase's sleep samples (the running read-out
+        statistics then mix recent phases' standardisations as they mix recent phases' messages). Where the message
+        only enters the read-out linearly and unpenalised (``"message"``), its standardisation does not change the
+        fit and stays fixed.
         """
         if not self.standardize.fitted and self.mode != "message_only":
             self.standardize.fit(x, reduce)
-        if self.message_standardize is not None:
+        if self.message_standardize is not None and (
+            self.mode == "message_only" or not self.message_standardize.fitted
+        ):
             self.message_standardize.fit(self.message(x), reduce)
 
     def forward(self, x: Tensor) -> Tensor:
