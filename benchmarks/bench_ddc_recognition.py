@@ -76,6 +76,15 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
         {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
         {"sleep_every": 1},
     ),
+    # and every 50 / 100 wake steps (a staler recognition and gradient regressions; 2.5x / 5x less sleep)
+    "ddc_stats_cond_n10000_every50": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
+        {"sleep_every": 50},
+    ),
+    "ddc_stats_cond_n10000_every100": (
+        {"extra_stats": "sufficient", "beta": "conditional", "sleep_samples": 10000},
+        {"sleep_every": 100},
+    ),
     # session 14: the deep recognition trained 20x longer per sleep phase (1000 Adam steps instead of 50). With a
     # sleep phase every 20 wake steps, 10 epochs of 10000 images are 50 phases: 2500 Adam steps in all at 50,
     # against the 150000 with which it nearly matched a perfect recognition on the small SBN of ddc_small_sbn.py
