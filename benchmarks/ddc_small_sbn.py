@@ -80,6 +80,14 @@ ENTRIES: dict[str, dict] = {
     "ddc_k10_sufficient_oracle": {**DDC, "features": 10, "extra_stats": "sufficient", "oracle": True},
     "ddc_k10_quadratic_oracle": {**DDC, "features": 10, "extra_stats": "quadratic", "oracle": True},
     "ddc_k200_sufficient_oracle": {**DDC, "features": 200, "extra_stats": "sufficient", "oracle": True},
+    "ddc_k10_sufficient_deep_cal_every20": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition": "deep",
+        "recognition_calibrate": "features",
+        "train": {"sleep_every": 20},
+    },
     "ddc_k10_sufficient_oracle_every20": {
         **DDC,
         "features": 10,
