@@ -121,6 +121,13 @@ SETTINGS: dict[str, dict] = {
         "recognition_hidden": 400,
         "recognition": "direct",
     },
+    # and z, z z^T in place of the sufficient statistics (a Gaussian observation layer's gradient is quadratic in z_1)
+    "100000, beta conditional, quadratic stats, grad_ridge auto": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "extra_stats": "quadratic",
+    },
 }
 
 
