@@ -68,6 +68,12 @@ ENTRIES: dict[str, dict] = {
     "ddc_k10_sufficient_every5": {**DDC, "features": 10, "extra_stats": "sufficient", "train": {"sleep_every": 5}},
     "ddc_k10_sufficient_every20": {**DDC, "features": 10, "extra_stats": "sufficient", "train": {"sleep_every": 20}},
     "ddc_k10_sufficient_every100": {**DDC, "features": 10, "extra_stats": "sufficient", "train": {"sleep_every": 100}},
+    "ddc_k200_sufficient_every100": {
+        **DDC,
+        "features": 200,
+        "extra_stats": "sufficient",
+        "train": {"sleep_every": 100},
+    },
     "ddc_k10_sufficient_msg_every20": {
         **DDC,
         "features": 10,
