@@ -128,6 +128,13 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "extra_stats": "quadratic",
     },
+    # and the recognition's statistics kept over about ten phases (the samples rule gives 0 at N = 100000)
+    "100000, beta conditional, sufficient stats, grad_ridge auto, memory 0.9": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_memory": 0.9,
+    },
 }
 
 

@@ -74,6 +74,13 @@ ENTRIES: dict[str, dict] = {
         "extra_stats": "sufficient",
         "train": {"sleep_every": 100},
     },
+    "ddc_k10_sufficient_msg_every100": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition_input": "message_only",
+        "train": {"sleep_every": 100},
+    },
     "ddc_k10_sufficient_msg_every20": {
         **DDC,
         "features": 10,
