@@ -74,6 +74,19 @@ ENTRIES: dict[str, dict] = {
         "extra_stats": "sufficient",
         "train": {"sleep_every": 100},
     },
+    # a sleep phase (new samples, gradient regressions) every step, the recognition refitted every 20th phase only
+    "ddc_k10_sufficient_recognition_every20": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition_every": 20,
+    },
+    "ddc_k10_sufficient_recognition_every100": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition_every": 100,
+    },
     "ddc_k10_sufficient_msg_every100": {
         **DDC,
         "features": 10,
@@ -157,6 +170,19 @@ def perfect_recognition(algo: torch.nn.Module, model: torch.nn.Module) -> None:
     algo.wake_gradient = wake_gradient
 
 
+def slow_recognition(algo: torch.nn.Module, every: int) -> None:
+    """Refit the recognition at every ``every``-th sleep phase only (its statistics skip the others' samples); the
+    gradient regressions are refitted at every phase as before. A diagnostic, not an algorithm option."""
+    plain = algo.recognizer.fit
+    calls = [0]
+
+    def fit(*args: object, **kwargs: object) -> dict:
+        calls[0] += 1
+        return plain(*args, **kwargs) if (calls[0] - 1) % every == 0 else {}
+
+    algo.recognizer.fit = fit
+
+
 def usage(model: torch.nn.Module, n: int, seed: int) -> dict[str, float]:
     """Share of each latent layer's variance that x explains under the model, from exact posteriors."""
     torch.manual_seed(seed)
@@ -176,6 +202,7 @@ def run_entry(entry: dict, data: Path, seed: int, args: argparse.Namespace) -> d
     algo = dict(entry)
     exact = algo.get("name") == "exact"
     oracle = algo.pop("oracle", False)
+    recognition_every = algo.pop("recognition_every", 1)
     train = algo.pop("train", {})  # train settings of this entry (e.g. sleep_every)
     spec = RunSpec.from_mapping(
         {
@@ -202,6 +229,8 @@ def run_entry(entry: dict, data: Path, seed: int, args: argparse.Namespace) -> d
     else:
         if oracle:
             perfect_recognition(run.algorithm, run.model)
+        if recognition_every > 1:
+            slow_recognition(run.algorithm, recognition_every)
         run.fit(progress=False)
     seconds = time.perf_counter() - t0
     x_test = torch.as_tensor(np.load(data)["x_test"])
