@@ -25,18 +25,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import yaml
+from ddc_small_sbn import slow_recognition
 
 from wakesleep import runs
-from wakesleep.algorithms.ddc_hm.recognition import LinearDDCRecognition
 from wakesleep.eval.compare import model_ais_nll, paired_nll_difference
 from wakesleep.eval.diagnose import diagnose
 from wakesleep.runtime import keep_freed_memory
@@ -287,25 +285,9 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     ),
 }
 
-# label -> refit the closed-form read-out only at every k-th sleep phase (a diagnostic, not an algorithm option)
+# label -> refit the read-out only at every k-th sleep phase (ddc_small_sbn.slow_recognition: a diagnostic, not an
+# algorithm option)
 RECOGNITION_EVERY: dict[str, int] = {"ddc_stats_cond_n10000_recognition_every10": 10}
-
-
-@contextlib.contextmanager
-def slow_recognition(every: int) -> Iterator[None]:
-    """While active, ``LinearDDCRecognition.fit`` refits (and adds a phase to its statistics) only at every
-    ``every``-th call on each read-out; the other sleep phases keep the previous fit."""
-    plain = LinearDDCRecognition.fit
-
-    def fit(self: LinearDDCRecognition, x: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, float]:
-        self._slow_calls = getattr(self, "_slow_calls", 0) + 1
-        return plain(self, x, targets) if (self._slow_calls - 1) % every == 0 else {}
-
-    LinearDDCRecognition.fit = fit
-    try:
-        yield
-    finally:
-        LinearDDCRecognition.fit = plain
 
 
 # label -> changes to configs/sbn.yaml's layers (layer name -> keys), for entries that change the model's start
@@ -364,8 +346,10 @@ def main() -> None:
         cfg = entry_config(label, args.epochs, args.n, args.seed, args.init)
         if not (run_dir / "model.safetensors").exists():
             t0 = time.perf_counter()
-            with slow_recognition(RECOGNITION_EVERY.get(label, 1)):
-                runs.train(runs.as_spec(cfg), run_dir, progress=False)
+            run = runs.prepare(runs.as_spec(cfg))
+            if label in RECOGNITION_EVERY:
+                slow_recognition(run.algorithm, RECOGNITION_EVERY[label])
+            run.fit(run_dir, progress=False)
             results.setdefault(label, {})["train_seconds"] = time.perf_counter() - t0
         row = results.setdefault(label, {})
         row["config"] = cfg
