@@ -135,6 +135,21 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "recognition_memory": 0.9,
     },
+    # session 17: every posterior expectation a convex combination of sleep-sample values (valid moments: the
+    # closed-form read-out gave E[z1^2] < E[z1]^2 for 22 % of the points of Gaussian -> Laplace -> Gaussian)
+    "100000, beta conditional, sufficient stats, grad_ridge auto, nonnegative read-out weights": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "readout_weights": "nonnegative",
+    },
+    # and the recognition's ridge chosen on held-out sleep samples
+    "100000, beta conditional, sufficient stats, grad_ridge auto, recognition_ridge auto": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_ridge": "auto",
+    },
 }
 
 

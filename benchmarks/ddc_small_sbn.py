@@ -101,6 +101,15 @@ ENTRIES: dict[str, dict] = {
         "recognition_input": "message_only",
         "train": {"sleep_every": 20},
     },
+    # session 17: x and the factorised (mean-field) posterior means of z1 given x in the read-out
+    "ddc_k10_sufficient_mf": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition_input": "mean_field"},
+    "ddc_k10_sufficient_mf_every20": {
+        **DDC,
+        "features": 10,
+        "extra_stats": "sufficient",
+        "recognition_input": "mean_field",
+        "train": {"sleep_every": 20},
+    },
     # a perfect recognition: the wake gradient with the exact E[T(z_l) | x] in place of r_l(x), so only the gradient
     # regressions (eqs. 31-35) stand between DDC-HM and the exact gradient
     "ddc_k10_sufficient_oracle": {**DDC, "features": 10, "extra_stats": "sufficient", "oracle": True},

@@ -10,6 +10,7 @@ import torch
 
 import wakesleep
 from wakesleep.algorithms.ddc_hm.ridge import cholesky_factor, penalty
+from wakesleep.eval.posterior import enumerate_posterior
 
 from oracles import (
     build,
@@ -86,7 +87,70 @@ def test_message_needs_a_linear_bernoulli_or_gaussian_observation(obs):
         wakesleep.build_algorithm("ddc_hm", model, recognition_input="message")
 
 
-@pytest.mark.parametrize("mode", ["message", "message_only"])
+def _bernoulli_latent_gaussian_obs(loadings: torch.Tensor, bias: torch.Tensor, log_var: torch.Tensor):
+    d1, dx = loadings.shape[1], loadings.shape[0]
+    model = wakesleep.build_model(
+        {
+            "layers": [
+                {"name": "z1", "family": "bernoulli", "dim": d1},
+                {"name": "x", "family": "gaussian", "dim": dx, "link": "linear"},
+            ],
+            "dtype": "float64",
+        }
+    )
+    obs = model.layers["x"]
+    with torch.no_grad():
+        obs.link.weight.copy_(loadings)
+        obs.link.bias.copy_(bias)
+        obs.log_var.copy_(log_var)
+    return model
+
+
+def _exact_means(model, x):
+    """E[z | x] of a one-latent-layer Bernoulli model by enumeration of z."""
+    layers = list(model.layers.values())
+    d = layers[0].dim
+    z = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * d).reshape(-1, d)
+    log_joint = layers[0].log_prob(z)[None] + torch.stack([layers[1].log_prob(xi.expand(len(z), -1), z) for xi in x])
+    return torch.softmax(log_joint, dim=1) @ z
+
+
+def test_mean_field_means_are_exact_when_the_posterior_factorises():
+    """A Bernoulli layer whose loadings are orthogonal in Psi^-1 has a factorised posterior, where the mean-field
+    update with the second-order (for a Gaussian observation exact) expansion is exact at any start: error < 1e-3
+    after its 8 damped steps (measured 3e-4, the start's 0.4^8 share)."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(8, 4, dtype=torch.float64))
+    log_var = torch.randn(8, dtype=torch.float64) * 0.3
+    loadings = q * log_var.exp()[:, None].sqrt() * torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    model = _bernoulli_latent_gaussian_obs(loadings, torch.randn(8, dtype=torch.float64), log_var)
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=100, features=5, recognition_input="mean_field")
+    x = model.sample(20)[-1]
+    err = (algo.mean_field_means(x) - _exact_means(model, x)).abs().max()
+    assert err < 1e-3, float(err)
+
+
+def test_mean_field_means_track_the_exact_posterior_of_a_sigmoid_belief_network():
+    """Pixels of a small SBN with strong weights (enumerated): the factorised means are closer to E[z_1 | x] than
+    the prior mean is, by a factor > 3 (measured 3.7: mean absolute error 0.077 against 0.281)."""
+    model = build(sbn_config((2, 3, 10), 0))
+    torch.manual_seed(3)
+    x = model.sample(200)[-1]
+    algo = wakesleep.build_algorithm("ddc_hm", model, sleep_samples=100, features=5, recognition_input="mean_field")
+    exact = enumerate_posterior(model, x).marginals()[-1]
+    prior_mean = model.sample(100000)[-2].mean(0)
+    err_mf = (algo.mean_field_means(x) - exact).abs().mean()
+    err_prior = (prior_mean - exact).abs().mean()
+    assert err_mf * 3 < err_prior, (float(err_mf), float(err_prior))
+
+
+def test_mean_field_input_needs_bernoulli_latents():
+    model = build(linear_gaussian_config())
+    with pytest.raises(wakesleep.WakesleepError, match="algorithm.recognition_input: mean_field"):
+        wakesleep.build_algorithm("ddc_hm", model, recognition_input="mean_field")
+
+
+@pytest.mark.parametrize("mode", ["message", "message_only", "mean_field"])
 def test_message_recognition_survives_a_state_round_trip(mode):
     model = build(sbn_config((2, 3, 6), 0))
     opts = {"sleep_samples": 200, "features": 10, "recognition_hidden": 10, "recognition_input": mode}

@@ -33,7 +33,7 @@ from wakesleep.algorithms.ddc_hm.trained_recognition import (
 )
 from wakesleep.algorithms.ddc_hm.wake import WakePhase, observation_is_linear_in_theta
 from wakesleep.errors import WakesleepError
-from wakesleep.ops import matmul
+from wakesleep.ops import linear, matmul
 
 __all__ = ["DDCHelmholtzMachine", "message_supported"]
 
@@ -115,7 +115,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         they are added, and the decay with the smallest (smoothed) error is used; the choice is logged as
         ``recognition_memory``. Better than ``auto`` on the synthetic model, no better on image patches, hence
         not the default (docs/ddc_hm.md).
-    recognition_input : {"auto", "none", "linear", "quadratic", "message", "message_only"}
+    recognition_input : {"auto", "none", "linear", "quadratic", "message", "message_only", "mean_field"}
         Inputs appended to the random ReLU layer of the closed-form recognition: nothing (eq. 8 as printed),
         the standardised x, x and its pairwise products (for low-dimensional x), or the generative model's
         bottom-up message c(x) W to z_1 (:meth:`bottom_up_message`; observation layers with a linear link and
@@ -127,7 +127,9 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         not the default (docs/RESULTS.md). ``message_only``: the ReLU layer reads the standardised message too,
         so x reaches the recognition only through it and directions of x the exact posterior ignores cannot
         move r (tested on data off a linear-Gaussian model's manifold); it did not rescue the (10, 10) patch
-        model (docs/RESULTS.md).
+        model (docs/RESULTS.md). ``mean_field`` (sigmoid belief networks): x and the factorised posterior
+        means of z_1 given x under the current model (:meth:`mean_field_means`), which are as sharp as the exact
+        posterior where a linear read-out of random ReLU features of x is not.
     recognition_ridge_every : int
         With ``recognition_ridge="auto"``, re-choose the ridge every this many sleep phases (held-out
         selection costs a factorisation per grid point).
@@ -222,6 +224,15 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 "algorithm.recognition_input: message needs an observation layer with link linear (no softplus) "
                 f"and family bernoulli or gaussian, got family {list(model.layers.values())[-1].family.name}"
             )
+        if recognition_input == "mean_field" and not (
+            message_supported(model)
+            and all(getattr(layer, "family", None) is not None for layer in model.conditionals)
+            and all(layer.family.name == "bernoulli" for layer in list(model.layers.values())[:-1])
+        ):
+            raise WakesleepError(
+                "algorithm.recognition_input: mean_field needs Bernoulli latent layers (a sigmoid belief network) "
+                "and an observation layer with link linear (no softplus) and family bernoulli or gaussian"
+            )
         self.recognition_input = recognition_input
         self.recognition_ridge_every, self.free_stats = o.recognition_ridge_every, o.free_stats
         self.grad_ridge, self.beta, self.wake_theta = o.grad_ridge, o.beta, o.wake_theta
@@ -294,7 +305,9 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 free_inputs=o.free_stats,
                 include_input=recognition_input,
                 generator=gen,
-                message=self.bottom_up_message if recognition_input in ("message", "message_only") else None,
+                message={"message": self.bottom_up_message, "message_only": self.bottom_up_message}.get(
+                    recognition_input, self.mean_field_means if recognition_input == "mean_field" else None
+                ),
                 message_dim=message_dim,
             )
         self.to(device=model.device, dtype=model.dtype)
@@ -365,6 +378,61 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             c = s[..., 0] if bool((slope == 1).all()) and s.shape[-1] == 1 else (s * slope).sum(-1)
         weight, _ = obs.link.affine_weight_bias()
         return matmul(c, weight.detach())
+
+    def mean_field_means(self, x: Tensor, steps: int = 8, damping: float = 0.6) -> Tensor:
+        """Factorised posterior means of z_1 given x alone, ``[B, D_x] -> [B, D_1]`` (``recognition_input:
+        mean_field``; Bernoulli latent layers).
+
+        The prior of z_1 is replaced by the independent Bernoulli with logits eta_bar = eta_1(mu_2), mu_l the
+        prior means passed down the hierarchy (mu_L = sigmoid(b_L), mu_l = sigmoid(eta_l(mu_{l+1}))), and
+        q(z_1) = prod_j Bernoulli(mu_j) is iterated (``steps`` damped updates) with the second-order expansion of
+        the change of log p(x | z_1) when z_1j flips from 0 to 1, the other units at mu:
+        logit_j = eta_bar_j + W_j . (c(x) - c(u)) - (1 - 2 mu_j) / 2 W_j^2 . c'(u), with u = W mu + b,
+        c(u) the observation's mean statistic (sigmoid(u) for Bernoulli pixels, u / v for a Gaussian of variance
+        v) and c' its derivative (exact for a Gaussian observation layer). The read-out then only corrects a
+        posterior that is already about as sharp as the exact one, which random ReLU features of x cannot
+        express (docs/ddc_hm.md).
+        """
+        layers = list(self.model.layers.values())
+        obs = layers[-1]
+        with torch.no_grad():
+            weight, bias = obs.link.affine_weight_bias()
+            weight, bias = weight.detach(), bias.detach()
+            mu = None
+            for layer in layers[:-1]:
+                eta = layer.natural_params(None if mu is None else mu[None])[..., 0].reshape(-1)
+                mu = torch.sigmoid(eta)  # the last one: the prior's logits of z_1 are eta
+            prior_logit = eta
+            c = self._observation_statistic(obs, x.to(dtype=self.model.dtype))
+            w2 = weight * weight
+            mu = mu.expand(x.shape[0], -1)
+            for _ in range(steps):
+                u = linear(mu, weight, bias)
+                with torch.enable_grad():
+                    u = u.detach().requires_grad_(True)
+                    cu = self._mean_statistic(obs, u)
+                    (slope,) = torch.autograd.grad(cu.sum(), u)
+                logit = prior_logit + matmul(c - cu.detach(), weight) - 0.5 * (1 - 2 * mu) * matmul(slope, w2)
+                mu = (1 - damping) * mu + damping * torch.sigmoid(logit)
+        return mu
+
+    @staticmethod
+    def _observation_statistic(obs: torch.nn.Module, x: Tensor) -> Tensor:
+        """c(x), the coefficient of the observation layer's link output u in S(x) . eta(u) (affine eta)."""
+        u = torch.zeros(2, x.shape[1], dtype=x.dtype, device=x.device)
+        u[1] = 1.0
+        eta = obs.family.natural_from_param(u, obs.extras())
+        s = obs.family.sufficient_statistics(x).reshape(x.shape[0], *eta.shape[1:])
+        return (s * (eta[1] - eta[0])).sum(-1)
+
+    @staticmethod
+    def _mean_statistic(obs: torch.nn.Module, u: Tensor) -> Tensor:
+        """E[c(x)] given the link output u: d A(eta(u)) / du."""
+        eta = obs.family.natural_from_param(u, obs.extras())
+        zero = torch.zeros(2, u.shape[1], dtype=u.dtype, device=u.device)
+        zero[1] = 1.0
+        slope = obs.family.natural_from_param(zero, obs.extras())
+        return (obs.family.mean_parameters(eta) * (slope[1] - slope[0])).sum(-1)
 
     def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
         """Data-parallel training: ``reduce`` sums a tensor over ranks (e.g. ``dist.all_reduce``).

@@ -236,7 +236,8 @@ class RandomReLUFeatures(nn.Module):
 
     ``include_input``: ``"none"`` (eq. 8), ``"linear"`` (x_hat), ``"quadratic"`` (x_hat and its pairwise
     products) or ``"message"``: the standardised output m_hat of the callable ``message(x) -> [B, message_dim]``
-    (DDC-HM passes the generative model's bottom-up message, see ``DDCHelmholtzMachine``). ``"message_only"``:
+    (DDC-HM passes the generative model's bottom-up message, see ``DDCHelmholtzMachine``). ``"mean_field"``: x_hat
+    and ``message(x)`` as it is (DDC-HM passes :meth:`~DDCHelmholtzMachine.mean_field_means`). ``"message_only"``:
     x enters only through the message, h = [[W m_hat + c]_+, m_hat] with W ~ N(0, 1 / message_dim), so that
     directions of x the message does not see (those the exact posterior ignores) cannot move the features.
     """
@@ -252,11 +253,12 @@ class RandomReLUFeatures(nn.Module):
     ) -> None:
         super().__init__()
         mode = {True: "linear", False: "none"}.get(include_input, include_input)
-        if mode not in ("none", "linear", "quadratic", "message", "message_only"):
+        if mode not in ("none", "linear", "quadratic", "message", "message_only", "mean_field"):
             raise ValueError(
-                f"recognition input must be none, linear, quadratic, message or message_only, got {include_input!r}"
+                "recognition input must be none, linear, quadratic, message, message_only or mean_field, "
+                f"got {include_input!r}"
             )
-        if mode in ("message", "message_only") and (message is None or message_dim <= 0):
+        if mode in ("message", "message_only", "mean_field") and (message is None or message_dim <= 0):
             raise ValueError(f"recognition input {mode!r} needs a message function and its dimension")
         self.standardize = Standardizer(in_dim)
         hidden_in = message_dim if mode == "message_only" else in_dim
@@ -274,6 +276,7 @@ class RandomReLUFeatures(nn.Module):
             "quadratic": in_dim + iu.shape[1],
             "message": message_dim,
             "message_only": message_dim,
+            "mean_field": in_dim + message_dim,
         }[mode]
         self.n_out = hidden + self.n_exact
 
@@ -306,10 +309,12 @@ class RandomReLUFeatures(nn.Module):
             return torch.cat([torch.relu(linear(mh, self.weight, self.bias)), mh], dim=-1)
         xh = self.standardize(x)
         parts = [torch.relu(linear(xh, self.weight, self.bias))]
-        if self.mode in ("linear", "quadratic"):
+        if self.mode in ("linear", "quadratic", "mean_field"):
             parts.append(xh)
         if self.mode == "quadratic":
             parts.append(xh[..., self._iu[0]] * xh[..., self._iu[1]])
         if self.message_standardize is not None:
             parts.append(self.message_standardize(self.message(x)))
+        if self.mode == "mean_field":  # factorised posterior means in [0, 1]: read out as they are
+            parts.append(self.message(x))
         return torch.cat(parts, dim=-1)

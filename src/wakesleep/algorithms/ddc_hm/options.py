@@ -63,7 +63,9 @@ class DDCOptions:
     recognition_ridge_every: int = option(
         10, minimum=1, doc="re-choose the auto recognition ridge (and adaptive memory) every this many phases"
     )
-    recognition_input: Literal["auto", "none", "linear", "quadratic", "message", "message_only"] = option(
+    recognition_input: Literal[
+        "auto", "none", "linear", "quadratic", "message", "message_only", "mean_field"
+    ] = option(
         "auto", doc="inputs appended to the ReLU layer (auto: linear when D_x <= 1024, else none)"
     )
     grad_ridge: float | Literal["auto"] = option(
@@ -160,6 +162,7 @@ def readout_inputs(recognition_input: str, hidden: int, obs_dim: int, message_di
         "quadratic": obs_dim * (obs_dim + 3) // 2,
         "message": message_dim,
         "message_only": message_dim,
+        "mean_field": obs_dim + message_dim,
     }[recognition_input]
     return hidden + 1 + extra
 
