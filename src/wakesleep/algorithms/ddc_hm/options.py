@@ -63,9 +63,7 @@ class DDCOptions:
     recognition_ridge_every: int = option(
         10, minimum=1, doc="re-choose the auto recognition ridge (and adaptive memory) every this many phases"
     )
-    recognition_input: Literal[
-        "auto", "none", "linear", "quadratic", "message", "message_only", "mean_field"
-    ] = option(
+    recognition_input: Literal["auto", "none", "linear", "quadratic", "message", "message_only", "mean_field"] = option(
         "auto", doc="inputs appended to the ReLU layer (auto: linear when D_x <= 1024, else none)"
     )
     grad_ridge: float | Literal["auto"] = option(
