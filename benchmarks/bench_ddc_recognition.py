@@ -63,6 +63,16 @@ ENTRIES: dict[str, tuple[dict | None, dict]] = {
     ),
     # session 16: the read-out's random ReLU layer reads the bottom-up message c(x) W to z1 instead of x; the exact
     # posterior depends on x only through it (recognition_input: message_only)
+    # session 17: x and the factorised posterior means of z1 given x (recognition_input: mean_field) in the read-out
+    "ddc_stats_cond_n10000_mf": (
+        {
+            "extra_stats": "sufficient",
+            "beta": "conditional",
+            "sleep_samples": 10000,
+            "recognition_input": "mean_field",
+        },
+        {"sleep_every": 20},
+    ),
     "ddc_stats_cond_n10000_msg": (
         {
             "extra_stats": "sufficient",

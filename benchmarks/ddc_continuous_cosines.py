@@ -150,6 +150,29 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "recognition_ridge": "auto",
     },
+    # and x only through the bottom-up message (the directions of x the exact posterior ignores cannot move r)
+    "100000, beta conditional, sufficient stats, grad_ridge auto, message_only": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_input": "message_only",
+    },
+    # and x's pairwise products in the read-out (the first continuous fix, docs/RESULTS.md "Continuous observation
+    # layer"), now with 100000 samples
+    "100000, beta conditional, sufficient stats, grad_ridge auto, x x^T in the read-out": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_input": "quadratic",
+    },
+    # and among each layer's encodings what the layer below needs of it (extra_stats: sufficient_child: z_1 and
+    # z_1 z_1^T for the Gaussian x of the Laplace z_1, whose own S is |z_1| only)
+    "100000, beta conditional, sufficient and child stats, grad_ridge auto": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "extra_stats": "sufficient_child",
+    },
 }
 
 

@@ -103,6 +103,7 @@ ENTRIES: dict[str, dict] = {
     },
     # session 17: x and the factorised (mean-field) posterior means of z1 given x in the read-out
     "ddc_k10_sufficient_mf": {**DDC, "features": 10, "extra_stats": "sufficient", "recognition_input": "mean_field"},
+    "ddc_k200_sufficient_mf": {**DDC, "features": 200, "extra_stats": "sufficient", "recognition_input": "mean_field"},
     "ddc_k10_sufficient_mf_every20": {
         **DDC,
         "features": 10,

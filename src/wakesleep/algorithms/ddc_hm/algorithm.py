@@ -13,7 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.algorithms.base import Algorithm, Capabilities
-from wakesleep.algorithms.ddc_hm.features import EncodingFunctions, layer_statistics, layer_support
+from wakesleep.algorithms.ddc_hm.features import (
+    EncodingFunctions,
+    child_statistics,
+    layer_statistics,
+    layer_support,
+)
 from wakesleep.algorithms.ddc_hm.learned import EncodingLearner
 from wakesleep.algorithms.ddc_hm.options import (
     DEFAULT_GRAD_RIDGE,
@@ -67,11 +72,13 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         Encoding functions T (eq. 4); ``linear`` recovers the classic mean-field machine's representation.
     feature_scale : float
         Spread of the random projections W relative to the standardised latent.
-    extra_stats : {"none", "linear", "quadratic", "sufficient"}
+    extra_stats : {"none", "linear", "quadratic", "sufficient", "sufficient_child"}
         Also include z (and z z^T) among the encoding functions; ``sufficient``: each layer's own sufficient
         statistics S_l(z) (any family: z for Bernoulli, (z, z^2) for Gaussian, (log z, z) for Gamma, ...), so the
         terms of eqs. 31-35 that are linear in S_l are represented exactly (and, with ``free_stats``, left
-        unpenalised).
+        unpenalised); ``sufficient_child``: also what the layer below's log-density needs of z_l
+        (:func:`~wakesleep.algorithms.ddc_hm.features.child_statistics`: e(z_l) where S_l lacks it, e.g. for a
+        Laplace layer, and e_i e_j above a Gaussian layer with an affine link).
     recognition : {"ddc", "direct", "mlp", "deep"}
         ``ddc``: eq. 8, random ReLU layer then linear maps layer by layer; ``direct``: each r_l read out from
         the ReLU layer; ``mlp``: a trained multilayer perceptron; ``deep``: one network per latent layer
@@ -249,7 +256,12 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             raise WakesleepError(f"algorithm.features: need a positive int or a list of {n_latent} positive ints")
         gen = torch.Generator().manual_seed(o.seed)
         layers = list(model.layers.values())
-        stats = [layer_statistics(layers[i]) for i in range(n_latent)]
+        stats = [
+            child_statistics(layers[i], layers[i + 1])
+            if o.extra_stats == "sufficient_child"
+            else layer_statistics(layers[i])
+            for i in range(n_latent)
+        ]
         self._layer_stats = [fn for fn, _, _ in stats]  # S_l(z) for extra_stats: sufficient
         try:
             self.encoders = nn.ModuleList(
@@ -261,8 +273,8 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                     o.extra_stats,
                     gen,
                     support=layer_support(layers[i]),
-                    n_sufficient=stats[i][1] if o.extra_stats == "sufficient" else 0,
-                    stats_support=stats[i][2] if o.extra_stats == "sufficient" else None,
+                    n_sufficient=stats[i][1] if o.extra_stats.startswith("sufficient") else 0,
+                    stats_support=stats[i][2] if o.extra_stats.startswith("sufficient") else None,
                 )
                 for i in range(n_latent)
             )

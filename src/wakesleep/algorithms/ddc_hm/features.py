@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from wakesleep.ops import linear
 
 ENCODINGS = ("sigmoid", "tanh", "linear")
-EXTRA_STATS = ("none", "linear", "quadratic", "sufficient")
+EXTRA_STATS = ("none", "linear", "quadratic", "sufficient", "sufficient_child")
 
 # the support of each family's embedded value, and of each of its sufficient statistics (what bounds a posterior
 # expectation of them); families not listed are unbounded
@@ -57,6 +57,50 @@ def layer_statistics(layer: nn.Module) -> tuple[Callable[[Tensor], Tensor], int,
     if per_stat is None or len(per_stat) != n_stats:
         per_stat = ((-math.inf, math.inf),) * n_stats
     return fn, dim * n_stats, list(per_stat) * dim
+
+
+# families whose S(z) contains the embedded value e(z) itself
+_STATS_CONTAIN_EMBEDDING = ("bernoulli", "categorical", "poisson", "gaussian", "gamma")
+
+
+def child_statistics(
+    layer: nn.Module, child: nn.Module
+) -> tuple[Callable[[Tensor], Tensor], int, list[tuple[float, float]]]:
+    """S_l(z) and the functions of z_l that the child's log-density needs (``extra_stats: sufficient_child``).
+
+    The child's log-density is S(z_{l-1}) . eta(W e(z_l) + b) - A(eta): with an affine eta (every family here)
+    its first term is linear in e(z_l), so e(z_l) is added where S_l does not contain it (a Laplace layer: S = |z|);
+    where the child is Gaussian with an affine link, A is quadratic in e(z_l), so the products e_i e_j (i <= j) are
+    added too. Then every term of the child's gradient (eqs. 31-35) is an exact statistic of z_l.
+
+    Returns
+    -------
+    (fn, n, support)
+        As :func:`layer_statistics`.
+    """
+    fn_s, n_s, support = layer_statistics(layer)
+    fam = getattr(layer, "family", None)
+    embed_dim = int(layer.embed_dim)
+    with_embedding = fam is not None and fam.name not in _STATS_CONTAIN_EMBEDDING  # a mixture top's S has z
+    link = getattr(child, "link", None)
+    quadratic = getattr(getattr(child, "family", None), "name", "") == "gaussian" and getattr(link, "is_affine", False)
+    iu = torch.triu_indices(embed_dim, embed_dim)
+    lo, hi = layer_support(layer)
+
+    def fn(z: Tensor) -> Tensor:
+        parts = [fn_s(z)]
+        e = layer.embed(z)
+        if with_embedding:
+            parts.append(e)
+        if quadratic:
+            parts.append(e[..., iu[0].to(e.device)] * e[..., iu[1].to(e.device)])
+        return torch.cat(parts, dim=-1)
+
+    n = n_s + (embed_dim if with_embedding else 0) + (iu.shape[1] if quadratic else 0)
+    support = list(support) + ([(lo, hi)] * embed_dim if with_embedding else [])
+    if quadratic:
+        support += [(0.0, math.inf) if i == j else (-math.inf, math.inf) for i, j in iu.T.tolist()]
+    return fn, n, support
 
 
 def layer_support(layer: nn.Module) -> tuple[float, float]:
@@ -111,7 +155,7 @@ class EncodingFunctions(nn.Module):
     scale : float
         W has entries N(0, scale^2 / dim) and b entries N(0, 1), so pre-activations have unit-order spread
         whatever the dimension.
-    extra_stats : {"none", "linear", "quadratic", "sufficient"}
+    extra_stats : {"none", "linear", "quadratic", "sufficient", "sufficient_child"}
         Append z_hat (and the products z_hat_i z_hat_j, i <= j) to the random features, so that the
         gradients that need first and second moments are represented exactly; ``sufficient``: the layer's own
         sufficient statistics S_l(z) (standardised), passed to :meth:`forward` as ``stats`` (every family:
@@ -151,6 +195,8 @@ class EncodingFunctions(nn.Module):
         self.register_buffer("bias", torch.randn(k, generator=generator))
         iu = torch.triu_indices(dim, dim)
         self.register_buffer("_iu", iu)
+        if extra_stats == "sufficient_child":  # S_l and the child's statistics, given as n_sufficient
+            extra_stats = "sufficient"
         n_extra = {"none": 0, "linear": dim, "quadratic": dim + iu.shape[1], "sufficient": n_sufficient}[extra_stats]
         if extra_stats == "sufficient" and n_sufficient <= 0:
             raise ValueError("extra_stats 'sufficient' needs the number of sufficient statistics")

@@ -44,8 +44,10 @@ class DDCOptions:
     feature_scale: float = option(
         1.0, minimum=0.0, exclusive_minimum=True, doc="spread of the random projections of the standardised latent"
     )
-    extra_stats: Literal["none", "linear", "quadratic", "sufficient"] = option(
-        "none", doc="also include z (and z z^T), or the layer's sufficient statistics S_l(z), among the encodings"
+    extra_stats: Literal["none", "linear", "quadratic", "sufficient", "sufficient_child"] = option(
+        "none",
+        doc="also include z (and z z^T), or the layer's sufficient statistics S_l(z) (and what the layer below "
+        "needs of z_l: sufficient_child), among the encodings",
     )
     recognition: Literal["ddc", "direct", "mlp", "deep"] = option(
         "ddc",
