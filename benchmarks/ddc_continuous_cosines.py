@@ -173,6 +173,22 @@ SETTINGS: dict[str, dict] = {
         "grad_ridge": "auto",
         "extra_stats": "sufficient_child",
     },
+    # both: the child's statistics among the encodings and x only through the message
+    "100000, beta conditional, sufficient and child stats, grad_ridge auto, message_only": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "extra_stats": "sufficient_child",
+        "recognition_input": "message_only",
+    },
+    # x only through the message, read out by 400 ReLU units
+    "100000, beta conditional, sufficient stats, grad_ridge auto, message_only, 400 units": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_input": "message_only",
+        "recognition_hidden": 400,
+    },
 }
 
 
