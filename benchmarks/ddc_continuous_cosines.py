@@ -190,6 +190,13 @@ SETTINGS: dict[str, dict] = {
         "recognition_input": "message_only",
         "recognition_hidden": 400,
     },
+    "100000, beta conditional, sufficient stats, grad_ridge auto, message_only, 600 units": {
+        **BEST,
+        "sleep_samples": 100000,
+        "grad_ridge": "auto",
+        "recognition_input": "message_only",
+        "recognition_hidden": 600,
+    },
 }
 
 
