@@ -47,6 +47,22 @@ _FEATURE_PREFIX = "feature_learner."  # state_dict keys of the learned encodings
 _GRAD_RIDGE_PREFIX = "grad_ridge."  # state_dict keys of grad_ridge auto's choice (phase count, chosen ridges)
 
 
+def _natural_slope(obs: nn.Module, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """d eta / du ``[D_x, S]`` of an observation layer whose natural parameter is affine in its link output u."""
+    u = torch.zeros(2, obs.dim, dtype=dtype, device=device)
+    u[1] = 1.0
+    eta = obs.family.natural_from_param(u, obs.extras())  # [2, D_x, S]
+    return eta[1] - eta[0]
+
+
+def _observation_statistic(obs: nn.Module, x: Tensor) -> Tensor:
+    """c(x) ``[B, D_x]``, the coefficient of the link output u in S(x) . eta(u) (x for Bernoulli, x / v for a
+    Gaussian of variance v)."""
+    slope = _natural_slope(obs, x.dtype, x.device)
+    s = obs.family.sufficient_statistics(x).reshape(x.shape[0], *slope.shape)
+    return s[..., 0] if s.shape[-1] == 1 and bool((slope == 1).all()) else (s * slope).sum(-1)
+
+
 def message_supported(model: torch.nn.Module) -> bool:
     """Whether eta(x | z_1) is affine in W e(z_1) + b (``recognition_input: message``, see ``bottom_up_message``)."""
     obs = list(model.layers.values())[-1]
@@ -233,8 +249,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
             )
         if recognition_input == "mean_field" and not (
             message_supported(model)
-            and all(getattr(layer, "family", None) is not None for layer in model.conditionals)
-            and all(layer.family.name == "bernoulli" for layer in list(model.layers.values())[:-1])
+            and all(getattr(layer.family, "name", None) == "bernoulli" for layer in list(model.layers.values())[:-1])
         ):
             raise WakesleepError(
                 "algorithm.recognition_input: mean_field needs Bernoulli latent layers (a sigmoid belief network) "
@@ -317,9 +332,11 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
                 free_inputs=o.free_stats,
                 include_input=recognition_input,
                 generator=gen,
-                message={"message": self.bottom_up_message, "message_only": self.bottom_up_message}.get(
-                    recognition_input, self.mean_field_means if recognition_input == "mean_field" else None
-                ),
+                message={
+                    "message": self.bottom_up_message,
+                    "message_only": self.bottom_up_message,
+                    "mean_field": self.mean_field_means,
+                }.get(recognition_input),
                 message_dim=message_dim,
             )
         self.to(device=model.device, dtype=model.dtype)
@@ -382,12 +399,7 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         """
         obs = list(self.model.layers.values())[-1]
         with torch.no_grad():
-            u = torch.zeros(2, x.shape[1], dtype=self.model.dtype, device=self.model.device)
-            u[1] = 1.0
-            eta = obs.family.natural_from_param(u, obs.extras())  # [2, D_x, S], affine in u
-            s = obs.family.sufficient_statistics(x.to(dtype=self.model.dtype)).reshape(x.shape[0], *eta.shape[1:])
-            slope = eta[1] - eta[0]  # d eta / du, [D_x, S]
-            c = s[..., 0] if bool((slope == 1).all()) and s.shape[-1] == 1 else (s * slope).sum(-1)
+            c = _observation_statistic(obs, x.to(dtype=self.model.dtype))
         weight, _ = obs.link.affine_weight_bias()
         return matmul(c, weight.detach())
 
@@ -409,42 +421,26 @@ class DDCHelmholtzMachine(SleepPhase, WakePhase, Algorithm):
         obs = layers[-1]
         with torch.no_grad():
             weight, bias = obs.link.affine_weight_bias()
-            weight, bias = weight.detach(), bias.detach()
+            weight, bias = weight.detach(), None if bias is None else bias.detach()
             mu = None
             for layer in layers[:-1]:
                 eta = layer.natural_params(None if mu is None else mu[None])[..., 0].reshape(-1)
                 mu = torch.sigmoid(eta)  # the last one: the prior's logits of z_1 are eta
             prior_logit = eta
-            c = self._observation_statistic(obs, x.to(dtype=self.model.dtype))
+            c = _observation_statistic(obs, x.to(dtype=self.model.dtype))
+            slope_eta = _natural_slope(obs, self.model.dtype, self.model.device)
             w2 = weight * weight
             mu = mu.expand(x.shape[0], -1)
             for _ in range(steps):
                 u = linear(mu, weight, bias)
                 with torch.enable_grad():
                     u = u.detach().requires_grad_(True)
-                    cu = self._mean_statistic(obs, u)
-                    (slope,) = torch.autograd.grad(cu.sum(), u)
-                logit = prior_logit + matmul(c - cu.detach(), weight) - 0.5 * (1 - 2 * mu) * matmul(slope, w2)
+                    eta_u = obs.family.natural_from_param(u, obs.extras())
+                    cu = (obs.family.mean_parameters(eta_u) * slope_eta).sum(-1)  # E[c(x) | u] = dA(eta(u))/du
+                    (curvature,) = torch.autograd.grad(cu.sum(), u)  # c'(u), elementwise
+                logit = prior_logit + matmul(c - cu.detach(), weight) - 0.5 * (1 - 2 * mu) * matmul(curvature, w2)
                 mu = (1 - damping) * mu + damping * torch.sigmoid(logit)
         return mu
-
-    @staticmethod
-    def _observation_statistic(obs: torch.nn.Module, x: Tensor) -> Tensor:
-        """c(x), the coefficient of the observation layer's link output u in S(x) . eta(u) (affine eta)."""
-        u = torch.zeros(2, x.shape[1], dtype=x.dtype, device=x.device)
-        u[1] = 1.0
-        eta = obs.family.natural_from_param(u, obs.extras())
-        s = obs.family.sufficient_statistics(x).reshape(x.shape[0], *eta.shape[1:])
-        return (s * (eta[1] - eta[0])).sum(-1)
-
-    @staticmethod
-    def _mean_statistic(obs: torch.nn.Module, u: Tensor) -> Tensor:
-        """E[c(x)] given the link output u: d A(eta(u)) / du."""
-        eta = obs.family.natural_from_param(u, obs.extras())
-        zero = torch.zeros(2, u.shape[1], dtype=u.dtype, device=u.device)
-        zero[1] = 1.0
-        slope = obs.family.natural_from_param(zero, obs.extras())
-        return (obs.family.mean_parameters(eta) * (slope[1] - slope[0])).sum(-1)
 
     def set_reducer(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
         """Data-parallel training: ``reduce`` sums a tensor over ranks (e.g. ``dist.all_reduce``).
